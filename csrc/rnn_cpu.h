@@ -1,0 +1,27 @@
+// The recurrence op on the CPU: declarations shared by the kernels and the registration.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fastrnn {
+
+constexpr int64_t kTanh = 0;
+constexpr int64_t kRelu = 1;
+
+// xw [T, B, H] (batch_sizes empty) or [N, H] (packed); h0 [B, H]; w_hh [H, H].
+// Returns y (shape of xw) and h_n [B, H].
+std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::Tensor& h0,
+                                               const at::Tensor& w_hh,
+                                               const std::optional<at::Tensor>& batch_sizes,
+                                               bool reverse, int64_t activation);
+
+// dy and y: shape of xw; dh_n [B, H]. Returns dz (shape of y) and dh0 [B, H].
+std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::Tensor& dh_n,
+                                               const at::Tensor& y, const at::Tensor& w_hh,
+                                               const std::optional<at::Tensor>& batch_sizes,
+                                               bool reverse, int64_t activation);
+
+}  // namespace fastrnn

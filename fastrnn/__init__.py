@@ -1,0 +1,22 @@
+"""fastrnn: a drop-in, fast ``torch.nn.RNN`` and ``torch.nn.RNNCell``.
+
+Importing fastrnn never compiles or fails for want of a compiler, Triton or a GPU: backends load on first use.
+"""
+
+from fastrnn import functional
+from fastrnn.autograd import RNNRecurrenceFunction, rnn_recurrence
+from fastrnn.backends import available_backends
+from fastrnn.modules import RNN, RNNCell
+from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
+
+__all__ = [
+    "RNN",
+    "RNNCell",
+    "RNNRecurrenceFunction",
+    "available_backends",
+    "functional",
+    "rnn_recurrence",
+    "rnn_recurrence_bwd_ref",
+    "rnn_recurrence_ref",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""Loads the C++ CPU op: the built extension ``fastrnn._C``, or a compile on first use."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+# at::parallel_for is inlined into the extension and needs OpenMP to run in parallel; on Linux the
+# libgomp.so.1 that torch has already loaded serves it. Keep in step with setup.py.
+OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
+_lock = threading.Lock()
+_error: str | None = None
+_loaded = False
+
+
+def _sources() -> list[str]:
+    here = Path(__file__).resolve().parent
+    for folder in (here / "csrc", here.parent / "csrc"):
+        found = sorted(str(p) for p in folder.glob("*.cpp"))
+        if found:
+            return found
+    return []
+
+
+def _registered() -> bool:
+    try:
+        torch.ops.fastrnn.rnn_fwd  # noqa: B018
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _compile_now() -> None:
+    from torch.utils.cpp_extension import load
+
+    sources = _sources()
+    if not sources:
+        raise RuntimeError("the C++ sources (csrc/*.cpp) are not shipped with this installation")
+    load(
+        name="fastrnn_cpu_jit",
+        sources=sources,
+        extra_cflags=["-O3", "-std=c++17", *OPENMP],
+        extra_ldflags=OPENMP,
+        is_python_module=False,
+        verbose=os.environ.get("FASTRNN_VERBOSE_BUILD") == "1",
+    )
+
+
+def load_cpp_ops() -> str | None:
+    """Registers ``torch.ops.fastrnn.*``; returns ``None`` on success or why it cannot."""
+    global _error, _loaded
+    with _lock:
+        if _loaded or _error is not None:
+            return _error
+        try:
+            import fastrnn._C  # noqa: F401
+        except ImportError as built_error:
+            if os.environ.get("FASTRNN_NO_JIT") == "1":
+                _error = f"fastrnn._C is not built ({built_error}) and FASTRNN_NO_JIT=1 forbids compiling it"
+            else:
+                try:
+                    _compile_now()
+                except Exception as jit_error:  # a missing compiler shows up as many exception types
+                    _error = (
+                        f"fastrnn._C is not built ({built_error}) and compiling it on first use failed: "
+                        f"{type(jit_error).__name__}: {jit_error}"
+                    )
+        if _error is None and not _registered():
+            _error = "the C++ extension loaded but did not register torch.ops.fastrnn"
+        _loaded = _error is None
+        return _error

@@ -1,0 +1,79 @@
+"""Functional API: stacked, optionally bidirectional RNN layers and the single-step cell.
+
+Only the recurrence is custom: each layer and direction makes one GEMM for all steps,
+``xw = x W_ih^T + (b_ih + b_hh)``, then runs :func:`fastrnn.autograd.rnn_recurrence` on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastrnn.autograd import rnn_recurrence
+
+
+def rnn(
+    input: Tensor,
+    hx: Tensor,
+    weights: Sequence[Tensor],
+    *,
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    training: bool,
+    bidirectional: bool,
+    nonlinearity: str = "tanh",
+    batch_sizes: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    """A multi-layer Elman RNN over a whole sequence.
+
+    Args:
+        input: ``[L, N, H_in]`` (time-major) or packed data ``[sum(batch_sizes), H_in]``.
+        hx: ``[num_layers * D, N, H_out]`` with ``D = 2`` if bidirectional else 1.
+        weights: per layer and direction ``w_ih, w_hh[, b_ih, b_hh]``, in ``torch.nn.RNN`` order.
+        batch_sizes: ``[L]`` int64 CPU tensor when ``input`` is packed.
+
+    Returns:
+        output ``[L, N, D * H_out]`` (or packed ``[sum(batch_sizes), D * H_out]``) and h_n like ``hx``.
+    """
+    directions = 2 if bidirectional else 1
+    per_direction = 4 if has_biases else 2
+    layer_input = input
+    finals = []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            w = weights[k * per_direction : (k + 1) * per_direction]
+            bias = w[2] + w[3] if has_biases else None
+            xw = F.linear(layer_input, w[0], bias)
+            y, h_n = rnn_recurrence(xw, hx[k], w[1], batch_sizes, direction == 1, nonlinearity)
+            outputs.append(y)
+            finals.append(h_n)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, True)
+    return layer_input, torch.stack(finals)
+
+
+def rnn_cell(
+    input: Tensor,
+    hx: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    nonlinearity: str = "tanh",
+) -> Tensor:
+    """One step: ``h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh)``.
+
+    ``input``: ``[N, H_in]``; ``hx``: ``[N, H_out]``. Returns ``[N, H_out]``.
+    """
+    bias = b_ih + b_hh if b_ih is not None and b_hh is not None else b_ih if b_ih is not None else b_hh
+    xw = F.linear(input, w_ih, bias)
+    y, _ = rnn_recurrence(xw.unsqueeze(0), hx, w_hh, None, False, nonlinearity)
+    return y[0]

@@ -1,0 +1,132 @@
+"""Pure-PyTorch reference of the recurrence op: the oracle for every kernel and the last-resort backend.
+
+The op is one layer, one direction, the whole sequence, on the precomputed input projection
+``xw = x W_ih^T + b_ih + b_hh``::
+
+    h_t = act(xw_t + h_{t-1} W_hh^T)
+
+Sequences are either padded, ``xw`` of shape ``[T, B, H]``, or packed, ``xw`` of shape ``[N, H]`` with
+``batch_sizes`` ``[T]`` (non-increasing, ``N = sum(batch_sizes)``): step ``t`` updates rows
+``0 .. batch_sizes[t] - 1`` of the running state and leaves the others alone, so the running state after
+the last step is ``h_n`` in both directions. ``reverse`` walks the steps from ``T - 1`` down to ``0``.
+
+Everything here is written with differentiable torch ops and works in any dtype (float64 included).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS = ("tanh", "relu")
+
+
+def activation_id(activation: str) -> int:
+    """The integer the compiled ops take for ``activation`` (0: tanh, 1: relu)."""
+    return ACTIVATIONS.index(activation)
+
+
+def step_sizes(xw: Tensor, batch_sizes: Tensor | None) -> list[int]:
+    """Rows active at each step: ``batch_sizes`` as a list, or ``[B] * T`` for padded ``[T, B, H]``."""
+    if batch_sizes is None:
+        return [xw.size(1)] * xw.size(0)
+    return [int(b) for b in batch_sizes.tolist()]
+
+
+def _act(z: Tensor, activation: str) -> Tensor:
+    return torch.tanh(z) if activation == "tanh" else torch.relu(z)
+
+
+def _act_grad(y: Tensor, activation: str) -> Tensor:
+    """Derivative of the activation written in terms of its output ``y``."""
+    return 1 - y * y if activation == "tanh" else (y > 0).to(y.dtype)
+
+
+def rnn_recurrence_ref(
+    xw: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Tensor | None = None,
+    reverse: bool = False,
+    activation: str = "tanh",
+) -> tuple[Tensor, Tensor]:
+    """Run the recurrence step by step.
+
+    Args:
+        xw: ``[T, B, H]`` (padded) or ``[N, H]`` (packed with ``batch_sizes``).
+        h0: ``[B, H]`` initial state.
+        w_hh: ``[H, H]``.
+        batch_sizes: ``[T]`` int64 CPU tensor for packed input, else ``None``.
+
+    Returns:
+        ``y`` with the shape of ``xw`` and ``h_n`` ``[B, H]``.
+    """
+    sizes = step_sizes(xw, batch_sizes)
+    flat = xw.reshape(-1, xw.size(-1))
+    offsets = [0]
+    for b in sizes:
+        offsets.append(offsets[-1] + b)
+    steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    h = h0
+    outs: dict[int, Tensor] = {}
+    for t in steps:
+        b = sizes[t]
+        h_t = _act(flat[offsets[t] : offsets[t + 1]] + h[:b] @ w_hh.t(), activation)
+        outs[t] = h_t
+        h = torch.cat([h_t, h[b:]]) if b < h.size(0) else h_t
+    y = torch.cat([outs[t] for t in range(len(sizes))]) if sizes else flat[:0]
+    return y.view_as(xw), h
+
+
+def rnn_recurrence_bwd_ref(
+    dy: Tensor,
+    dh_n: Tensor,
+    y: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Tensor | None = None,
+    reverse: bool = False,
+    activation: str = "tanh",
+) -> tuple[Tensor, Tensor]:
+    """Backpropagation through time of :func:`rnn_recurrence_ref`.
+
+    ``g_t = dy_t + dh_{t+1}``, ``dz_t = g_t * act'(y_t)``, ``dh_t = dz_t W_hh``.
+
+    Returns:
+        ``dz`` with the shape of ``y`` (the gradient of ``xw``) and ``dh0`` ``[B, H]``.
+    """
+    sizes = step_sizes(y, batch_sizes)
+    hidden = y.size(-1)
+    flat_y = y.reshape(-1, hidden)
+    flat_dy = dy.reshape(-1, hidden)
+    offsets = [0]
+    for b in sizes:
+        offsets.append(offsets[-1] + b)
+    steps = range(len(sizes)) if reverse else range(len(sizes) - 1, -1, -1)
+    dh = dh_n.clone()
+    dz = torch.empty_like(flat_y)
+    for t in steps:
+        b, lo, hi = sizes[t], offsets[t], offsets[t + 1]
+        dz[lo:hi] = (flat_dy[lo:hi] + dh[:b]) * _act_grad(flat_y[lo:hi], activation)
+        dh[:b] = dz[lo:hi] @ w_hh
+    return dz.view_as(y), dh
+
+
+def prev_state_index(batch_sizes: Tensor, reverse: bool) -> Tensor:
+    """For each packed row, where its previous state lives in ``cat([y, h0])``.
+
+    Row ``r`` of step ``t`` reads, in the forward direction, row ``r`` of step ``t - 1`` (or of ``h0`` at
+    ``t = 0``); reversed, row ``r`` of step ``t + 1`` when that row is active there, else row ``r`` of ``h0``.
+    Returns an int64 tensor ``[N]`` with values in ``[0, N + B)``.
+    """
+    sizes = batch_sizes.to(torch.int64)
+    n = int(sizes.sum())
+    offsets = torch.cumsum(sizes, 0) - sizes
+    step = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    row = torch.arange(n) - offsets[step]
+    h0_index = n + row
+    if not reverse:
+        prev = offsets[(step - 1).clamp(min=0)] + row
+        return torch.where(step == 0, h0_index, prev)
+    nxt = (step + 1).clamp(max=sizes.numel() - 1)
+    active_next = (step + 1 < sizes.numel()) & (row < sizes[nxt])
+    return torch.where(active_next, offsets[nxt] + row, h0_index)
