@@ -6,10 +6,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
-
 from fastrnn.backends import Backend, select_backend
-from fastrnn.reference import prev_state_index
+from fastrnn.reference import prev_state_index, rnn_recurrence_bwd_ref
 
 
 def recurrent_weight_grad(
@@ -25,7 +23,7 @@ def recurrent_weight_grad(
         dw = dz[first].t().mm(h0)
         if y.size(0) > 1:
             later, prev = (dz[:-1], y[1:]) if reverse else (dz[1:], y[:-1])
-            dw.addmm_(later.reshape(-1, hidden).t(), prev.reshape(-1, hidden))
+            dw = dw.addmm(later.reshape(-1, hidden).t(), prev.reshape(-1, hidden))
         return dw
     index = prev_state_index(batch_sizes, reverse).to(y.device)
     h_prev = torch.cat([y, h0]).index_select(0, index)  # [N, H]
@@ -55,12 +53,15 @@ class RNNRecurrenceFunction(torch.autograd.Function):
         return y, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy: Tensor, dh_n: Tensor):
         h0, w_hh, y = ctx.saved_tensors
-        dz, dh0 = ctx.backend.bwd(
-            dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation
-        )
+        args = (dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation)
+        if torch.is_grad_enabled():
+            # create_graph=True: backpropagate with differentiable ops on the saved y, whose own gradient
+            # flows back through this Function, so double backward is exact on every backend.
+            dz, dh0 = rnn_recurrence_bwd_ref(*args)
+        else:
+            dz, dh0 = ctx.backend.bwd(*args)
         dw = None
         if ctx.needs_input_grad[2]:
             dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse)

@@ -16,6 +16,21 @@ from torch.nn.utils.rnn import PackedSequence
 from fastrnn import functional
 
 
+_SCALAR_TYPE_NAMES = {
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+}
+
+
+def _check_hidden_dtype(hx: Tensor, weight: Tensor) -> None:
+    # torch.nn.RNN fails here in its first hx @ W_hh^T; fastrnn raises the same before any kernel runs.
+    if hx.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+        names = [_SCALAR_TYPE_NAMES.get(t.dtype, str(t.dtype)) for t in (hx, weight)]
+        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {names[0]} and {names[1]}")
+
+
 def _check_same_device(input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
     # torch.nn.RNN raises these from its C++ implementation; fastrnn checks before any kernel runs.
     for w in weights:
@@ -110,8 +125,9 @@ class RNN(nn.RNNBase):
         self.check_forward_args(input, hx, batch_sizes)
         weights = self._weights()
         _check_same_device(input, hx, weights)
-        if hx.dtype != input.dtype and not torch.is_autocast_enabled():
-            raise RuntimeError(f"expected scalar type {input.dtype} but found {hx.dtype}")
+        if batch_sizes is None and input.size(1 if self.batch_first else 0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        _check_hidden_dtype(hx, weights[1])
 
         if batch_sizes is None and self.batch_first:
             input = input.transpose(0, 1)
@@ -225,6 +241,7 @@ class RNNCell(nn.RNNCellBase):
             raise RuntimeError(
                 f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {self.hidden_size}"
             )
+        _check_hidden_dtype(hx, self.weight_hh)
         ret = functional.rnn_cell(
             input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
         )

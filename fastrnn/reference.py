@@ -102,12 +102,16 @@ def rnn_recurrence_bwd_ref(
     for b in sizes:
         offsets.append(offsets[-1] + b)
     steps = range(len(sizes)) if reverse else range(len(sizes) - 1, -1, -1)
-    dh = dh_n.clone()
-    dz = torch.empty_like(flat_y)
+    # Out of place throughout, so that this backward is itself differentiable (double backward).
+    dh = dh_n
+    pieces: dict[int, Tensor] = {}
     for t in steps:
         b, lo, hi = sizes[t], offsets[t], offsets[t + 1]
-        dz[lo:hi] = (flat_dy[lo:hi] + dh[:b]) * _act_grad(flat_y[lo:hi], activation)
-        dh[:b] = dz[lo:hi] @ w_hh
+        dz_t = (flat_dy[lo:hi] + dh[:b]) * _act_grad(flat_y[lo:hi], activation)
+        pieces[t] = dz_t
+        dh_t = dz_t @ w_hh
+        dh = torch.cat([dh_t, dh[b:]]) if b < dh.size(0) else dh_t
+    dz = torch.cat([pieces[t] for t in range(len(sizes))]) if sizes else flat_y[:0]
     return dz.view_as(y), dh
 
 
