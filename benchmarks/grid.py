@@ -1,0 +1,96 @@
+"""Benchmark configurations: the presets and ``--filter`` in one place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark configuration."""
+
+    T: int
+    B: int
+    H: int
+    I: int = 0  # input size; 0 means I = H  # noqa: E741
+    layers: int = 1
+    bidirectional: bool = False
+    nonlinearity: str = "tanh"
+    dtype: str = "float32"
+    packed: bool = False
+
+    @property
+    def input_size(self) -> int:
+        return self.I or self.H
+
+    @property
+    def id(self) -> str:
+        parts = [f"T={self.T}", f"B={self.B}", f"I={self.input_size}", f"H={self.H}", f"L={self.layers}"]
+        parts += ["bi" if self.bidirectional else "uni", self.nonlinearity, self.dtype]
+        parts.append("packed" if self.packed else "padded")
+        return ",".join(parts)
+
+
+# Plots draw speedup against one of T, H, B with the other two at these values.
+SWEEP_BASE = {"T": 200, "B": 16, "H": 64}
+
+
+def _sweeps(T: list[int], H: list[int], B: list[int]) -> list[Case]:
+    cases = [Case(T=t, B=SWEEP_BASE["B"], H=SWEEP_BASE["H"]) for t in T]
+    cases += [Case(T=SWEEP_BASE["T"], B=SWEEP_BASE["B"], H=h) for h in H]
+    cases += [Case(T=SWEEP_BASE["T"], B=b, H=SWEEP_BASE["H"]) for b in B]
+    return cases
+
+
+# The issue's CPU targets, then enough variety to show every code path.
+CPU_TARGETS = [
+    Case(T=1000, B=1, H=32),
+    Case(T=1000, B=4, H=64),
+    Case(T=100, B=32, H=128),
+    Case(T=100, B=64, H=1024),
+]
+
+PRESETS: dict[str, list[Case]] = {
+    "tiny": [Case(T=5, B=2, H=8), Case(T=5, B=2, H=8, packed=True, bidirectional=True)],
+    "quick": CPU_TARGETS
+    + [
+        Case(T=200, B=16, H=64, layers=2, bidirectional=True),
+        Case(T=200, B=16, H=64, packed=True),
+        Case(T=200, B=16, H=64, nonlinearity="relu"),
+    ],
+    # H crosses the CPU op's small-loop / BLAS switch (rows * H^2 = 64^3) and, on GPU, the Triton tiers.
+    "full": CPU_TARGETS
+    + _sweeps(
+        T=[10, 30, 100, 300, 1000],
+        H=[16, 32, 64, 128, 256, 512, 1024],
+        B=[1, 4, 16, 64, 256],
+    )
+    + [
+        Case(T=200, B=16, H=64, layers=3),
+        Case(T=200, B=16, H=64, layers=2, bidirectional=True),
+        Case(T=200, B=16, H=64, nonlinearity="relu"),
+        Case(T=200, B=16, H=64, packed=True),
+        Case(T=200, B=16, H=64, packed=True, bidirectional=True),
+        Case(T=200, B=16, H=64, dtype="float64"),
+        Case(T=200, B=16, I=8, H=64),
+    ],
+}
+
+
+def select(preset: str, filter_expr: str | None = None) -> list[Case]:
+    """The preset's cases (duplicates dropped) that match ``filter_expr``.
+
+    A filter is comma-separated ``key=value`` terms (``T=1000,H=32,packed``) or bare words that must appear
+    in the case id; all terms must match.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cases = list({case.id: case for case in PRESETS[preset]}.values())
+    if not filter_expr:
+        return cases
+    terms = [t.strip() for t in filter_expr.split(",") if t.strip()]
+    for term in terms:
+        if "=" in term and not re.fullmatch(r"\w+=[\w.]+", term):
+            raise ValueError(f"bad filter term {term!r}: use key=value or a word")
+    return [c for c in cases if all(term in c.id.split(",") or ("=" not in term and term in c.id) for term in terms)]

@@ -1,0 +1,251 @@
+"""fastrnn's main job: on whatever hardware is here, check fastrnn equals torch.nn.RNN and time both.
+
+    python -m benchmarks.run [--preset quick|full|tiny] [--filter T=1000,H=32] [--out DIR]
+
+For each configuration: a correctness gate (outputs and every gradient against torch.nn.RNN and a
+float64 oracle; a backend that fails is refused, not timed), then inference (no_grad forward) and a
+training step (forward + backward of the sum of outputs) for torch.nn.RNN (cuDNN on GPU, TF32 off),
+every available fastrnn backend, a Python loop over torch.nn.RNNCell, and on GPU torch.nn.RNN without
+cuDNN. Writes table.md, results.json, results.csv and plots to benchmarks/results/<device>-<date>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fastrnn
+from benchmarks import machine
+from benchmarks.grid import Case, select
+from benchmarks.timing import peak_memory_mb, time_cpu, time_cuda
+from fastrnn.testing import outputs_and_grads, parity_failures
+
+TORCH = "torch.nn.RNN"
+TORCH_NO_CUDNN = "torch.nn.RNN (no cuDNN)"
+CELL_LOOP = "nn.RNNCell loop"
+
+
+@contextlib.contextmanager
+def forced_backend(name: Optional[str]):
+    old = os.environ.get("FASTRNN_BACKEND")
+    if name is not None:
+        os.environ["FASTRNN_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FASTRNN_BACKEND", None)
+        else:
+            os.environ["FASTRNN_BACKEND"] = old
+
+
+class CellLoop(nn.Module):
+    """The naive baseline: torch.nn.RNNCell stepped by a Python loop, layer by layer and direction."""
+
+    def __init__(self, rnn: nn.RNN):
+        super().__init__()
+        self.rnn = rnn
+        d = 2 if rnn.bidirectional else 1
+        self.cells = nn.ModuleList()
+        for layer in range(rnn.num_layers):
+            for direction in range(d):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                size = rnn.input_size if layer == 0 else rnn.hidden_size * d
+                cell = nn.RNNCell(size, rnn.hidden_size, rnn.bias, rnn.nonlinearity).to(rnn.weight_hh_l0)
+                cell.weight_ih, cell.weight_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
+                if rnn.bias:
+                    cell.bias_ih, cell.bias_hh = getattr(rnn, "bias_ih" + suffix), getattr(rnn, "bias_hh" + suffix)
+                self.cells.append(cell)
+
+    def forward(self, x: torch.Tensor, hx: Optional[torch.Tensor] = None):
+        d = 2 if self.rnn.bidirectional else 1
+        finals = []
+        for layer in range(self.rnn.num_layers):
+            outs = []
+            for direction in range(d):
+                cell = self.cells[layer * d + direction]
+                h = x.new_zeros(x.size(1), self.rnn.hidden_size) if hx is None else hx[layer * d + direction]
+                steps = range(x.size(0) - 1, -1, -1) if direction else range(x.size(0))
+                ys = [None] * x.size(0)
+                for t in steps:
+                    h = cell(x[t], h)
+                    ys[t] = h
+                outs.append(torch.stack(ys))
+                finals.append(h)
+            x = torch.cat(outs, -1) if d == 2 else outs[0]
+        return x, torch.stack(finals)
+
+
+def make_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.T, case.B, case.input_size, generator=gen).to(device=device, dtype=dtype)
+    if not case.packed:
+        return x
+    # Unsorted lengths spread over [T/10, T], the longest equal to T.
+    lengths = torch.randint(max(1, case.T // 10), case.T + 1, (case.B,), generator=gen)
+    lengths[torch.randint(0, case.B, (1,), generator=gen)] = case.T
+    return pack_padded_sequence(x, lengths, enforce_sorted=False)
+
+
+def _candidates(case: Case, device: torch.device, torch_rnn: nn.RNN) -> dict[str, tuple[nn.Module, Optional[str]]]:
+    ours = fastrnn.RNN.from_torch(torch_rnn)
+    found: dict[str, tuple[nn.Module, Optional[str]]] = {TORCH: (torch_rnn, None)}
+    if device.type == "cuda":
+        found[TORCH_NO_CUDNN] = (torch_rnn, None)
+    for backend in fastrnn.available_backends():
+        with forced_backend(backend):
+            from fastrnn.backends import select_backend
+
+            probe = torch.zeros(1, 1, 1, device=device, dtype=torch_rnn.weight_hh_l0.dtype)
+            try:
+                select_backend(probe)
+            except RuntimeError:
+                continue
+        found[f"fastrnn[{backend}]"] = (ours, backend)
+    if not case.packed:
+        found[CELL_LOOP] = (CellLoop(torch_rnn), None)
+    return found
+
+
+def _context(name: str):
+    if name == TORCH_NO_CUDNN:
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+def gate(case: Case, name: str, module: nn.Module, backend: Optional[str], x, torch_rnn: nn.RNN,
+         reference: dict, oracle: dict) -> list[str]:
+    """Outputs and gradients of one candidate against torch and the float64 oracle; [] when it passes."""
+    with forced_backend(backend), _context(name):
+        got = outputs_and_grads(module, x)
+    if isinstance(module, CellLoop):  # its parameters are the wrapped nn.RNN's, named "rnn.<name>"
+        got = {key.replace("grad_rnn.", "grad_"): value for key, value in got.items()}
+    return parity_failures(got, reference, oracle)
+
+
+def run_case(case: Case, device: torch.device, min_run_time: float) -> list[dict]:
+    dtype = getattr(torch, case.dtype)
+    torch.manual_seed(0)
+    torch_rnn = nn.RNN(case.input_size, case.H, case.layers, case.nonlinearity,
+                       bidirectional=case.bidirectional, device=device, dtype=dtype)
+    x = make_input(case, device, dtype)
+    reference = outputs_and_grads(torch_rnn, x)
+    oracle = outputs_and_grads(torch_rnn.double(), x, dtype=torch.float64)
+    torch_rnn.to(dtype)
+    timer = time_cuda if device.type == "cuda" else (lambda fn: time_cpu(fn, min_run_time))
+    rows = []
+    for name, (module, backend) in _candidates(case, device, torch_rnn).items():
+        failures = [] if name == TORCH else gate(case, name, module, backend, x, torch_rnn, reference, oracle)
+        x_train = (x._replace(data=x.data.clone().requires_grad_(True)) if isinstance(x, PackedSequence)
+                   else x.clone().requires_grad_(True))
+
+        def infer(module=module):
+            with torch.no_grad():
+                return module(x)
+
+        def train(module=module):
+            out, h_n = module(x_train)
+            (out.data if isinstance(out, PackedSequence) else out).sum().backward()
+
+        for mode, fn in (("inference", infer), ("training", train)):
+            row = {**asdict(case), "case": case.id, "impl": name, "mode": mode,
+                   "gate": "pass" if not failures else "REFUSED: " + "; ".join(failures)}
+            if not failures:
+                with forced_backend(backend), _context(name):
+                    t = timer(fn)
+                    row["peak_mem_mb"] = peak_memory_mb(fn, device)
+                row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, repeats=t.repeats)
+            rows.append(row)
+        module.zero_grad(set_to_none=True)
+    for mode in ("inference", "training"):
+        base = next(r for r in rows if r["impl"] == TORCH and r["mode"] == mode)
+        for r in rows:
+            if r["mode"] == mode and "median_ms" in r:
+                r["speedup_vs_torch"] = base["median_ms"] / r["median_ms"]
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| case | mode | impl | median ms | p20-p80 ms | speedup vs torch.nn.RNN | gate |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        if "median_ms" in r:
+            timing = f"{r['median_ms']:.3f} | {r['p20_ms']:.3f}-{r['p80_ms']:.3f} | {r['speedup_vs_torch']:.2f}x"
+        else:
+            timing = "- | - | -"
+        lines.append(f"| {r['case']} | {r['mode']} | {r['impl']} | {timing} | {r['gate'][:80]} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict], info: dict, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "table.md"]
+    written[0].write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    keys = sorted({k for r in rows for k in r})
+    with written[1].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    header = (f"Machine: {info.get('gpu') or info['cpu']} ({info['torch_threads']} threads), torch {info['torch']}, "
+              f"triton {info['triton']}, commit {info['git_commit']}\n\n")
+    written[2].write_text(header + markdown_table(rows))
+    try:
+        from benchmarks.plots import plot_sweeps
+    except ImportError:
+        return written
+    return written + plot_sweeps(rows, out_dir)
+
+
+def _progress(items: list, desc: str):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="case", file=sys.stderr)
+    except ImportError:
+        return items
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="quick", help="tiny | quick (<2 min on 2 CPU cores) | full")
+    parser.add_argument("--filter", default=None, help="e.g. 'T=1000,H=32' or 'packed'")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device>-<date>)")
+    parser.add_argument("--min-run-time", type=float, default=0.3, help="CPU seconds per timing")
+    args = parser.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cases = select(args.preset, args.filter)
+    info = machine.describe(device)
+    info["fastrnn_backends"] = fastrnn.available_backends()
+    info["preset"] = args.preset
+    stamp = datetime.date.today().isoformat()
+    out_dir = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{machine.slug(info)}-{args.preset}-{stamp}"
+    print(f"fastrnn benchmark on {info.get('gpu') or info['cpu']} ({device}), backends {info['fastrnn_backends']}, "
+          f"{len(cases)} cases", file=sys.stderr)
+    rows: list[dict] = []
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for case in _progress(cases, args.preset):
+            rows.extend(run_case(case, device, args.min_run_time))
+    written = write_results(rows, info, out_dir)
+    print(markdown_table(rows))
+    refused = [r for r in rows if r["gate"] != "pass"]
+    print(f"parity: {len(rows) - len(refused)} of {len(rows)} timings passed the correctness gate; "
+          f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 1 if refused else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

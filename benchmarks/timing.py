@@ -1,0 +1,72 @@
+"""Timing and memory measurement: medians with p20/p80, warm-up excluded."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    repeats: int
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_cpu(fn: Callable[[], object], min_run_time: float = 0.5) -> Timing:
+    """``torch.utils.benchmark.Timer.blocked_autorange`` with the process's thread count (its default is 1)."""
+    from torch.utils.benchmark import Timer
+
+    fn()  # warm-up: first-call compilation, allocator growth
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    times = [t * 1e3 for t in m.times]
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+
+
+def time_cuda(fn: Callable[[], object], rep_ms: int = 200) -> Timing:
+    """``triton.testing.do_bench`` (CUDA events, cache flush between runs), or CUDA events by hand."""
+    try:
+        from triton.testing import do_bench
+
+        p50, p20, p80 = do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+        return Timing(p50, p20, p80, -1)
+    except ImportError:
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(20):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory of one call: CUDA max_memory_allocated, or the growth of the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite (what CI runs): sets up ./.venv, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh
+exec .venv/bin/python -m pytest -q "$@"
