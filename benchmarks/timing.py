@@ -26,14 +26,16 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def time_cpu(fn: Callable[[], object], min_run_time: float = 0.5) -> Timing:
-    """``torch.utils.benchmark.Timer.blocked_autorange`` with the process's thread count (its default is 1)."""
+def time_cpu(fn: Callable[[], object], min_run_time: float = 0.5, min_repeats: int = 5) -> Timing:
+    """``torch.utils.benchmark.Timer.blocked_autorange`` with the process's thread count (its default is 1),
+    topped up with single runs until there are ``min_repeats`` samples for the median and quantiles."""
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: first-call compilation, allocator growth
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    times = [t * 1e3 for t in m.times]
+    times = [t * 1e3 for t in timer.blocked_autorange(min_run_time=min_run_time).times]
+    while len(times) < min_repeats:
+        times.append(timer.timeit(1).median * 1e3)
     return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
 
 

@@ -19,7 +19,7 @@ TORCH_LIBRARY(fastrnn, m) {
       "int activation) -> (Tensor, Tensor)");
   m.def(
       "rnn_bwd(Tensor dy, Tensor dh_n, Tensor y, Tensor w_hh, Tensor? batch_sizes, bool reverse, "
-      "int activation) -> (Tensor, Tensor)");
+      "int activation, bool need_dh0=True) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {

@@ -219,7 +219,7 @@ void forward_rows(const Steps& s, int64_t lo, int64_t hi, const T* xw, const T* 
 
 template <typename T>
 void backward_rows(const Steps& s, int64_t lo, int64_t hi, const T* dy, const T* y, const T* w,
-                   int64_t H, bool reverse, int64_t act, bool small, T* dz, T* dh) {
+                   int64_t H, bool reverse, int64_t act, bool small, bool need_dh0, T* dz, T* dh) {
   const int64_t nsteps = static_cast<int64_t>(s.sizes.size());
   std::vector<T> dz_step;
   for (int64_t i = 0; i < nsteps; ++i) {
@@ -229,8 +229,11 @@ void backward_rows(const Steps& s, int64_t lo, int64_t hi, const T* dy, const T*
     const int64_t base = (s.offsets[t] + lo) * H;
     const int64_t n = (end - lo) * H;
     grad_through_act(dy + base, dh + lo * H, y + base, n, act, dz + base);
-    // dh_t = dz_t W_hh overwrites the running gradient of the rows it covers.
-    step_matmul(dz + base, end - lo, w, w, false, H, dh + lo * H, false, small);
+    // dh_t = dz_t W_hh overwrites the running gradient of the rows it covers. After the last step
+    // it is only dh0, which nobody may want.
+    if (i + 1 < nsteps || need_dh0) {
+      step_matmul(dz + base, end - lo, w, w, false, H, dh + lo * H, false, small);
+    }
   }
 }
 
@@ -322,7 +325,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::T
 std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::Tensor& dh_n,
                                                const at::Tensor& y, const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes,
-                                               bool reverse, int64_t activation) {
+                                               bool reverse, int64_t activation, bool need_dh0) {
   TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
               "fastrnn: the CPU op supports float32 and float64, got ", y.scalar_type());
   TORCH_CHECK(dy.sizes() == y.sizes(), "fastrnn: dy must have the shape of y ", y.sizes(),
@@ -345,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::T
     for_row_chunks(batch, small, [&](int64_t lo, int64_t hi) {
       backward_rows<scalar_t>(s, lo, hi, g.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(),
                               w.data_ptr<scalar_t>(), H, reverse, activation, small,
-                              dz.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>());
+                              need_dh0, dz.data_ptr<scalar_t>(), dh.data_ptr<scalar_t>());
     });
   });
   return {dz, dh};

@@ -18,10 +18,11 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::T
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation);
 
-// dy and y: shape of xw; dh_n [B, H]. Returns dz (shape of y) and dh0 [B, H].
+// dy and y: shape of xw; dh_n [B, H]. Returns dz (shape of y) and dh0 [B, H]; without need_dh0 the
+// last step's dz W_hh is skipped and dh0 holds no meaningful values.
 std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::Tensor& dh_n,
                                                const at::Tensor& y, const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes,
-                                               bool reverse, int64_t activation);
+                                               bool reverse, int64_t activation, bool need_dh0);
 
 }  // namespace fastrnn

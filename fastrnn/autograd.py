@@ -61,11 +61,11 @@ class RNNRecurrenceFunction(torch.autograd.Function):
             # flows back through this Function, so double backward is exact on every backend.
             dz, dh0 = rnn_recurrence_bwd_ref(*args)
         else:
-            dz, dh0 = ctx.backend.bwd(*args)
+            dz, dh0 = ctx.backend.bwd(*args, need_dh0=ctx.needs_input_grad[1])
         dw = None
         if ctx.needs_input_grad[2]:
             dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse)
-        return dz, dh0, dw, None, None, None, None
+        return dz, dh0 if ctx.needs_input_grad[1] else None, dw, None, None, None, None
 
 
 def rnn_recurrence(

@@ -39,6 +39,7 @@ class Backend(Protocol):
         batch_sizes: Optional[Tensor],
         reverse: bool,
         act: str,
+        need_dh0: bool = True,
     ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -56,7 +57,7 @@ class ReferenceBackend:
     def fwd(self, xw, h0, w_hh, batch_sizes, reverse, act):
         return reference.rnn_recurrence_ref(xw, h0, w_hh, batch_sizes, reverse, act)
 
-    def bwd(self, dy, dh_n, y, w_hh, batch_sizes, reverse, act):
+    def bwd(self, dy, dh_n, y, w_hh, batch_sizes, reverse, act, need_dh0=True):
         return reference.rnn_recurrence_bwd_ref(dy, dh_n, y, w_hh, batch_sizes, reverse, act)
 
 
@@ -79,9 +80,9 @@ class CppBackend:
     def fwd(self, xw, h0, w_hh, batch_sizes, reverse, act):
         return torch.ops.fastrnn.rnn_fwd(xw, h0, w_hh, batch_sizes, reverse, reference.activation_id(act))
 
-    def bwd(self, dy, dh_n, y, w_hh, batch_sizes, reverse, act):
+    def bwd(self, dy, dh_n, y, w_hh, batch_sizes, reverse, act, need_dh0=True):
         return torch.ops.fastrnn.rnn_bwd(
-            dy, dh_n, y, w_hh, batch_sizes, reverse, reference.activation_id(act)
+            dy, dh_n, y, w_hh, batch_sizes, reverse, reference.activation_id(act), need_dh0
         )
 
 
