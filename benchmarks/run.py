@@ -1,6 +1,6 @@
 """fastrnn's main job: on whatever hardware is here, check fastrnn equals torch.nn.RNN and time both.
 
-    python -m benchmarks.run [--preset quick|full|tiny] [--filter T=1000,H=32] [--out DIR]
+    python -m benchmarks.run [--quick | --full | --preset tiny] [--filter T=1000,H=32] [--out DIR]
 
 For each configuration: a correctness gate (outputs and every gradient against torch.nn.RNN and a
 float64 oracle; a backend that fails is refused, not timed), then inference (no_grad forward) and a
@@ -220,6 +220,8 @@ def _progress(items: list, desc: str):
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick", help="tiny | quick (<2 min on 2 CPU cores) | full")
+    parser.add_argument("--quick", dest="preset", action="store_const", const="quick", help="--preset quick")
+    parser.add_argument("--full", dest="preset", action="store_const", const="full", help="--preset full")
     parser.add_argument("--filter", default=None, help="e.g. 'T=1000,H=32' or 'packed'")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device>-<date>)")
