@@ -33,6 +33,14 @@ def step_sizes(xw: Tensor, batch_sizes: Tensor | None) -> list[int]:
     return [int(b) for b in batch_sizes.tolist()]
 
 
+def _offsets(sizes: list[int]) -> list[int]:
+    """First packed row of each step, plus the total: ``[0, s0, s0 + s1, ..., N]``."""
+    offsets = [0]
+    for b in sizes:
+        offsets.append(offsets[-1] + b)
+    return offsets
+
+
 def _act(z: Tensor, activation: str) -> Tensor:
     return torch.tanh(z) if activation == "tanh" else torch.relu(z)
 
@@ -63,9 +71,7 @@ def rnn_recurrence_ref(
     """
     sizes = step_sizes(xw, batch_sizes)
     flat = xw.reshape(-1, xw.size(-1))
-    offsets = [0]
-    for b in sizes:
-        offsets.append(offsets[-1] + b)
+    offsets = _offsets(sizes)
     steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
     h = h0
     outs: dict[int, Tensor] = {}
@@ -98,9 +104,7 @@ def rnn_recurrence_bwd_ref(
     hidden = y.size(-1)
     flat_y = y.reshape(-1, hidden)
     flat_dy = dy.reshape(-1, hidden)
-    offsets = [0]
-    for b in sizes:
-        offsets.append(offsets[-1] + b)
+    offsets = _offsets(sizes)
     steps = range(len(sizes)) if reverse else range(len(sizes) - 1, -1, -1)
     # Out of place throughout, so that this backward is itself differentiable (double backward).
     dh = dh_n
