@@ -99,7 +99,8 @@ def make_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int =
     return pack_padded_sequence(x, lengths, enforce_sorted=False)
 
 
-def _candidates(case: Case, device: torch.device, torch_rnn: nn.RNN) -> dict[str, tuple[nn.Module, Optional[str]]]:
+def _candidates(case: Case, device: torch.device, torch_rnn: nn.RNN,
+                skip: tuple[str, ...] = ()) -> dict[str, tuple[nn.Module, Optional[str]]]:
     ours = fastrnn.RNN.from_torch(torch_rnn)
     found: dict[str, tuple[nn.Module, Optional[str]]] = {TORCH: (torch_rnn, None)}
     if device.type == "cuda":
@@ -116,7 +117,7 @@ def _candidates(case: Case, device: torch.device, torch_rnn: nn.RNN) -> dict[str
         found[f"fastrnn[{backend}]"] = (ours, backend)
     if not case.packed:
         found[CELL_LOOP] = (CellLoop(torch_rnn), None)
-    return found
+    return {name: impl for name, impl in found.items() if name == TORCH or name not in skip}
 
 
 def _context(name: str):
@@ -135,7 +136,7 @@ def gate(case: Case, name: str, module: nn.Module, backend: Optional[str], x, to
     return parity_failures(got, reference, oracle)
 
 
-def run_case(case: Case, device: torch.device, min_run_time: float) -> list[dict]:
+def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[str, ...] = ()) -> list[dict]:
     dtype = getattr(torch, case.dtype)
     torch.manual_seed(0)
     torch_rnn = nn.RNN(case.input_size, case.H, case.layers, case.nonlinearity,
@@ -146,7 +147,7 @@ def run_case(case: Case, device: torch.device, min_run_time: float) -> list[dict
     torch_rnn.to(dtype)
     timer = time_cuda if device.type == "cuda" else (lambda fn: time_cpu(fn, min_run_time))
     rows = []
-    for name, (module, backend) in _candidates(case, device, torch_rnn).items():
+    for name, (module, backend) in _candidates(case, device, torch_rnn, skip).items():
         failures = [] if name == TORCH else gate(case, name, module, backend, x, torch_rnn, reference, oracle)
         x_train = (x._replace(data=x.data.clone().requires_grad_(True)) if isinstance(x, PackedSequence)
                    else x.clone().requires_grad_(True))
@@ -226,6 +227,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device>-<date>)")
     parser.add_argument("--min-run-time", type=float, default=0.3, help="CPU seconds per timing")
+    parser.add_argument("--skip", default="", help="comma-separated implementations not to time, e.g. "
+                        "'fastrnn[reference],nn.RNNCell loop' (torch.nn.RNN, the baseline, always runs)")
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -240,7 +243,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[dict] = []
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         for case in _progress(cases, args.preset):
-            rows.extend(run_case(case, device, args.min_run_time))
+            rows.extend(run_case(case, device, args.min_run_time, tuple(filter(None, args.skip.split(",")))))
     written = write_results(rows, info, out_dir)
     print(markdown_table(rows))
     refused = [r for r in rows if r["gate"] != "pass"]

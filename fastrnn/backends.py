@@ -86,14 +86,46 @@ class CppBackend:
         )
 
 
-_BACKENDS: dict[str, Backend] = {b.name: b for b in (CppBackend(), ReferenceBackend())}
+class TritonBackend:
+    """The fused Triton kernels (``fastrnn.kernels``): CUDA tensors in float32, float16 and bfloat16, or
+    CPU tensors under ``TRITON_INTERPRET=1`` (how CI and machines without a GPU check the kernels)."""
+
+    name = "triton"
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+
+    def unavailable_reason(self) -> Optional[str]:
+        try:
+            import fastrnn.kernels.launch  # noqa: F401  (imports triton)
+        except ImportError as error:
+            return f"Triton is not importable ({error})"
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
+        return None
+
+    def cannot_run(self, xw: Tensor) -> Optional[str]:
+        interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        if xw.device.type != "cuda" and not (interpreted and xw.device.type == "cpu"):
+            return f"it runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), got {xw.device}"
+        if xw.dtype not in self.dtypes:
+            return f"it supports float32, float16 and bfloat16, got {xw.dtype}"
+        if xw.device.type == "cpu" and xw.dtype == torch.bfloat16:
+            return "Triton's interpreter computes bfloat16 tl.dot wrongly; bfloat16 runs on CUDA only"
+        return None
+
+    def fwd(self, xw, h0, w_hh, batch_sizes, reverse, act):
+        from fastrnn.kernels.launch import rnn_fwd_triton
+
+        return rnn_fwd_triton(xw, h0, w_hh, batch_sizes, reverse, reference.activation_id(act))
+
+    def bwd(self, dy, dh_n, y, w_hh, batch_sizes, reverse, act, need_dh0=True):
+        from fastrnn.kernels.launch import rnn_bwd_triton
+
+        return rnn_bwd_triton(dy, dh_n, y, w_hh, batch_sizes, reverse, reference.activation_id(act))
+
+
+_BACKENDS: dict[str, Backend] = {b.name: b for b in (TritonBackend(), CppBackend(), ReferenceBackend())}
 _PREFERENCE = {"cpu": ("cpp", "reference"), "cuda": ("triton", "reference")}
 _warned: set[str] = set()
-
-
-def register_backend(backend: Backend) -> None:
-    """Adds a backend (the Triton one registers itself from ``fastrnn.kernels``)."""
-    _BACKENDS[backend.name] = backend
 
 
 def available_backends() -> list[str]:

@@ -1,7 +1,15 @@
-import pytest
+import os
+
 import torch
 
-import fastrnn
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors; it must be chosen before
+# triton is first imported (fastrnn imports it lazily).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fastrnn  # noqa: E402
 
 
 def pytest_configure(config):
