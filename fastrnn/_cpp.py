@@ -72,4 +72,18 @@ def load_cpp_ops() -> str | None:
         if _error is None and not _registered():
             _error = "the C++ extension loaded but did not register torch.ops.fastrnn"
         _loaded = _error is None
+        if _loaded:
+            _register_fakes()
         return _error
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations of the C++ ops, for tracing and torch.library.opcheck."""
+
+    @torch.library.register_fake("fastrnn::rnn_fwd")
+    def _(xw, h0, w_hh, batch_sizes, reverse, activation):
+        return torch.empty_like(xw), torch.empty_like(h0)
+
+    @torch.library.register_fake("fastrnn::rnn_bwd")
+    def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0=True):
+        return torch.empty_like(y), torch.empty_like(dh_n)

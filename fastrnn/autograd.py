@@ -1,4 +1,13 @@
-"""``RNNRecurrenceFunction``: the recurrence op with its backward, on whichever backend runs it."""
+"""The differentiable recurrence op.
+
+Two entries to the same kernels and the same backward math:
+- ``RNNRecurrenceFunction`` (``torch.autograd.Function``) for plain eager tensors: a few microseconds of
+  overhead a call, which matters for short sequences;
+- ``torch.ops.fastrnn.recurrence`` (``torch.library`` custom op with registered fake and autograd, see
+  :mod:`fastrnn.ops`) whenever dynamo, export or another tracer is looking, so graphs hold one opaque node.
+Double backward works on both: with ``create_graph`` the Function backpropagates through the
+``fastrnn::recurrence_backward`` op, whose own autograd is registered.
+"""
 
 from __future__ import annotations
 
@@ -6,66 +15,39 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from fastrnn.backends import Backend, select_backend
-from fastrnn.reference import prev_state_index, rnn_recurrence_bwd_ref
 
+from fastrnn.backends import select_backend
+from fastrnn.ops import recurrence, recurrence_backward, recurrent_weight_grad
+from fastrnn.reference import ACTIVATIONS, activation_id
 
-def recurrent_weight_grad(
-    dz: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[Tensor], reverse: bool
-) -> Tensor:
-    """``dW_hh = dz^T h_prev`` over all steps and rows: one GEMM (two for padded input, no copy).
-
-    ``dz``, ``y``: ``[T, B, H]`` or packed ``[N, H]``; ``h0``: ``[B, H]``. Returns ``[H, H]``.
-    """
-    hidden = y.size(-1)
-    if batch_sizes is None:
-        first = y.size(0) - 1 if reverse else 0
-        dw = dz[first].t().mm(h0)
-        if y.size(0) > 1:
-            later, prev = (dz[:-1], y[1:]) if reverse else (dz[1:], y[:-1])
-            dw = dw.addmm(later.reshape(-1, hidden).t(), prev.reshape(-1, hidden))
-        return dw
-    index = prev_state_index(batch_sizes, reverse).to(y.device)
-    h_prev = torch.cat([y, h0]).index_select(0, index)  # [N, H]
-    return dz.t().mm(h_prev)
+__all__ = ["RNNRecurrenceFunction", "recurrent_weight_grad", "rnn_recurrence"]
 
 
 class RNNRecurrenceFunction(torch.autograd.Function):
-    """``(y, h_n) = recurrence(xw, h0, w_hh)``; see :mod:`fastrnn.reference` for the shapes."""
+    """``(y, h_n) = recurrence(xw, h0, w_hh)`` in eager mode; ``activation`` is 0 (tanh) or 1 (relu)."""
 
     @staticmethod
-    def forward(
-        ctx,
-        xw: Tensor,
-        h0: Tensor,
-        w_hh: Tensor,
-        batch_sizes: Optional[Tensor],
-        reverse: bool,
-        activation: str,
-        backend: Backend,
-    ) -> tuple[Tensor, Tensor]:
-        y, h_n = backend.fwd(xw, h0, w_hh, batch_sizes, reverse, activation)
+    def forward(ctx, xw, h0, w_hh, batch_sizes, reverse, activation):
+        y, h_n = select_backend(xw).fwd(xw, h0, w_hh, batch_sizes, reverse, ACTIVATIONS[activation])
         ctx.save_for_backward(h0, w_hh, y)
-        ctx.batch_sizes = batch_sizes
-        ctx.reverse = reverse
-        ctx.activation = activation
-        ctx.backend = backend
+        ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
         return y, h_n
 
     @staticmethod
-    def backward(ctx, dy: Tensor, dh_n: Tensor):
+    def backward(ctx, dy, dh_n):
         h0, w_hh, y = ctx.saved_tensors
-        args = (dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation)
-        if torch.is_grad_enabled():
-            # create_graph=True: backpropagate with differentiable ops on the saved y, whose own gradient
-            # flows back through this Function, so double backward is exact on every backend.
-            dz, dh0 = rnn_recurrence_bwd_ref(*args)
+        need_dh0 = ctx.needs_input_grad[1]
+        args = (dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse)
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            dz, dh0 = recurrence_backward(*args, ctx.activation, need_dh0)
         else:
-            dz, dh0 = ctx.backend.bwd(*args, need_dh0=ctx.needs_input_grad[1])
-        dw = None
-        if ctx.needs_input_grad[2]:
-            dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse)
-        return dz, dh0 if ctx.needs_input_grad[1] else None, dw, None, None, None, None
+            dz, dh0 = select_backend(y).bwd(*args, ACTIVATIONS[ctx.activation], need_dh0=need_dh0)
+        dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
+        return dz, dh0 if need_dh0 else None, dw, None, None, None
+
+
+def _traced(xw: Tensor) -> bool:
+    return torch.compiler.is_compiling() or type(xw) is not Tensor
 
 
 def rnn_recurrence(
@@ -76,7 +58,7 @@ def rnn_recurrence(
     reverse: bool = False,
     activation: str = "tanh",
 ) -> tuple[Tensor, Tensor]:
-    """The differentiable op on the backend chosen for ``xw`` (see :func:`fastrnn.backends.select_backend`).
+    """``h_t = act(xw_t + h_{t-1} W_hh^T)`` on the backend chosen for ``xw``, differentiable twice.
 
     Args:
         xw: ``[T, B, H]`` or packed ``[N, H]``, the input projection with both biases folded in.
@@ -85,6 +67,6 @@ def rnn_recurrence(
     Returns:
         ``y`` (shape of ``xw``) and ``h_n`` ``[B, H]``.
     """
-    return RNNRecurrenceFunction.apply(
-        xw, h0, w_hh, batch_sizes, reverse, activation, select_backend(xw)
-    )
+    if _traced(xw):
+        return recurrence(xw, h0, w_hh, batch_sizes, reverse, activation_id(activation))
+    return RNNRecurrenceFunction.apply(xw, h0, w_hh, batch_sizes, reverse, activation_id(activation))

@@ -119,19 +119,68 @@ def rnn_recurrence_bwd_ref(
     return dz.view_as(y), dh
 
 
-def prev_state_index(batch_sizes: Tensor, reverse: bool) -> Tensor:
+def rnn_recurrence_double_bwd_ref(
+    ddz: Tensor,
+    ddh0: Tensor,
+    dy: Tensor,
+    dh_n: Tensor,
+    y: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Tensor | None = None,
+    reverse: bool = False,
+    activation: str = "tanh",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Vector-Jacobian product of :func:`rnn_recurrence_bwd_ref`, written out (no autograd inside).
+
+    With cotangents ``ddz`` (of dz) and ``ddh0`` (of dh0), replay the backward keeping ``g_t``, then walk
+    its steps in reverse with the carry's cotangent ``c`` (``ddh0`` at first)::
+
+        dz^_t = ddz_t + c W^T;   dW += dz_t^T c;   g^_t = dz^_t * act'(y_t);   c = g^_t
+        y^_t = dz^_t * g_t * act''(y_t)   (tanh: -2 y_t; relu: 0)
+
+    Returns the gradients with respect to ``dy``, ``dh_n``, ``y`` and ``w_hh``.
+    """
+    sizes = step_sizes(y, batch_sizes)
+    hidden = y.size(-1)
+    flat_y, flat_dy, flat_ddz = (t.reshape(-1, hidden) for t in (y, dy, ddz))
+    offsets = _offsets(sizes)
+    steps = list(range(len(sizes))) if reverse else list(range(len(sizes) - 1, -1, -1))
+    carry = dh_n.clone()
+    g = torch.empty_like(flat_y)
+    dz = torch.empty_like(flat_y)
+    for t in steps:
+        b, lo, hi = sizes[t], offsets[t], offsets[t + 1]
+        g[lo:hi] = flat_dy[lo:hi] + carry[:b]
+        dz[lo:hi] = g[lo:hi] * _act_grad(flat_y[lo:hi], activation)
+        carry[:b] = dz[lo:hi] @ w_hh
+    c = ddh0.clone()
+    d_dy = torch.empty_like(flat_y)
+    d_y = torch.zeros_like(flat_y)
+    d_w = torch.zeros_like(w_hh)
+    for t in reversed(steps):
+        b, lo, hi = sizes[t], offsets[t], offsets[t + 1]
+        dz_hat = flat_ddz[lo:hi] + c[:b] @ w_hh.t()
+        d_w += dz[lo:hi].t() @ c[:b]
+        if activation == "tanh":
+            d_y[lo:hi] = dz_hat * g[lo:hi] * (-2 * flat_y[lo:hi])
+        d_dy[lo:hi] = dz_hat * _act_grad(flat_y[lo:hi], activation)
+        c[:b] = d_dy[lo:hi]
+    return d_dy.view_as(dy), c, d_y.view_as(y), d_w
+
+
+def prev_state_index(batch_sizes: Tensor, reverse: bool, total_rows: int) -> Tensor:
     """For each packed row, where its previous state lives in ``cat([y, h0])``.
 
     Row ``r`` of step ``t`` reads, in the forward direction, row ``r`` of step ``t - 1`` (or of ``h0`` at
     ``t = 0``); reversed, row ``r`` of step ``t + 1`` when that row is active there, else row ``r`` of ``h0``.
-    Returns an int64 tensor ``[N]`` with values in ``[0, N + B)``.
+    ``total_rows`` is ``N = sum(batch_sizes)``, passed in (it is ``y.size(0)``) so that tracers never need
+    the values of ``batch_sizes``. Returns an int64 tensor ``[N]`` with values in ``[0, N + B)``.
     """
     sizes = batch_sizes.to(torch.int64)
-    n = int(sizes.sum())
     offsets = torch.cumsum(sizes, 0) - sizes
-    step = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
-    row = torch.arange(n) - offsets[step]
-    h0_index = n + row
+    step = torch.repeat_interleave(torch.arange(sizes.numel()), sizes, output_size=total_rows)
+    row = torch.arange(total_rows) - offsets[step]
+    h0_index = total_rows + row
     if not reverse:
         prev = offsets[(step - 1).clamp(min=0)] + row
         return torch.where(step == 0, h0_index, prev)

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastrnn.autograd import RNNRecurrenceFunction
-from fastrnn.backends import _BACKENDS, select_backend
+from fastrnn.autograd import rnn_recurrence
+from fastrnn.backends import _BACKENDS
 from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
 
 CPU_BACKENDS = ["cpp", "reference"]
@@ -37,9 +37,10 @@ def test_gradcheck_function(use_backend, backend, reverse, activation, packed):
     args = [t.requires_grad_(True) for t in (xw, h0, w)]
 
     def f(xw, h0, w):
-        return RNNRecurrenceFunction.apply(xw, h0, w, batch_sizes, reverse, activation, select_backend(xw))
+        return rnn_recurrence(xw, h0, w, batch_sizes, reverse, activation)
 
     assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
 
 
 @settings(max_examples=60, deadline=None)
@@ -123,7 +124,7 @@ def test_non_contiguous_inputs(use_backend, backend):
     xw, h0, w, _ = _inputs(5, 4, 6, False, torch.float64, seed=9)
     strided_xw = xw.transpose(0, 1).contiguous().transpose(0, 1)
     strided_w = w.t().contiguous().t()
-    y, h_n = RNNRecurrenceFunction.apply(strided_xw, h0[::1], strided_w, None, False, "tanh", select_backend(xw))
+    y, h_n = rnn_recurrence(strided_xw, h0[::1], strided_w)
     y_ref, h_ref = rnn_recurrence_ref(xw, h0, w)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(h_n, h_ref)

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 import fastrnn
-from fastrnn.reference import prev_state_index, rnn_recurrence_bwd_ref, rnn_recurrence_ref
+from fastrnn.reference import (
+    prev_state_index,
+    rnn_recurrence_bwd_ref,
+    rnn_recurrence_double_bwd_ref,
+    rnn_recurrence_ref,
+)
 from fastrnn.testing import max_error, outputs_and_grads
 from tests.cases import INPUT_KINDS, make_input
 
@@ -44,9 +49,33 @@ def test_reference_backward_equals_autograd_of_reference(reverse, activation, pa
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_double_backward_reference_equals_autograd_of_backward(reverse, activation, packed):
+    gen = torch.Generator().manual_seed(3)
+    hidden, batch = 5, 4
+    batch_sizes = torch.tensor([4, 3, 3, 1]) if packed else None
+    shape = (int(batch_sizes.sum()), hidden) if packed else (4, batch, hidden)
+
+    def randn(*s):
+        return torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    dy, dh_n, w = randn(*shape), randn(batch, hidden), randn(hidden, hidden)
+    y = torch.tanh(torch.randn(*shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    dz, dh0 = rnn_recurrence_bwd_ref(dy, dh_n, y, w, batch_sizes, reverse, activation)
+    ddz, ddh0 = torch.randn_like(dz), torch.randn_like(dh0)
+    want = torch.autograd.grad((dz, dh0), (dy, dh_n, y, w), (ddz, ddh0), allow_unused=True)
+    got = rnn_recurrence_double_bwd_ref(ddz, ddh0, dy.detach(), dh_n.detach(), y.detach(), w.detach(),
+                                        batch_sizes, reverse, activation)
+    for name, a, b in zip(("dy", "dh_n", "y", "w_hh"), got, want):
+        expected = torch.zeros_like(a) if b is None else b
+        assert max_error(a, expected) < 1e-12, name
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_prev_state_index_matches_step_walk(reverse):
     sizes = [4, 3, 3, 1]
-    index = prev_state_index(torch.tensor(sizes), reverse).tolist()
+    index = prev_state_index(torch.tensor(sizes), reverse, sum(sizes)).tolist()
     n, offsets = sum(sizes), [0, 4, 7, 10]
     for t, b in enumerate(sizes):
         for r in range(b):

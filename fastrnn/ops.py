@@ -1,0 +1,132 @@
+"""The recurrence as ``torch.library`` custom ops, so ``torch.compile(fullgraph=True)`` and ``torch.export``
+see one opaque node per layer and direction instead of graph-breaking on a Python autograd.Function.
+
+``fastrnn::recurrence(xw, h0, w_hh, batch_sizes, reverse, activation) -> (y, h_n)`` runs on the backend
+chosen for ``xw`` (see :mod:`fastrnn.backends`). Its registered backward is itself an op,
+``fastrnn::recurrence_backward``, whose own registered backward, ``fastrnn::recurrence_double_backward``,
+makes double backward work with the reference's written-out second-order step loop (second derivatives
+are rare and small; triple backward is not supported).
+Fake implementations only allocate, never touch data.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastrnn.backends import select_backend
+from fastrnn.reference import ACTIVATIONS, prev_state_index, rnn_recurrence_double_bwd_ref
+
+
+@torch.library.custom_op("fastrnn::recurrence", mutates_args=())
+def recurrence(
+    xw: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, activation: int
+) -> tuple[Tensor, Tensor]:
+    return select_backend(xw).fwd(xw, h0, w_hh, batch_sizes, reverse, ACTIVATIONS[activation])
+
+
+@recurrence.register_fake
+def _(xw, h0, w_hh, batch_sizes, reverse, activation):
+    return torch.empty_like(xw), torch.empty_like(h0)
+
+
+@torch.library.custom_op("fastrnn::recurrence_backward", mutates_args=())
+def recurrence_backward(
+    dy: Tensor,
+    dh_n: Tensor,
+    y: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Optional[Tensor],
+    reverse: bool,
+    activation: int,
+    need_dh0: bool,
+) -> tuple[Tensor, Tensor]:
+    dz, dh0 = select_backend(y).bwd(
+        dy, dh_n, y, w_hh, batch_sizes, reverse, ACTIVATIONS[activation], need_dh0=need_dh0
+    )
+    return dz, dh0 if need_dh0 else torch.zeros_like(dh_n)
+
+
+@recurrence_backward.register_fake
+def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0):
+    return torch.empty_like(y), torch.empty_like(dh_n)
+
+
+def recurrent_weight_grad(
+    dz: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[Tensor], reverse: bool
+) -> Tensor:
+    """``dW_hh = dz^T h_prev`` over all steps and rows: one GEMM (two for padded input, no copy).
+
+    ``dz``, ``y``: ``[T, B, H]`` or packed ``[N, H]``; ``h0``: ``[B, H]``. Returns ``[H, H]``.
+    """
+    hidden = y.size(-1)
+    if batch_sizes is None:
+        first = y.size(0) - 1 if reverse else 0
+        dw = dz[first].t().mm(h0)
+        if y.size(0) > 1:
+            later, prev = (dz[:-1], y[1:]) if reverse else (dz[1:], y[:-1])
+            dw = dw.addmm(later.reshape(-1, hidden).t(), prev.reshape(-1, hidden))
+        return dw
+    index = prev_state_index(batch_sizes, reverse, y.size(0)).to(y.device)
+    h_prev = torch.cat([y, h0]).index_select(0, index)  # [N, H]
+    return dz.t().mm(h_prev)
+
+
+def _setup_recurrence(ctx, inputs, output):
+    xw, h0, w_hh, batch_sizes, reverse, activation = inputs
+    ctx.save_for_backward(h0, w_hh, output[0])
+    ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+
+
+def _recurrence_grad(ctx, dy, dh_n):
+    h0, w_hh, y = ctx.saved_tensors
+    dy = torch.zeros_like(y) if dy is None else dy
+    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
+    need_dh0 = ctx.needs_input_grad[1]
+    dz, dh0 = recurrence_backward(dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation, need_dh0)
+    dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
+    return dz, dh0 if need_dh0 else None, dw, None, None, None
+
+
+recurrence.register_autograd(_recurrence_grad, setup_context=_setup_recurrence)
+
+
+@torch.library.custom_op("fastrnn::recurrence_double_backward", mutates_args=())
+def recurrence_double_backward(
+    ddz: Tensor,
+    ddh0: Tensor,
+    dy: Tensor,
+    dh_n: Tensor,
+    y: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Optional[Tensor],
+    reverse: bool,
+    activation: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``recurrence_backward``'s (dz, dh0) with respect to (dy, dh_n, y, w_hh): the reference's
+    step loop over the batch sizes, opaque to tracers."""
+    return rnn_recurrence_double_bwd_ref(ddz, ddh0, dy, dh_n, y, w_hh, batch_sizes, reverse, ACTIVATIONS[activation])
+
+
+@recurrence_double_backward.register_fake
+def _(ddz, ddh0, dy, dh_n, y, w_hh, batch_sizes, reverse, activation):
+    return torch.empty_like(dy), torch.empty_like(dh_n), torch.empty_like(y), torch.empty_like(w_hh)
+
+
+def _setup_backward(ctx, inputs, output):
+    dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0 = inputs
+    ctx.save_for_backward(dy, dh_n, y, w_hh)
+    ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+
+
+def _backward_grad(ctx, ddz, ddh0):
+    dy, dh_n, y, w_hh = ctx.saved_tensors
+    ddz = torch.zeros_like(y) if ddz is None else ddz
+    ddh0 = torch.zeros_like(dh_n) if ddh0 is None else ddh0
+    grads = recurrence_double_backward(ddz, ddh0, dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation)
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])), None, None, None, None)
+
+
+recurrence_backward.register_autograd(_backward_grad, setup_context=_setup_backward)
