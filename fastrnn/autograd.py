@@ -6,7 +6,8 @@ Two entries to the same kernels and the same backward math:
 - ``torch.ops.fastrnn.recurrence`` (``torch.library`` custom op with registered fake and autograd, see
   :mod:`fastrnn.ops`) whenever dynamo, export or another tracer is looking, so graphs hold one opaque node.
 Double backward works on both: with ``create_graph`` the Function backpropagates through the
-``fastrnn::recurrence_backward`` op, whose own autograd is registered.
+``fastrnn::recurrence_backward`` op, whose own autograd is registered. Under torch.func transforms a
+``setup_context`` Function calls the ops, whose vmap rules are registered.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ __all__ = ["RNNRecurrenceFunction", "recurrent_weight_grad", "rnn_recurrence"]
 
 
 class RNNRecurrenceFunction(torch.autograd.Function):
-    """``(y, h_n) = recurrence(xw, h0, w_hh)`` in eager mode; ``activation`` is 0 (tanh) or 1 (relu)."""
+    """``(y, h_n) = recurrence(xw, h0, w_hh)`` on plain eager tensors; ``activation`` is 0 (tanh) or 1 (relu).
+
+    Old-style (``forward(ctx, ...)``): a third of the per-call overhead of a ``setup_context`` Function.
+    """
 
     @staticmethod
     def forward(ctx, xw, h0, w_hh, batch_sizes, reverse, activation):
@@ -46,7 +50,35 @@ class RNNRecurrenceFunction(torch.autograd.Function):
         return dz, dh0 if need_dh0 else None, dw, None, None, None
 
 
+class _RecurrenceUnderTransforms(torch.autograd.Function):
+    """The same under torch.func transforms (vmap, grad): functorch needs ``setup_context``, and it batches
+    the custom ops through their registered vmap rules. First-order gradients only."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(xw, h0, w_hh, batch_sizes, reverse, activation):
+        with torch.no_grad():  # this Function is the autograd; the op brings the vmap rule
+            return recurrence(xw, h0, w_hh, batch_sizes, reverse, activation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        xw, h0, w_hh, batch_sizes, reverse, activation = inputs
+        ctx.save_for_backward(h0, w_hh, output[0])
+        ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+
+    @staticmethod
+    def backward(ctx, dy, dh_n):
+        h0, w_hh, y = ctx.saved_tensors
+        need_dh0 = ctx.needs_input_grad[1]
+        with torch.no_grad():
+            dz, dh0 = recurrence_backward(dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation, need_dh0)
+            dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
+        return dz, dh0 if need_dh0 else None, dw, None, None, None
+
+
 def _traced(xw: Tensor) -> bool:
+    """Dynamo, export or fake tensors: the custom-op entry."""
     return torch.compiler.is_compiling() or type(xw) is not Tensor
 
 
@@ -67,6 +99,9 @@ def rnn_recurrence(
     Returns:
         ``y`` (shape of ``xw``) and ``h_n`` ``[B, H]``.
     """
+    args = (xw, h0, w_hh, batch_sizes, reverse, activation_id(activation))
+    if torch._C._are_functorch_transforms_active():
+        return _RecurrenceUnderTransforms.apply(*args)
     if _traced(xw):
-        return recurrence(xw, h0, w_hh, batch_sizes, reverse, activation_id(activation))
-    return RNNRecurrenceFunction.apply(xw, h0, w_hh, batch_sizes, reverse, activation_id(activation))
+        return recurrence(*args)
+    return RNNRecurrenceFunction.apply(*args)

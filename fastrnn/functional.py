@@ -16,6 +16,24 @@ from torch import Tensor
 from fastrnn.autograd import rnn_recurrence
 
 
+def _recurrence_under_autocast(
+    xw: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, activation: str
+) -> tuple[Tensor, Tensor]:
+    """The op, with torch.autocast's dtype rules (custom ops are not on autocast's lists).
+
+    CUDA: the recurrence runs in the autocast dtype (the kernels accumulate and carry the state in float32).
+    CPU: it runs in float32, where the C++ op is, and returns the autocast dtype, as torch.nn.RNN does.
+    """
+    device = xw.device.type
+    if not torch.is_autocast_enabled(device):
+        return rnn_recurrence(xw, h0, w_hh, batch_sizes, reverse, activation)
+    low = torch.get_autocast_dtype(device)
+    compute = low if device == "cuda" else torch.float32
+    with torch.autocast(device, enabled=False):
+        y, h_n = rnn_recurrence(xw.to(compute), h0.to(compute), w_hh.to(compute), batch_sizes, reverse, activation)
+    return y.to(low), h_n.to(low)
+
+
 def rnn(
     input: Tensor,
     hx: Tensor,
@@ -51,7 +69,7 @@ def rnn(
             w = weights[k * per_direction : (k + 1) * per_direction]
             bias = w[2] + w[3] if has_biases else None
             xw = F.linear(layer_input, w[0], bias)
-            y, h_n = rnn_recurrence(xw, hx[k], w[1], batch_sizes, direction == 1, nonlinearity)
+            y, h_n = _recurrence_under_autocast(xw, hx[k], w[1], batch_sizes, direction == 1, nonlinearity)
             outputs.append(y)
             finals.append(h_n)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
@@ -75,5 +93,5 @@ def rnn_cell(
     """
     bias = b_ih + b_hh if b_ih is not None and b_hh is not None else b_ih if b_ih is not None else b_hh
     xw = F.linear(input, w_ih, bias)
-    y, _ = rnn_recurrence(xw.unsqueeze(0), hx, w_hh, None, False, nonlinearity)
+    y, _ = _recurrence_under_autocast(xw.unsqueeze(0), hx, w_hh, None, False, nonlinearity)
     return y[0]

@@ -130,3 +130,40 @@ def _backward_grad(ctx, ddz, ddh0):
 
 
 recurrence_backward.register_autograd(_backward_grad, setup_context=_setup_backward)
+
+
+def _to_front(t: Optional[Tensor], dim: Optional[int], size: int) -> Optional[Tensor]:
+    if t is None or dim is None:
+        return None if t is None else t.unsqueeze(0).expand(size, *t.shape)
+    return t.movedim(dim, 0)
+
+
+def _vmap_by_loop(op, tensor_args: int):
+    """A vmap rule that runs the op once per vmapped slice (batch_sizes must not be vmapped)."""
+
+    def rule(info, in_dims, *args):
+        if any(d is not None for d in in_dims[tensor_args:]):
+            raise ValueError("fastrnn: torch.func.vmap over batch_sizes is not supported")
+        tensors = [_to_front(t, d, info.batch_size) for t, d in zip(args[:tensor_args], in_dims)]
+        outs = [op(*(t[i] for t in tensors), *args[tensor_args:]) for i in range(info.batch_size)]
+        stacked = tuple(torch.stack(parts) for parts in zip(*outs))
+        return stacked, (0,) * len(stacked)
+
+    return rule
+
+
+def _vmap_recurrence(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activation):
+    # Shared weights over padded input: fold the vmapped dimension into the batch, one op call.
+    if in_dims[2] is None and batch_sizes is None and in_dims[3] is None:
+        size = info.batch_size
+        xs, hs = _to_front(xw, in_dims[0], size), _to_front(h0, in_dims[1], size)  # [V, T, B, H], [V, B, H]
+        steps, batch, hidden = xs.shape[1:]
+        y, h_n = recurrence(xs.transpose(0, 1).reshape(steps, size * batch, hidden),
+                            hs.reshape(size * batch, hidden), w_hh, None, reverse, activation)
+        return (y.reshape(steps, size, batch, hidden).transpose(0, 1), h_n.reshape(size, batch, hidden)), (0, 0)
+    return _vmap_by_loop(recurrence, 3)(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activation)
+
+
+recurrence.register_vmap(_vmap_recurrence)
+recurrence_backward.register_vmap(_vmap_by_loop(recurrence_backward, 4))
+recurrence_double_backward.register_vmap(_vmap_by_loop(recurrence_double_backward, 6))
