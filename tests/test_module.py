@@ -159,3 +159,42 @@ def test_module_to_float64_and_back():
     assert ours(torch.randn(2, 1, 3, dtype=torch.float64))[0].dtype == torch.float64
     ours.float()
     assert ours(torch.randn(2, 1, 3))[0].dtype == torch.float32
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, rnn_class):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 6)
+        self.rnn = rnn_class(6, 8, num_layers=2, bidirectional=True, batch_first=True)
+        self.cell = (fastrnn.RNNCell if rnn_class is fastrnn.RNN else torch.nn.RNNCell)(16, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(self.cell(out[:, -1]))
+
+
+@pytest.mark.parametrize("direction", ["torch_to_fastrnn", "fastrnn_to_torch"])
+def test_checkpoint_files_move_between_torch_and_fastrnn(tmp_path, direction):
+    source_cls, target_cls = (
+        (torch.nn.RNN, fastrnn.RNN) if direction == "torch_to_fastrnn" else (fastrnn.RNN, torch.nn.RNN)
+    )
+    torch.manual_seed(0)
+    source = _Net(source_cls)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": source.state_dict(), "epoch": 3}, path)
+    target = _Net(target_cls)
+    target.load_state_dict(torch.load(path, weights_only=True)["model"], strict=True)
+    ids = torch.randint(0, 10, (4, 7))
+    torch.testing.assert_close(target(ids), source(ids))
+
+
+def test_whole_model_with_fastrnn_modules_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    net = _Net(fastrnn.RNN)
+    path = tmp_path / "model.pt"
+    torch.save(net, path)
+    loaded = torch.load(path, weights_only=False)
+    assert isinstance(loaded.rnn, fastrnn.RNN) and isinstance(loaded.cell, fastrnn.RNNCell)
+    ids = torch.randint(0, 10, (2, 5))
+    assert torch.equal(loaded(ids), net(ids))
