@@ -10,7 +10,6 @@ import sys
 import torch
 import triton
 import triton.language as tl
-
 from fastrnn.kernels.rnn_multi import _grid_barrier
 
 

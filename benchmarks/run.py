@@ -20,7 +20,7 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -156,7 +156,7 @@ def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[
             with torch.no_grad():
                 return module(x)
 
-        def train(module=module):
+        def train(module=module, x_train=x_train):
             out, h_n = module(x_train)
             (out.data if isinstance(out, PackedSequence) else out).sum().backward()
 
@@ -237,7 +237,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     info["fastrnn_backends"] = fastrnn.available_backends()
     info["preset"] = args.preset
     stamp = datetime.date.today().isoformat()
-    out_dir = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{machine.slug(info)}-{args.preset}-{stamp}"
+    default_dir = Path(__file__).parent / "results" / f"{machine.slug(info)}-{args.preset}-{stamp}"
+    out_dir = Path(args.out) if args.out else default_dir
     print(f"fastrnn benchmark on {info.get('gpu') or info['cpu']} ({device}), backends {info['fastrnn_backends']}, "
           f"{len(cases)} cases", file=sys.stderr)
     rows: list[dict] = []

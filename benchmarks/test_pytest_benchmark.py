@@ -16,7 +16,9 @@ from benchmarks.run import forced_backend, make_input
 
 PRESET = os.environ.get("FASTRNN_BENCH_PRESET", "quick")
 CASES = select(PRESET, os.environ.get("FASTRNN_BENCH_FILTER"))
-IMPLS = ["torch"] + [f"fastrnn[{b}]" for b in fastrnn.available_backends() if b != "triton" or torch.cuda.is_available()]
+IMPLS = ["torch"] + [
+    f"fastrnn[{b}]" for b in fastrnn.available_backends() if b != "triton" or torch.cuda.is_available()
+]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

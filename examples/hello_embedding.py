@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from hello_data import IDX2CHAR, X_DATA, decode, labels
 
 import fastrnn
-from hello_data import IDX2CHAR, X_DATA, decode, labels
 
 
 class Model(torch.nn.Module):

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from hello_data import IDX2CHAR, decode, labels, one_hot_inputs
 
 import fastrnn
-from hello_data import IDX2CHAR, decode, labels, one_hot_inputs
 
 
 class Model(torch.nn.Module):

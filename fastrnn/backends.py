@@ -6,6 +6,7 @@ otherwise the fastest backend that can run them is taken, with one warning when 
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from typing import Optional, Protocol
@@ -86,6 +87,15 @@ class CppBackend:
         )
 
 
+@functools.cache
+def _triton_import_error() -> Optional[str]:
+    try:
+        import fastrnn.kernels.launch  # noqa: F401  (imports triton)
+    except ImportError as error:
+        return f"Triton is not importable ({error})"
+    return None
+
+
 class TritonBackend:
     """The fused Triton kernels (``fastrnn.kernels``): CUDA tensors in float32, float16 and bfloat16, or
     CPU tensors under ``TRITON_INTERPRET=1`` (how CI and machines without a GPU check the kernels)."""
@@ -94,10 +104,9 @@ class TritonBackend:
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
 
     def unavailable_reason(self) -> Optional[str]:
-        try:
-            import fastrnn.kernels.launch  # noqa: F401  (imports triton)
-        except ImportError as error:
-            return f"Triton is not importable ({error})"
+        missing = _triton_import_error()
+        if missing is not None:
+            return missing
         if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
             return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
         return None

@@ -15,7 +15,6 @@ from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import functional
 
-
 _SCALAR_TYPE_NAMES = {
     torch.float32: "Float",
     torch.float64: "Double",

@@ -16,10 +16,9 @@ from typing import Optional
 
 import torch
 import triton
-from torch import Tensor
-
 from fastrnn.kernels.rnn_multi import _rnn_bwd_multi_kernel, _rnn_fwd_multi_kernel
 from fastrnn.kernels.rnn_single import MAX_H, MAX_H_FP32_IEEE, _rnn_bwd_single_kernel, _rnn_fwd_single_kernel
+from torch import Tensor
 
 MULTI_BLOCK_N = 32
 MULTI_BLOCK_K = 64

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
 from fastrnn.kernels.rnn_single import _activation, _activation_grad, _matmul, _step_rows
 
 
