@@ -8,15 +8,15 @@ import fastrnn
 from fastrnn.backends import _BACKENDS
 
 
-def _op_inputs(packed: bool, requires_grad: bool):
+def _op_inputs(packed: bool, requires_grad: bool, device: str = "cpu"):
     gen = torch.Generator().manual_seed(0)
     batch_sizes = torch.tensor([3, 2, 2, 1]) if packed else None
     xw = torch.randn(8, 5, generator=gen) if packed else torch.randn(4, 3, 5, generator=gen)
     h0, w = torch.randn(3, 5, generator=gen), torch.randn(5, 5, generator=gen) / 3
-    return [t.requires_grad_(requires_grad) for t in (xw, h0, w)] + [batch_sizes]
+    return [t.to(device).requires_grad_(requires_grad) for t in (xw, h0, w)] + [batch_sizes]
 
 
-@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("backend", ["cpp", "reference", "triton"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_opcheck_recurrence_ops(use_backend, backend, packed, reverse):
@@ -95,3 +95,19 @@ def test_export_runs_and_matches_eager():
     assert any("fastrnn.recurrence" in op for op in ops), ops
     x2 = torch.randn(2, 5, 6)
     torch.testing.assert_close(exported.module()(x2), model(x2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compile_fullgraph_matches_eager_on_cuda():
+    torch.manual_seed(0)
+    model = Tagger().cuda()
+    x = torch.randn(3, 7, 6, device="cuda")
+    want_loss, want_grads = _train_step(model, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    for _ in range(2):
+        loss, grads = _train_step(model, x, compiled)
+    torch.testing.assert_close(loss, want_loss)
+    for name in want_grads:
+        torch.testing.assert_close(grads[name], want_grads[name], msg=name)

@@ -198,3 +198,13 @@ def test_whole_model_with_fastrnn_modules_saves_and_loads(tmp_path):
     assert isinstance(loaded.rnn, fastrnn.RNN) and isinstance(loaded.cell, fastrnn.RNNCell)
     ids = torch.randint(0, 10, (2, 5))
     assert torch.equal(loaded(ids), net(ids))
+
+
+def test_non_contiguous_input_and_hidden_state():
+    ref = torch.nn.RNN(3, 5, 2, bidirectional=True, dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(6, 8, 3, dtype=torch.float64)[:, ::2]  # strided batch
+    hx = torch.randn(4, 5, 4, dtype=torch.float64).transpose(1, 2)  # [4, 4, 5], transposed storage
+    assert not x.is_contiguous() and not hx.is_contiguous()
+    for got, want in zip(ours(x, hx), ref(x, hx)):
+        torch.testing.assert_close(got, want)
