@@ -103,3 +103,23 @@ def test_cuda_picks_triton_by_default(monkeypatch):
     from fastrnn.backends import select_backend
 
     assert select_backend(torch.zeros(1, 1, 1, device="cuda")).name == "triton"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda m: m(3, 5).cuda()(torch.randn(2, 4, 3)), id="input-on-cpu"),
+        pytest.param(lambda m: m(3, 5)(torch.randn(2, 4, 3, device="cuda")), id="module-on-cpu"),
+        pytest.param(lambda m: m(3, 5).cuda()(torch.randn(2, 4, 3, device="cuda"), torch.randn(1, 4, 5)),
+                     id="hx-on-cpu"),
+    ],
+)
+def test_device_mismatch_raises_like_torch(call):
+    outcomes = []
+    for cls in (torch.nn.RNN, fastrnn.RNN):
+        try:
+            call(cls)
+            outcomes.append((None, None))
+        except Exception as error:  # compare whatever each raises
+            outcomes.append((type(error), str(error)))
+    assert outcomes[1] == outcomes[0]
