@@ -7,10 +7,8 @@ Embeddings replace the one-hot vectors: low-dimensional, dense, and learned.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from hello_data import IDX2CHAR, X_DATA, decode, labels
+from hello_data import IDX2CHAR, X_DATA, labels, run_from_command_line, train
 
 import fastrnn
 
@@ -32,22 +30,13 @@ def main(epochs: int = 15, seed: int = 0, verbose: bool = True) -> tuple[str, li
     inputs, targets = torch.tensor([X_DATA]), labels()  # [1, 5], [5]
     model = Model(len(IDX2CHAR))
     criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    losses, predicted = [], ""
-    for epoch in range(epochs):
-        optimizer.zero_grad()
+
+    def step():
         outputs = model(inputs)
-        loss = criterion(outputs, targets)
-        loss.backward()
-        optimizer.step()
-        predicted = decode(outputs.argmax(dim=1))
-        losses.append(loss.item())
-        if verbose:
-            print(f"Predicted string: {predicted}, Epoch [{epoch + 1}/{epochs}] loss={loss.item():.4f}")
-    return predicted, losses
+        return criterion(outputs, targets), outputs.argmax(dim=1)
+
+    return train(model, step, epochs, lr=0.05, verbose=verbose)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=15)
-    main(parser.parse_args().epochs)
+    run_from_command_line(main, __doc__, epochs=15)

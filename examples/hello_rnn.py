@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from hello_data import IDX2CHAR, decode, labels, one_hot_inputs
+from hello_data import IDX2CHAR, labels, one_hot_inputs, run_from_command_line, train
 
 import fastrnn
 
@@ -30,22 +28,13 @@ def main(epochs: int = 30, seed: int = 2, verbose: bool = True) -> tuple[str, li
     inputs, targets = one_hot_inputs(), labels()
     model = Model(len(IDX2CHAR), 4)
     criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    losses, predicted = [], ""
-    for epoch in range(epochs):
-        optimizer.zero_grad()
-        outputs = model(inputs)
-        loss = criterion(outputs, targets)
-        loss.backward()
-        optimizer.step()
-        predicted = decode(outputs.argmax(dim=1))
-        losses.append(loss.item())
-        if verbose:
-            print(f"Predicted string: {predicted}, Epoch [{epoch + 1}/{epochs}] loss={loss.item():.4f}")
-    return predicted, losses
+
+    def step():
+        outputs = model(inputs)  # the whole sequence in one call
+        return criterion(outputs, targets), outputs.argmax(dim=1)
+
+    return train(model, step, epochs, lr=0.1, verbose=verbose)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=30)
-    main(parser.parse_args().epochs)
+    run_from_command_line(main, __doc__, epochs=30)

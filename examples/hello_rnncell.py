@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from hello_data import IDX2CHAR, decode, labels, one_hot_inputs
+from hello_data import IDX2CHAR, labels, one_hot_inputs, run_from_command_line, train
 
 import fastrnn
 
@@ -31,27 +29,17 @@ def main(epochs: int = 30, seed: int = 2, verbose: bool = True) -> tuple[str, li
     inputs, targets = one_hot_inputs(), labels().view(-1, 1)  # [5, 1, 4], [5, 1]
     model = Model(len(IDX2CHAR), 4)
     criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
-    losses, predicted = [], ""
-    for epoch in range(epochs):
-        optimizer.zero_grad()
-        hidden = model.init_hidden()
-        loss = 0
-        chars = []
-        for x_t, y_t in zip(inputs, targets):
+
+    def step():
+        hidden, loss, chars = model.init_hidden(), 0, []
+        for x_t, y_t in zip(inputs, targets):  # one RNNCell step per character
             hidden = model(x_t, hidden)
             loss = loss + criterion(hidden, y_t)
             chars.append(hidden.argmax(dim=1).item())
-        loss.backward()
-        optimizer.step()
-        predicted = decode(chars)
-        losses.append(loss.item())
-        if verbose:
-            print(f"Predicted string: {predicted}, Epoch [{epoch + 1}/{epochs}] loss={loss.item():.4f}")
-    return predicted, losses
+        return loss, chars
+
+    return train(model, step, epochs, lr=0.1, verbose=verbose)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=30)
-    main(parser.parse_args().epochs)
+    run_from_command_line(main, __doc__, epochs=30)

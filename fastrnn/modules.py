@@ -152,44 +152,27 @@ class RNN(nn.RNNBase):
             hidden = hidden.squeeze(1)
         return output, self.permute_hidden(hidden, unsorted_indices)
 
+    def _config(self) -> tuple[tuple, dict]:
+        first = next(self.parameters())
+        args = (self.input_size, self.hidden_size, self.num_layers, self.nonlinearity, self.bias,
+                self.batch_first, self.dropout, self.bidirectional)
+        return args, {"device": first.device, "dtype": first.dtype}
+
     @classmethod
     def from_torch(cls, module: nn.RNN) -> RNN:
         """A ``fastrnn.RNN`` with the configuration, device, dtype and weights of ``module``."""
-        first = next(module.parameters())
-        new = cls(
-            module.input_size,
-            module.hidden_size,
-            module.num_layers,
-            module.nonlinearity,
-            module.bias,
-            module.batch_first,
-            module.dropout,
-            module.bidirectional,
-            device=first.device,
-            dtype=first.dtype,
-        )
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        return new
+        args, kwargs = RNN._config(module)
+        return _copy_into(cls(*args, **kwargs), module)
 
     def to_torch(self) -> nn.RNN:
         """The ``torch.nn.RNN`` with this module's configuration, device, dtype and weights."""
-        first = next(self.parameters())
-        module = nn.RNN(
-            self.input_size,
-            self.hidden_size,
-            self.num_layers,
-            self.nonlinearity,
-            self.bias,
-            self.batch_first,
-            self.dropout,
-            self.bidirectional,
-            device=first.device,
-            dtype=first.dtype,
-        )
-        module.load_state_dict(self.state_dict())
-        module.train(self.training)
-        return module
+        args, kwargs = self._config()
+        return _copy_into(nn.RNN(*args, **kwargs), self)
+
+
+def _copy_into(target: nn.Module, source: nn.Module) -> nn.Module:
+    target.load_state_dict(source.state_dict())
+    return target.train(source.training)
 
 
 class RNNCell(nn.RNNCellBase):
@@ -246,23 +229,17 @@ class RNNCell(nn.RNNCellBase):
         )
         return ret if is_batched else ret.squeeze(0)
 
+    def _config(self) -> tuple[tuple, dict]:
+        args = (self.input_size, self.hidden_size, self.bias, self.nonlinearity)
+        return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
+
     @classmethod
     def from_torch(cls, module: nn.RNNCell) -> RNNCell:
         """A ``fastrnn.RNNCell`` with the configuration, device, dtype and weights of ``module``."""
-        first = module.weight_ih
-        new = cls(
-            module.input_size, module.hidden_size, module.bias, module.nonlinearity,
-            device=first.device, dtype=first.dtype,
-        )
-        new.load_state_dict(module.state_dict())
-        return new
+        args, kwargs = RNNCell._config(module)
+        return _copy_into(cls(*args, **kwargs), module)
 
     def to_torch(self) -> nn.RNNCell:
         """The ``torch.nn.RNNCell`` with this module's configuration, device, dtype and weights."""
-        first = self.weight_ih
-        module = nn.RNNCell(
-            self.input_size, self.hidden_size, self.bias, self.nonlinearity,
-            device=first.device, dtype=first.dtype,
-        )
-        module.load_state_dict(self.state_dict())
-        return module
+        args, kwargs = self._config()
+        return _copy_into(nn.RNNCell(*args, **kwargs), self)

@@ -33,12 +33,15 @@ def step_sizes(xw: Tensor, batch_sizes: Tensor | None) -> list[int]:
     return [int(b) for b in batch_sizes.tolist()]
 
 
-def _offsets(sizes: list[int]) -> list[int]:
-    """First packed row of each step, plus the total: ``[0, s0, s0 + s1, ..., N]``."""
+def _schedule(x: Tensor, batch_sizes: Tensor | None, reverse: bool, backward: bool):
+    """Rows per step, first packed row of each step (plus the total N), and the order the pass walks the
+    steps in: the forward pass from 0 (from T - 1 when reversed), the backward pass the other way."""
+    sizes = step_sizes(x, batch_sizes)
     offsets = [0]
     for b in sizes:
         offsets.append(offsets[-1] + b)
-    return offsets
+    order = list(range(len(sizes)))
+    return sizes, offsets, order[::-1] if reverse != backward else order
 
 
 def _act(z: Tensor, activation: str) -> Tensor:
@@ -69,10 +72,8 @@ def rnn_recurrence_ref(
     Returns:
         ``y`` with the shape of ``xw`` and ``h_n`` ``[B, H]``.
     """
-    sizes = step_sizes(xw, batch_sizes)
+    sizes, offsets, steps = _schedule(xw, batch_sizes, reverse, backward=False)
     flat = xw.reshape(-1, xw.size(-1))
-    offsets = _offsets(sizes)
-    steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
     h = h0
     outs: dict[int, Tensor] = {}
     for t in steps:
@@ -100,12 +101,10 @@ def rnn_recurrence_bwd_ref(
     Returns:
         ``dz`` with the shape of ``y`` (the gradient of ``xw``) and ``dh0`` ``[B, H]``.
     """
-    sizes = step_sizes(y, batch_sizes)
+    sizes, offsets, steps = _schedule(y, batch_sizes, reverse, backward=True)
     hidden = y.size(-1)
     flat_y = y.reshape(-1, hidden)
     flat_dy = dy.reshape(-1, hidden)
-    offsets = _offsets(sizes)
-    steps = range(len(sizes)) if reverse else range(len(sizes) - 1, -1, -1)
     # Out of place throughout, so that this backward is itself differentiable (double backward).
     dh = dh_n
     pieces: dict[int, Tensor] = {}
@@ -140,11 +139,9 @@ def rnn_recurrence_double_bwd_ref(
 
     Returns the gradients with respect to ``dy``, ``dh_n``, ``y`` and ``w_hh``.
     """
-    sizes = step_sizes(y, batch_sizes)
+    sizes, offsets, steps = _schedule(y, batch_sizes, reverse, backward=True)
     hidden = y.size(-1)
     flat_y, flat_dy, flat_ddz = (t.reshape(-1, hidden) for t in (y, dy, ddz))
-    offsets = _offsets(sizes)
-    steps = list(range(len(sizes))) if reverse else list(range(len(sizes) - 1, -1, -1))
     carry = dh_n.clone()
     g = torch.empty_like(flat_y)
     dz = torch.empty_like(flat_y)

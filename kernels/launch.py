@@ -89,42 +89,56 @@ def _geometry(xw: Tensor, batch_sizes: Optional[Tensor]) -> tuple[int, int, int]
     return batch_sizes.numel(), int(batch_sizes[0]) if batch_sizes.numel() else 0, hidden
 
 
+def _flags(w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, activation: int) -> dict:
+    fp32_dot, precision = _dot_mode(w_hh.dtype)
+    return dict(REVERSE=reverse, ACTIVATION=activation, PACKED=batch_sizes is not None, FP32_DOT=fp32_dot,
+                PRECISION=precision)
+
+
+def _run_multi_tier(kernel, tensors: tuple, state0: Tensor, tables: tuple, steps: int, flags: dict,
+                    persistent_meta: dict, per_step_metas: list[dict]) -> Tensor:
+    """Launches a multi-tier kernel over all steps and returns its final float32 state ``[B, H]``.
+
+    ``state0`` seeds both slots of the ``[2, B, H]`` state buffer; kernels take
+    ``(*tensors, state, counter, batch_sizes, offsets, T, B, H, s_first, n_steps)``.
+    """
+    batch, hidden = state0.shape
+    programs = triton.cdiv(hidden, MULTI_BLOCK_N)
+    state = state0.to(torch.float32).unsqueeze(0).repeat(2, 1, 1)  # [2, B, H]
+    counter = torch.zeros(1, dtype=torch.int32, device=state0.device)
+    meta = dict(flags, BLOCK_B=_block_b(batch), BLOCK_N=MULTI_BLOCK_N, BLOCK_K=MULTI_BLOCK_K)
+    args = (*tensors, state, counter, *tables, steps, batch, hidden)
+    if _persistent(programs, state0.device):
+        kernel[(programs,)](*args, 0, steps, PERSISTENT=True, **persistent_meta, **meta)
+    else:
+        _warn_per_step(hidden, programs)
+        for s in range(steps):
+            for step_meta in per_step_metas:
+                kernel[(programs,)](*args, s, 1, PERSISTENT=False, **step_meta, **meta)
+    return state[steps % 2]
+
+
 def rnn_fwd_triton(
     xw: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, activation: int
 ) -> tuple[Tensor, Tensor]:
     """The forward op on Triton. Shapes as :func:`fastrnn.reference.rnn_recurrence_ref`."""
     xw, h0, w_hh = xw.contiguous(), h0.contiguous(), w_hh.contiguous()
-    steps, batch, hidden = _geometry(xw, batch_sizes)
+    steps, _, hidden = _geometry(xw, batch_sizes)
     batch = h0.size(0)
     y = _alloc_like(xw)  # [T, B, H] or [N, H]
-    bs, offsets = _tables(batch_sizes, xw.device)
-    fp32_dot, precision = _dot_mode(w_hh.dtype)
-    packed = batch_sizes is not None
     if steps == 0 or batch == 0:
         return y, h0.clone()
+    tables = _tables(batch_sizes, xw.device)
+    flags = _flags(w_hh, batch_sizes, reverse, activation)
     if tier(hidden, w_hh.dtype) == "single":
         h_n = _alloc_like(h0)  # [B, H]
         _rnn_fwd_single_kernel[_batch_tiles(batch)](
-            xw, h0, w_hh.t().contiguous(), y, h_n, bs, offsets, steps, batch, hidden,
-            REVERSE=reverse, ACTIVATION=activation, PACKED=packed, FP32_DOT=fp32_dot, PRECISION=precision,
-            BLOCK_H=max(16, triton.next_power_of_2(hidden)),
+            xw, h0, w_hh.t().contiguous(), y, h_n, *tables, steps, batch, hidden,
+            BLOCK_H=max(16, triton.next_power_of_2(hidden)), **flags,
         )
         return y, h_n
-    programs = triton.cdiv(hidden, MULTI_BLOCK_N)
-    state = h0.to(torch.float32).unsqueeze(0).repeat(2, 1, 1)  # [2, B, H]
-    counter = torch.zeros(1, dtype=torch.int32, device=xw.device)
-    common = dict(
-        REVERSE=reverse, ACTIVATION=activation, PACKED=packed, FP32_DOT=fp32_dot, PRECISION=precision,
-        BLOCK_B=_block_b(batch), BLOCK_N=MULTI_BLOCK_N, BLOCK_K=MULTI_BLOCK_K,
-    )
-    args = (xw, w_hh, y, state, counter, bs, offsets, steps, batch, hidden)
-    if _persistent(programs, xw.device):
-        _rnn_fwd_multi_kernel[(programs,)](*args, 0, steps, PERSISTENT=True, **common)
-    else:
-        _warn_per_step(hidden, programs)
-        for s in range(steps):
-            _rnn_fwd_multi_kernel[(programs,)](*args, s, 1, PERSISTENT=False, **common)
-    return y, state[steps % 2].to(h0.dtype)
+    h_n = _run_multi_tier(_rnn_fwd_multi_kernel, (xw, w_hh, y), h0, tables, steps, flags, {}, [{}])
+    return y, h_n.to(h0.dtype)
 
 
 def rnn_bwd_triton(
@@ -136,32 +150,18 @@ def rnn_bwd_triton(
     steps, _, hidden = _geometry(y, batch_sizes)
     batch = dh_n.size(0)
     dz = _alloc_like(y)  # [T, B, H] or [N, H]
-    bs, offsets = _tables(batch_sizes, y.device)
-    fp32_dot, precision = _dot_mode(w_hh.dtype)
-    packed = batch_sizes is not None
     if steps == 0 or batch == 0:
         return dz, dh_n.clone()
+    tables = _tables(batch_sizes, y.device)
+    flags = _flags(w_hh, batch_sizes, reverse, activation)
     if tier(hidden, w_hh.dtype) == "single":
         dh0 = _alloc_like(dh_n)  # [B, H]
         _rnn_bwd_single_kernel[_batch_tiles(batch)](
-            dy, dh_n, y, w_hh, dz, dh0, bs, offsets, steps, batch, hidden,
-            REVERSE=reverse, ACTIVATION=activation, PACKED=packed, FP32_DOT=fp32_dot, PRECISION=precision,
-            BLOCK_H=max(16, triton.next_power_of_2(hidden)),
+            dy, dh_n, y, w_hh, dz, dh0, *tables, steps, batch, hidden,
+            BLOCK_H=max(16, triton.next_power_of_2(hidden)), **flags,
         )
         return dz, dh0
-    programs = triton.cdiv(hidden, MULTI_BLOCK_N)
-    state = dh_n.to(torch.float32).unsqueeze(0).repeat(2, 1, 1)  # [2, B, H]
-    counter = torch.zeros(1, dtype=torch.int32, device=y.device)
-    common = dict(
-        REVERSE=reverse, ACTIVATION=activation, PACKED=packed, FP32_DOT=fp32_dot, PRECISION=precision,
-        BLOCK_B=_block_b(batch), BLOCK_N=MULTI_BLOCK_N, BLOCK_K=MULTI_BLOCK_K,
-    )
-    args = (dy, y, w_hh, dz, state, counter, bs, offsets, steps, batch, hidden)
-    if _persistent(programs, y.device):
-        _rnn_bwd_multi_kernel[(programs,)](*args, 0, steps, PERSISTENT=True, PHASE=2, **common)
-    else:
-        _warn_per_step(hidden, programs)
-        for s in range(steps):
-            for phase in (0, 1):
-                _rnn_bwd_multi_kernel[(programs,)](*args, s, 1, PERSISTENT=False, PHASE=phase, **common)
-    return dz, state[steps % 2].to(dh_n.dtype)
+    # Per step, phase 0 writes dz_t for each program's columns and phase 1 reads all of it.
+    dh0 = _run_multi_tier(_rnn_bwd_multi_kernel, (dy, y, w_hh, dz), dh_n, tables, steps, flags,
+                          {"PHASE": 2}, [{"PHASE": 0}, {"PHASE": 1}])
+    return dz, dh0.to(dh_n.dtype)
