@@ -190,7 +190,8 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: list[dict], info: dict, out_dir: Path) -> list[Path]:
+def write_results(rows: list[dict], info: dict, out_dir: Path, plots: bool = True) -> list[Path]:
+    """table.md, results.json, results.csv and (with ``plots``) the speedup plots under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "table.md"]
     written[0].write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
@@ -202,6 +203,8 @@ def write_results(rows: list[dict], info: dict, out_dir: Path) -> list[Path]:
     header = (f"Machine: {info.get('gpu') or info['cpu']} ({info['torch_threads']} threads), torch {info['torch']}, "
               f"triton {info['triton']}, commit {info['git_commit']}\n\n")
     written[2].write_text(header + markdown_table(rows))
+    if not plots:
+        return written
     try:
         from benchmarks.plots import plot_sweeps
     except ImportError:
@@ -245,6 +248,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         for case in _progress(cases, args.preset):
             rows.extend(run_case(case, device, args.min_run_time, tuple(filter(None, args.skip.split(",")))))
+            write_results(rows, info, out_dir, plots=False)  # a run cut short still leaves its numbers
     written = write_results(rows, info, out_dir)
     print(markdown_table(rows))
     refused = [r for r in rows if r["gate"] != "pass"]
