@@ -39,7 +39,7 @@ def time_cpu(fn: Callable[[], object], min_run_time: float = 0.5, min_repeats: i
     return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
 
 
-def time_cuda(fn: Callable[[], object], rep_ms: int = 200) -> Timing:
+def time_cuda(fn: Callable[[], object], rep_ms: int = 100) -> Timing:
     """``triton.testing.do_bench`` (CUDA events, cache flush between runs), or CUDA events by hand."""
     try:
         from triton.testing import do_bench

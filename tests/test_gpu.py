@@ -36,7 +36,7 @@ def x_size(x):
     return (x.data if hasattr(x, "batch_sizes") else x).size(-1)
 
 
-SIZES = [(h, b, 1000 if h * b <= 2**16 else 100) for h in (32, 64, 128, 256, 512, 1024, 2048, 4096)
+SIZES = [(h, b, 1000 if h * b <= 2**14 else 100) for h in (32, 64, 128, 256, 512, 1024, 2048, 4096)
          for b in (1, 8, 64, 256)]
 
 
