@@ -164,6 +164,7 @@ def _vmap_recurrence(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activati
     return _vmap_by_loop(recurrence, 3)(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activation)
 
 
-recurrence.register_vmap(_vmap_recurrence)
-recurrence_backward.register_vmap(_vmap_by_loop(recurrence_backward, 4))
-recurrence_double_backward.register_vmap(_vmap_by_loop(recurrence_double_backward, 6))
+if hasattr(recurrence, "register_vmap"):  # torch >= 2.5; older torch runs torch.func through its fallback
+    recurrence.register_vmap(_vmap_recurrence)
+    recurrence_backward.register_vmap(_vmap_by_loop(recurrence_backward, 4))
+    recurrence_double_backward.register_vmap(_vmap_by_loop(recurrence_double_backward, 6))
