@@ -53,6 +53,8 @@ def _compile_now() -> None:
 def load_cpp_ops() -> str | None:
     """Registers ``torch.ops.fastrnn.*``; returns ``None`` on success or why it cannot."""
     global _error, _loaded
+    if _loaded:  # the per-call path: no lock once the ops are registered
+        return None
     with _lock:
         if _loaded or _error is not None:
             return _error

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from fastrnn.backends import select_backend
-from fastrnn.ops import recurrence, recurrence_backward, recurrent_weight_grad
+from fastrnn.ops import (
+    recurrence,
+    recurrence_backward,
+    recurrence_input_grads,
+    recurrent_weight_grad,
+    save_recurrence_context,
+)
 from fastrnn.reference import ACTIVATIONS, activation_id
 
 __all__ = ["RNNRecurrenceFunction", "recurrent_weight_grad", "rnn_recurrence"]
@@ -32,22 +38,20 @@ class RNNRecurrenceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xw, h0, w_hh, batch_sizes, reverse, activation):
-        y, h_n = select_backend(xw).fwd(xw, h0, w_hh, batch_sizes, reverse, ACTIVATIONS[activation])
-        ctx.save_for_backward(h0, w_hh, y)
-        ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
-        return y, h_n
+        output = select_backend(xw).fwd(xw, h0, w_hh, batch_sizes, reverse, ACTIVATIONS[activation])
+        save_recurrence_context(ctx, (xw, h0, w_hh, batch_sizes, reverse, activation), output)
+        return output
 
     @staticmethod
     def backward(ctx, dy, dh_n):
-        h0, w_hh, y = ctx.saved_tensors
+        _, w_hh, y = ctx.saved_tensors
         need_dh0 = ctx.needs_input_grad[1]
         args = (dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse)
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
             dz, dh0 = recurrence_backward(*args, ctx.activation, need_dh0)
         else:
             dz, dh0 = select_backend(y).bwd(*args, ACTIVATIONS[ctx.activation], need_dh0=need_dh0)
-        dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
-        return dz, dh0 if need_dh0 else None, dw, None, None, None
+        return recurrence_input_grads(ctx, dz, dh0)
 
 
 class _RecurrenceUnderTransforms(torch.autograd.Function):
@@ -61,20 +65,15 @@ class _RecurrenceUnderTransforms(torch.autograd.Function):
         with torch.no_grad():  # this Function is the autograd; the op brings the vmap rule
             return recurrence(xw, h0, w_hh, batch_sizes, reverse, activation)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        xw, h0, w_hh, batch_sizes, reverse, activation = inputs
-        ctx.save_for_backward(h0, w_hh, output[0])
-        ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+    setup_context = staticmethod(save_recurrence_context)
 
     @staticmethod
     def backward(ctx, dy, dh_n):
-        h0, w_hh, y = ctx.saved_tensors
+        _, w_hh, y = ctx.saved_tensors
         need_dh0 = ctx.needs_input_grad[1]
         with torch.no_grad():
             dz, dh0 = recurrence_backward(dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation, need_dh0)
-            dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
-        return dz, dh0 if need_dh0 else None, dw, None, None, None
+            return recurrence_input_grads(ctx, dz, dh0)
 
 
 def _traced(xw: Tensor) -> bool:

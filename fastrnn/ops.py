@@ -74,10 +74,18 @@ def recurrent_weight_grad(
     return dz.t().mm(h_prev)
 
 
-def _setup_recurrence(ctx, inputs, output):
+def save_recurrence_context(ctx, inputs, output) -> None:
+    """What every autograd entry of the op keeps for backward: h0, w_hh and y, plus the step layout."""
     xw, h0, w_hh, batch_sizes, reverse, activation = inputs
     ctx.save_for_backward(h0, w_hh, output[0])
     ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+
+
+def recurrence_input_grads(ctx, dz: Tensor, dh0: Tensor) -> tuple:
+    """The gradients of (xw, h0, w_hh, batch_sizes, reverse, activation) from the op's backward outputs."""
+    h0, _, y = ctx.saved_tensors
+    dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
+    return dz, dh0 if ctx.needs_input_grad[1] else None, dw, None, None, None
 
 
 def _recurrence_grad(ctx, dy, dh_n):
@@ -86,11 +94,10 @@ def _recurrence_grad(ctx, dy, dh_n):
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
     need_dh0 = ctx.needs_input_grad[1]
     dz, dh0 = recurrence_backward(dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation, need_dh0)
-    dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
-    return dz, dh0 if need_dh0 else None, dw, None, None, None
+    return recurrence_input_grads(ctx, dz, dh0)
 
 
-recurrence.register_autograd(_recurrence_grad, setup_context=_setup_recurrence)
+recurrence.register_autograd(_recurrence_grad, setup_context=save_recurrence_context)
 
 
 @torch.library.custom_op("fastrnn::recurrence_double_backward", mutates_args=())
