@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "activations.h"
 #include "blas.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -24,12 +25,8 @@
 #else
 #define FASTRNN_CLONES
 #endif
-// Bodies are inlined into each clone so that every clone compiles them for its own vector width.
-#if defined(__GNUC__)
-#define FASTRNN_INLINE __attribute__((always_inline)) inline
-#else
-#define FASTRNN_INLINE inline
-#endif
+// Bodies are inlined (FASTRNN_INLINE, activations.h) into each clone so that every clone compiles them for
+// its own vector width.
 
 namespace fastrnn {
 namespace {
@@ -85,33 +82,13 @@ FASTRNN_CLONES void matmul_rows(const double* a, int64_t rows, const double* b, 
   matmul_rows_impl(a, rows, b, n, out, accumulate);
 }
 
-// tanh as Eigen's rational approximation (odd degree-13 over even degree-6 polynomial): branch-free, so
-// it vectorises, within 7 ulp of the correctly rounded float tanh (std::tanh is scalar and dominates
-// the step time at small H). float64 keeps std::tanh.
-FASTRNN_INLINE float tanh_rational(float v) {
-  const float x = std::min(9.0f, std::max(-9.0f, v));
-  const float x2 = x * x;
-  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = x2 * p + -8.60467152213735e-11f;
-  p = x2 * p + 5.12229709037114e-08f;
-  p = x2 * p + 1.48572235717979e-05f;
-  p = x2 * p + 6.37261928875436e-04f;
-  p = x2 * p + 4.89352455891786e-03f;
-  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = x2 * q + 2.26843463243900e-03f;
-  q = x2 * q + 4.89352518554385e-03f;
-  return std::fabs(v) < 0.0004f ? v : x * p / q;
-}
-
-FASTRNN_INLINE double tanh_scalar(double v) { return std::tanh(v); }
-FASTRNN_INLINE float tanh_scalar(float v) { return tanh_rational(v); }
 
 template <typename T>
 FASTRNN_INLINE void activate_impl(T* __restrict x, int64_t n, int64_t act) {
   if (act == kTanh) {
     for (int64_t i = 0; i < n; ++i) x[i] = tanh_scalar(x[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) x[i] = x[i] > T(0) ? x[i] : T(0);
+    for (int64_t i = 0; i < n; ++i) x[i] = relu_scalar(x[i]);
   }
 }
 
@@ -125,7 +102,8 @@ FASTRNN_INLINE void grad_through_act_impl(const T* __restrict dy, const T* __res
   if (act == kTanh) {
     for (int64_t i = 0; i < n; ++i) dz[i] = (dy[i] + dh[i]) * (T(1) - y[i] * y[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) dz[i] = y[i] > T(0) ? dy[i] + dh[i] : T(0);
+    // Written as torch's threshold_backward: a NaN output passes its gradient through.
+    for (int64_t i = 0; i < n; ++i) dz[i] = y[i] <= T(0) ? T(0) : dy[i] + dh[i];
   }
 }
 

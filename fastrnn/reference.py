@@ -49,8 +49,9 @@ def _act(z: Tensor, activation: str) -> Tensor:
 
 
 def _act_grad(y: Tensor, activation: str) -> Tensor:
-    """Derivative of the activation written in terms of its output ``y``."""
-    return 1 - y * y if activation == "tanh" else (y > 0).to(y.dtype)
+    """Derivative of the activation written in terms of its output ``y``. relu's is torch's
+    ``threshold_backward``: 0 where ``y <= 0``, else 1, so a NaN output passes its gradient through."""
+    return 1 - y * y if activation == "tanh" else (y <= 0).logical_not().to(y.dtype)
 
 
 def rnn_recurrence_ref(
