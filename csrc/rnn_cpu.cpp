@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "activations.h"
@@ -216,6 +218,16 @@ void backward_rows(const Steps& s, int64_t lo, int64_t hi, const T* dy, const T*
   }
 }
 
+// Python's None reaches a Tensor argument of a torch.ops call as an undefined tensor.
+void check_defined(std::initializer_list<std::pair<const at::Tensor*, const char*>> tensors,
+                   const std::optional<at::Tensor>& batch_sizes, const char* op) {
+  for (const auto& [t, name] : tensors) {
+    TORCH_CHECK(t->defined(), "fastrnn::", op, ": argument '", name, "' must be a Tensor, got None");
+  }
+  TORCH_CHECK(!batch_sizes.has_value() || batch_sizes->defined(), "fastrnn::", op,
+              ": argument 'batch_sizes' must be a Tensor or None");
+}
+
 template <typename T>
 void check_common(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_hh,
                   const std::optional<at::Tensor>& batch_sizes, int64_t activation,
@@ -238,16 +250,20 @@ void check_common(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_
     TORCH_CHECK(x.dim() == 2, "fastrnn: packed ", x_name, " must be [N, H], got ", x.sizes());
     const auto c = bs.contiguous();
     const int64_t* p = c.data_ptr<int64_t>();
+    // The running total is compared before it is added to, so no sum of batch sizes can wrap around.
+    const int64_t rows = x.size(0);
     int64_t total = 0;
     for (int64_t t = 0; t < c.numel(); ++t) {
       TORCH_CHECK(p[t] > 0, "fastrnn: batch_sizes must be positive, got ", p[t], " at step ", t);
       TORCH_CHECK(t == 0 || p[t] <= p[t - 1],
                   "fastrnn: batch_sizes must be non-increasing, got ", p[t - (t > 0)], " then ",
                   p[t], " at step ", t);
+      TORCH_CHECK(p[t] <= rows - total, "fastrnn: batch_sizes sum to more than the ", rows,
+                  " rows of ", x_name, " (at step ", t, ")");
       total += p[t];
     }
-    TORCH_CHECK(total == x.size(0), "fastrnn: batch_sizes sum to ", total, " but ", x_name,
-                " has ", x.size(0), " rows");
+    TORCH_CHECK(total == rows, "fastrnn: batch_sizes sum to ", total, " but ", x_name, " has ",
+                rows, " rows");
     const int64_t batch = c.numel() > 0 ? p[0] : h.size(0);
     TORCH_CHECK(h.dim() == 2 && h.size(0) == batch && h.size(1) == H, "fastrnn: expected ", h_name,
                 " of shape [", batch, ", ", H, "], got ", h.sizes());
@@ -276,6 +292,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::T
                                                const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation) {
+  check_defined({{&xw, "xw"}, {&h0, "h0"}, {&w_hh, "w_hh"}}, batch_sizes, "rnn_fwd");
   TORCH_CHECK(xw.scalar_type() == at::kFloat || xw.scalar_type() == at::kDouble,
               "fastrnn: the CPU op supports float32 and float64, got ", xw.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "fastrnn_rnn_fwd", [&] {
@@ -305,6 +322,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::T
                                                const at::Tensor& y, const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation, bool need_dh0) {
+  check_defined({{&dy, "dy"}, {&dh_n, "dh_n"}, {&y, "y"}, {&w_hh, "w_hh"}}, batch_sizes, "rnn_bwd");
   TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
               "fastrnn: the CPU op supports float32 and float64, got ", y.scalar_type());
   TORCH_CHECK(dy.sizes() == y.sizes(), "fastrnn: dy must have the shape of y ", y.sizes(),

@@ -82,10 +82,14 @@ def load_cpp_ops() -> str | None:
 def _register_fakes() -> None:
     """Shape-only implementations of the C++ ops, for tracing and torch.library.opcheck."""
 
+    from fastrnn.ops import check_same_device
+
     @torch.library.register_fake("fastrnn::rnn_fwd")
     def _(xw, h0, w_hh, batch_sizes, reverse, activation):
+        check_same_device(xw, h0, w_hh)
         return torch.empty_like(xw), torch.empty_like(h0)
 
     @torch.library.register_fake("fastrnn::rnn_bwd")
     def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0=True):
+        check_same_device(dy, dh_n, y, w_hh)
         return torch.empty_like(y), torch.empty_like(dh_n)

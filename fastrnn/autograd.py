@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fastrnn.backends import select_backend
 from fastrnn.ops import (
+    check_same_device,
     recurrence,
     recurrence_backward,
     recurrence_input_grads,
@@ -98,6 +99,10 @@ def rnn_recurrence(
     Returns:
         ``y`` (shape of ``xw``) and ``h_n`` ``[B, H]``.
     """
+    for name, t in (("xw", xw), ("h0", h0), ("w_hh", w_hh)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"fastrnn.rnn_recurrence(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    check_same_device(xw, h0, w_hh)
     args = (xw, h0, w_hh, batch_sizes, reverse, activation_id(activation))
     if torch._C._are_functorch_transforms_active():
         return _RecurrenceUnderTransforms.apply(*args)

@@ -25,7 +25,7 @@ def _recurrence_under_autocast(
     CPU: it runs in float32, where the C++ op is, and returns the autocast dtype, as torch.nn.RNN does.
     """
     device = xw.device.type
-    if not torch.is_autocast_enabled(device):
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return rnn_recurrence(xw, h0, w_hh, batch_sizes, reverse, activation)
     low = torch.get_autocast_dtype(device)
     compute = low if device == "cuda" else torch.float32
@@ -75,6 +75,10 @@ def rnn(
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, True)
+    if directions == 1 and layer_input.requires_grad:
+        # The op saved this y for its backward: the caller gets a copy it may edit in place, as torch's
+        # output (a concatenation of the steps) is. One [L, N, H_out] more, only when autograd records.
+        layer_input = layer_input.clone()
     return layer_input, torch.stack(finals)
 
 

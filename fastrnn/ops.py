@@ -17,7 +17,17 @@ import torch
 from torch import Tensor
 
 from fastrnn.backends import select_backend
-from fastrnn.reference import ACTIVATIONS, prev_state_index, rnn_recurrence_double_bwd_ref
+from fastrnn.reference import ACTIVATIONS, prev_state_index, rnn_recurrence_bwd_ref, rnn_recurrence_double_bwd_ref
+
+
+def check_same_device(*tensors: Tensor) -> None:
+    """What a fake (meta) implementation raises when its tensors are on different devices, in torch's words:
+    a meta tensor among CPU ones would otherwise get shapes back and no error."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        expected = next((d for d in devices if d.type == "meta"), tensors[0].device)
+        wrong = next(t.device for t in tensors if t.device != expected)
+        raise RuntimeError(f"Tensor on device {wrong} is not on the expected device {expected}!")
 
 
 @torch.library.custom_op("fastrnn::recurrence", mutates_args=())
@@ -29,6 +39,7 @@ def recurrence(
 
 @recurrence.register_fake
 def _(xw, h0, w_hh, batch_sizes, reverse, activation):
+    check_same_device(xw, h0, w_hh)
     return torch.empty_like(xw), torch.empty_like(h0)
 
 
@@ -51,6 +62,7 @@ def recurrence_backward(
 
 @recurrence_backward.register_fake
 def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0):
+    check_same_device(dy, dh_n, y, w_hh)
     return torch.empty_like(y), torch.empty_like(dh_n)
 
 
@@ -119,7 +131,37 @@ def recurrence_double_backward(
 
 @recurrence_double_backward.register_fake
 def _(ddz, ddh0, dy, dh_n, y, w_hh, batch_sizes, reverse, activation):
+    check_same_device(ddz, ddh0, dy, dh_n, y, w_hh)
     return torch.empty_like(dy), torch.empty_like(dh_n), torch.empty_like(y), torch.empty_like(w_hh)
+
+
+def _setup_double_backward(ctx, inputs, output):
+    *tensors, batch_sizes, reverse, activation = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+
+
+def _double_backward_grad(ctx, *cotangents):
+    """Third and higher orders. The double backward is the vector-Jacobian product of the reference's
+    backward, which is written in out-of-place torch ops; so it is rebuilt here as such a product with
+    torch.func and differentiated once more. torch.func keeps its levels apart from the outer autograd, so
+    with ``create_graph`` the result stays differentiable and every further order works."""
+    tensors = ctx.saved_tensors
+    act = ACTIVATIONS[ctx.activation]
+
+    def double_backward(ddz, ddh0, dy, dh_n, y, w_hh):
+        _, vjp = torch.func.vjp(
+            lambda *a: rnn_recurrence_bwd_ref(*a, ctx.batch_sizes, ctx.reverse, act), dy, dh_n, y, w_hh
+        )
+        return vjp((ddz, ddh0))
+
+    _, vjp = torch.func.vjp(double_backward, *tensors)
+    cotangents = tuple(torch.zeros_like(t) if c is None else c for c, t in zip(cotangents, tensors[2:]))
+    grads = vjp(cotangents)
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])), None, None, None)
+
+
+recurrence_double_backward.register_autograd(_double_backward_grad, setup_context=_setup_double_backward)
 
 
 def _setup_backward(ctx, inputs, output):

@@ -33,6 +33,30 @@ def step_sizes(xw: Tensor, batch_sizes: Tensor | None) -> list[int]:
     return [int(b) for b in batch_sizes.tolist()]
 
 
+def check_batch_sizes(batch_sizes: Tensor | None, rows: int, batch: int) -> None:
+    """The compiled op's checks of packed step sizes, for the backends written in Python (same messages):
+    a 1-D int64 CPU tensor, positive, non-increasing, summing to ``rows``, starting at ``batch``."""
+    if batch_sizes is None:
+        return
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise RuntimeError(
+            f"fastrnn: batch_sizes must be a 1-D int64 CPU tensor, got {batch_sizes.dim()}-D "
+            f"{batch_sizes.dtype} on {batch_sizes.device}"
+        )
+    sizes = batch_sizes.tolist()
+    total = 0
+    for t, b in enumerate(sizes):
+        if b <= 0:
+            raise RuntimeError(f"fastrnn: batch_sizes must be positive, got {b} at step {t}")
+        if t > 0 and b > sizes[t - 1]:
+            raise RuntimeError(f"fastrnn: batch_sizes must be non-increasing, got {sizes[t - 1]} then {b} at step {t}")
+        total += b
+    if total != rows:
+        raise RuntimeError(f"fastrnn: batch_sizes sum to {total} but the input has {rows} rows")
+    if sizes and sizes[0] != batch:
+        raise RuntimeError(f"fastrnn: batch_sizes start at {sizes[0]} but the state has {batch} rows")
+
+
 def _schedule(x: Tensor, batch_sizes: Tensor | None, reverse: bool, backward: bool):
     """Rows per step, first packed row of each step (plus the total N), and the order the pass walks the
     steps in: the forward pass from 0 (from T - 1 when reversed), the backward pass the other way."""

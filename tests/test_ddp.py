@@ -53,6 +53,7 @@ def _worker(rank, port, out_path):
         _train(model, x[shard], y[shard])
         if rank == 0:
             torch.save(model.module.state_dict(), out_path)
+        dist.barrier()  # a rank that tears gloo down while its peer still talks to it aborts the process
     finally:
         dist.destroy_process_group()
 

@@ -135,6 +135,49 @@ def test_double_backward_matches_reference_autograd(use_backend):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_third_order_gradients_match_torch(use_backend, backend, packed):
+    # torch's CPU RNN is differentiable to any order; so is fastrnn's (the third order through torch.func).
+    use_backend(backend)
+    torch.manual_seed(0)
+    ref = torch.nn.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2])
+    results = []
+    for module in (ref, ours):
+        leaf = (x.data if packed else x).clone().requires_grad_()
+        run_input = x._replace(data=leaf) if packed else leaf
+        out, h_n = module(run_input)
+        loss = (out.data if packed else out).pow(3).sum() + h_n.pow(2).sum()
+        (g1,) = torch.autograd.grad(loss, leaf, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.pow(2).sum(), leaf, create_graph=True)
+        results.append(torch.autograd.grad(g2.sin().sum(), [leaf, *module.parameters()]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(num_layers=2), dict(batch_first=True), dict(bidirectional=True)],
+                         ids=["L1", "L2", "batch_first", "bi"])
+def test_output_edited_in_place_before_backward_like_torch(config):
+    # The output must not be the tensor the op saved for backward: torch's output is a fresh tensor too.
+    ref = torch.nn.RNN(3, 4, **config)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(5, 2, 3)
+    grads = []
+    for module in (ref, ours):
+        module.zero_grad()
+        out, h_n = module(x)
+        out.mul_(2)
+        h_n.add_(1)
+        (out.pow(2).sum() + h_n.pow(2).sum()).backward()
+        grads.append([p.grad for p in module.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_memory_stays_flat_over_repeated_training_steps():
     ours = fastrnn.RNN(32, 64, num_layers=2, bidirectional=True)
     x = torch.randn(200, 8, 32)
