@@ -17,6 +17,13 @@
 #define FASTRNN_INLINE inline
 #endif
 
+// A function built once per vector width (AVX-512, AVX2 + FMA, baseline), picked when the library loads.
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define FASTRNN_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#else
+#define FASTRNN_CLONES
+#endif
+
 namespace fastrnn {
 
 FASTRNN_INLINE float bits_to_float(uint32_t b) {

@@ -1,14 +1,106 @@
 // Schemas of the fastrnn ops and their CPU kernels. Importing the built module registers them; Python
 // reaches them as torch.ops.fastrnn.rnn_fwd / torch.ops.fastrnn.rnn_bwd.
 #include <Python.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
+
+#include <optional>
 
 #include "rnn_cpu.h"
 
+namespace {
+
+// fastrnn._C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, activation): the same as
+// torch.ops.fastrnn.rnn_cell, minus the generic op call's argument boxing (a few microseconds, which is
+// most of a small cell step). Eager RNNCell calls this; TorchScript and tracers see the op.
+PyObject* rnn_cell_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 7) {
+    PyErr_SetString(PyExc_TypeError, "rnn_cell() takes 7 arguments");
+    return nullptr;
+  }
+  for (int i = 0; i < 4; ++i) {
+    if (!THPVariable_Check(args[i])) {
+      PyErr_Format(PyExc_TypeError, "rnn_cell(): argument %d must be a Tensor", i);
+      return nullptr;
+    }
+  }
+  std::optional<at::Tensor> biases[2];
+  for (int i = 0; i < 2; ++i) {
+    PyObject* b = args[4 + i];
+    if (b != Py_None) {
+      if (!THPVariable_Check(b)) {
+        PyErr_SetString(PyExc_TypeError, "rnn_cell(): biases must be Tensors or None");
+        return nullptr;
+      }
+      biases[i] = THPVariable_Unpack(b);
+    }
+  }
+  const long activation = PyLong_AsLong(args[6]);
+  if (activation == -1 && PyErr_Occurred()) return nullptr;
+  return THPVariable_Wrap(fastrnn::rnn_cell_autograd(
+      THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+      THPVariable_Unpack(args[3]), biases[0], biases[1], activation));
+  END_HANDLE_TH_ERRORS
+}
+
+// fastrnn._C.rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional,
+// activation) -> (output, h_n): the no-autograd stack of rnn_stack.cpp.
+PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 8 || !THPVariable_Check(args[0]) || !THPVariable_Check(args[1]) ||
+      !PySequence_Check(args[2]) || (args[3] != Py_None && !THPVariable_Check(args[3]))) {
+    PyErr_SetString(PyExc_TypeError,
+                    "rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, "
+                    "bidirectional, activation)");
+    return nullptr;
+  }
+  PyObject* seq = PySequence_Fast(args[2], "weights must be a sequence of Tensors");
+  if (seq == nullptr) return nullptr;
+  std::vector<at::Tensor> weights;
+  const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+  weights.reserve(count);
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyObject* w = PySequence_Fast_GET_ITEM(seq, i);
+    if (!THPVariable_Check(w)) {
+      Py_DECREF(seq);
+      PyErr_SetString(PyExc_TypeError, "weights must be a sequence of Tensors");
+      return nullptr;
+    }
+    weights.push_back(THPVariable_Unpack(w));
+  }
+  Py_DECREF(seq);
+  std::optional<at::Tensor> batch_sizes;
+  if (args[3] != Py_None) batch_sizes = THPVariable_Unpack(args[3]);
+  const long num_layers = PyLong_AsLong(args[5]);
+  const long activation = PyLong_AsLong(args[7]);
+  if (PyErr_Occurred()) return nullptr;
+  auto [output, h_n] = fastrnn::rnn_stack_forward(
+      THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), weights, batch_sizes,
+      PyObject_IsTrue(args[4]) == 1, num_layers, PyObject_IsTrue(args[6]) == 1, activation);
+  PyObject* result = PyTuple_New(2);
+  if (result == nullptr) return nullptr;
+  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::move(output)));  // steals the new references
+  PyTuple_SET_ITEM(result, 1, THPVariable_Wrap(std::move(h_n)));
+  return result;
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"rnn_stack_forward",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_stack_forward_py)),
+     METH_FASTCALL, "The whole RNN stack forward without autograd (see csrc/rnn_stack.cpp)."},
+    {"rnn_cell", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_cell_py)),
+     METH_FASTCALL, "One fused RNNCell step (see csrc/rnn_cell.cpp)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 extern "C" {
-// An empty module: importing it runs the static registrations below.
+// Importing the module runs the static registrations below.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

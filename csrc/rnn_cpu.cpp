@@ -22,11 +22,6 @@
 #include "activations.h"
 #include "blas.h"
 
-#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-#define FASTRNN_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
-#else
-#define FASTRNN_CLONES
-#endif
 // Bodies are inlined (FASTRNN_INLINE, activations.h) into each clone so that every clone compiles them for
 // its own vector width.
 

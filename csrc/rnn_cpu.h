@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace fastrnn {
 
@@ -24,5 +25,18 @@ std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::T
                                                const at::Tensor& y, const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation, bool need_dh0);
+
+// The whole stack forward without autograd (rnn_stack.cpp). weights: per layer and direction
+// w_ih, w_hh[, b_ih, b_hh] in torch.nn.RNN order; hx [L * D, B, H]. Returns output and h_n [L * D, B, H].
+std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const at::Tensor& hx,
+                                                     const std::vector<at::Tensor>& weights,
+                                                     const std::optional<at::Tensor>& batch_sizes,
+                                                     bool has_biases, int64_t num_layers,
+                                                     bool bidirectional, int64_t activation);
+
+// One RNNCell step with its autograd (rnn_cell.cpp): h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh).
+at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                             const std::optional<at::Tensor>& b_hh, int64_t activation);
 
 }  // namespace fastrnn

@@ -18,6 +18,18 @@ from fastrnn import reference
 from fastrnn._cpp import load_cpp_ops
 
 BACKEND_ENV = "FASTRNN_BACKEND"
+# os.environ.get encodes the key and decodes the value in Python (~1 us, paid per call on the op's path);
+# CPython's os.environ keeps its bytes in `_data`, which setenv and monkeypatching update too.
+_ENV_BYTES = getattr(os.environ, "_data", None)
+_BACKEND_KEY = BACKEND_ENV.encode() if isinstance(_ENV_BYTES, dict) else None
+
+
+def forced_backend() -> str:
+    """The value of FASTRNN_BACKEND, stripped ('' when unset)."""
+    if _BACKEND_KEY is not None:
+        value = _ENV_BYTES.get(_BACKEND_KEY)
+        return value.decode().strip() if value else ""
+    return os.environ.get(BACKEND_ENV, "").strip()
 
 
 class Backend(Protocol):
@@ -56,9 +68,11 @@ class ReferenceBackend:
         return None
 
     def fwd(self, xw, h0, w_hh, batch_sizes, reverse, act):
+        reference.check_batch_sizes(batch_sizes, xw.size(0), h0.size(0))
         return reference.rnn_recurrence_ref(xw, h0, w_hh, batch_sizes, reverse, act)
 
     def bwd(self, dy, dh_n, y, w_hh, batch_sizes, reverse, act, need_dh0=True):
+        reference.check_batch_sizes(batch_sizes, y.size(0), dh_n.size(0))
         return reference.rnn_recurrence_bwd_ref(dy, dh_n, y, w_hh, batch_sizes, reverse, act)
 
 
@@ -148,9 +162,43 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def _eager_cpp_call(input: Tensor) -> bool:
+    forced = forced_backend()
+    if forced and forced != "cpp":
+        return False
+    if (
+        type(input) is not Tensor
+        or torch.compiler.is_compiling()
+        or torch._C._get_tracing_state() is not None
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._is_any_autocast_enabled()
+    ):
+        return False
+    return load_cpp_ops() is None
+
+
+def fused_cell_takes(input: Tensor) -> bool:
+    """Whether ``RNNCell`` runs its step as the one C++ op ``fastrnn::rnn_cell``: plain eager calls, with the
+    C++ library loaded and no other backend forced; else through the recurrence op like ``RNN``. Per call,
+    so every check here is a cheap one."""
+    return _eager_cpp_call(input)
+
+
+def stack_forward_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
+    """Whether ``RNN`` runs its whole stack in one C++ call with no autograd: eager CPU float32/float64 calls
+    that record no gradient (inference). Dropout is the caller's to rule out."""
+    if input.device.type != "cpu" or input.dtype not in CppBackend.dtypes or not _eager_cpp_call(input):
+        return False
+    if torch.is_grad_enabled() and (
+        input.requires_grad or hx.requires_grad or any(w.requires_grad for w in weights)
+    ):
+        return False
+    return True
+
+
 def select_backend(xw: Tensor) -> Backend:
     """The backend that runs the op on ``xw``'s device and dtype."""
-    forced = os.environ.get(BACKEND_ENV, "").strip()
+    forced = forced_backend()
     if forced:
         if forced not in _BACKENDS:
             raise ValueError(

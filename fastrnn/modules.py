@@ -7,42 +7,76 @@ checks are torch's own. Weights are read from the module at every call; nothing 
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import functional
-
-_SCALAR_TYPE_NAMES = {
-    torch.float32: "Float",
-    torch.float64: "Double",
-    torch.float16: "Half",
-    torch.bfloat16: "BFloat16",
-}
+from fastrnn.backends import fused_cell_takes, stack_forward_takes
 
 
-def _check_hidden_dtype(hx: Tensor, weight: Tensor) -> None:
-    # torch.nn.RNN fails here in its first hx @ W_hh^T; fastrnn raises the same before any kernel runs.
-    if hx.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
-        names = [_SCALAR_TYPE_NAMES.get(t.dtype, str(t.dtype)) for t in (hx, weight)]
-        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {names[0]} and {names[1]}")
+def _fast_path_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
+    """Whether fastrnn's op runs this call: CPU or CUDA tensors on one device, one floating dtype (any mix
+    under autocast, which casts). Anything else (meta or other devices, mixed devices or dtypes) runs
+    torch's own implementation, which then gives torch's result, or raises torch's exact error."""
+    device, dtype = input.device, input.dtype
+    if device.type not in ("cpu", "cuda") or not dtype.is_floating_point:
+        return False
+    same_dtype = not torch.is_autocast_enabled(device.type)
+    for t in (hx, *weights):
+        if t.device != device or (same_dtype and t.dtype != dtype):
+            return False
+    return True
 
 
-def _check_same_device(input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
-    # torch.nn.RNN raises these from its C++ implementation; fastrnn checks before any kernel runs.
-    for w in weights:
-        if w.device != input.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor at "
-                f"{input.device} and parameter tensor at {w.device}"
-            )
-    if hx.device != input.device:
-        raise RuntimeError(
-            "Input and hidden tensors are not at the same device, found input tensor at "
-            f"{input.device} and hidden tensor at {hx.device}"
-        )
+@functools.cache
+def _rnn_cell_op():
+    """The built extension's direct binding of ``fastrnn::rnn_cell`` (a few microseconds less a call than the
+    generic op call), or the op itself when the library was compiled on first use. Resolved once."""
+    try:
+        from fastrnn._C import rnn_cell
+    except ImportError:
+        return torch.ops.fastrnn.rnn_cell.default
+    return rnn_cell
+
+
+@functools.cache
+def _stack_forward():
+    """The built extension's no-autograd stack forward (csrc/rnn_stack.cpp), else the differentiable path."""
+    try:
+        from fastrnn._C import rnn_stack_forward
+    except ImportError:
+        return _stack_forward_in_python
+    return rnn_stack_forward
+
+
+def _stack_forward_in_python(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, activation):
+    return functional.rnn(input, hx, weights, has_biases=has_biases, num_layers=num_layers, dropout=0.0,
+                          training=False, bidirectional=bidirectional, nonlinearity=("tanh", "relu")[activation],
+                          batch_sizes=batch_sizes)
+
+
+def _fx_leaf(module: nn.Module, input, hx):
+    """Under torch.fx.symbolic_trace the module is one ``call_module`` node, as torch's own RNNs are (fx
+    treats only modules defined in torch.nn as leaves by default)."""
+    tracer = input.tracer
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
+def _packed_fast_path_takes(batch_sizes: Tensor, rows: int) -> bool:
+    """The op's contract for packed input: 1-D int64 CPU batch sizes, positive, non-increasing, summing to the
+    rows of the data. torch runs some hand-made PackedSequences outside it (a trailing 0, a sum short of the
+    rows) and rejects others with its own errors: those calls go to torch's implementation."""
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        return False
+    if torch.compiler.is_compiling():  # values are data to a tracer; the op checks them when it runs
+        return True
+    sizes = batch_sizes.tolist()
+    return sizes[-1] > 0 and sum(sizes) == rows and all(a >= b for a, b in zip(sizes, sizes[1:]))
 
 
 class RNN(nn.RNNBase):
@@ -84,13 +118,14 @@ class RNN(nn.RNNBase):
     def forward(
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
+        # Up to check_forward_args this is torch.nn.RNN.forward, so every check and message is torch's.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
+            max_batch_size = batch_sizes[0]
         else:
             batch_sizes = None
             if input.dim() not in (2, 3):
@@ -123,14 +158,33 @@ class RNN(nn.RNNBase):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
         weights = self._weights()
-        _check_same_device(input, hx, weights)
-        if batch_sizes is None and input.size(1 if self.batch_first else 0) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        _check_hidden_dtype(hx, weights[1])
 
-        if batch_sizes is None and self.batch_first:
-            input = input.transpose(0, 1)
-        output, hidden = functional.rnn(
+        if self._fast_path_takes(input, hx, weights, batch_sizes):
+            if batch_sizes is None and self.batch_first:
+                input = input.transpose(0, 1)
+            if (self.dropout == 0 or not self.training) and stack_forward_takes(input, hx, weights):
+                output, hidden = _stack_forward()(
+                    input, hx, weights, batch_sizes, self.bias, self.num_layers, self.bidirectional,
+                    0 if self.nonlinearity == "tanh" else 1,
+                )
+            else:
+                output, hidden = self._differentiable_stack(input, hx, weights, batch_sizes)
+            if batch_sizes is None and self.batch_first:
+                output = output.transpose(0, 1)
+        else:
+            output, hidden = self._torch_forward(input, hx, weights, batch_sizes)
+        if isinstance(orig_input, PackedSequence):
+            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+    def _differentiable_stack(
+        self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        return functional.rnn(
             input,
             hx,
             weights,
@@ -142,15 +196,26 @@ class RNN(nn.RNNBase):
             nonlinearity=self.nonlinearity,
             batch_sizes=batch_sizes,
         )
-        if isinstance(orig_input, PackedSequence):
-            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return packed, self.permute_hidden(hidden, unsorted_indices)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+
+    def _fast_path_takes(
+        self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
+    ) -> bool:
+        if not _fast_path_takes(input, hx, weights):
+            return False
+        if batch_sizes is None:
+            return input.size(1 if self.batch_first else 0) > 0  # torch raises for an empty sequence
+        return _packed_fast_path_takes(batch_sizes, input.size(0))
+
+    def _torch_forward(
+        self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """torch.nn.RNN's own computation on this module's parameters, for the calls the op does not take."""
+        run = _VF.rnn_tanh if self.nonlinearity == "tanh" else _VF.rnn_relu
+        if batch_sizes is None:
+            return run(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                       self.bidirectional, self.batch_first)
+        return run(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                   self.bidirectional)
 
     def _config(self) -> tuple[tuple, dict]:
         first = next(self.parameters())
@@ -198,6 +263,8 @@ class RNNCell(nn.RNNCellBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if not torch.jit.is_scripting() and isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -211,23 +278,37 @@ class RNNCell(nn.RNNCellBase):
             hx = hx.unsqueeze(0)
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        if input.size(1) != self.weight_ih.size(1):
-            raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} expected {self.weight_ih.size(1)}"
+        if torch.jit.is_scripting():
+            activation = 0 if self.nonlinearity == "tanh" else 1
+            ret = torch.ops.fastrnn.rnn_cell(
+                input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, activation
             )
-        if input.size(0) != hx.size(0):
-            raise RuntimeError(
-                f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
-            )
-        if hx.size(1) != self.hidden_size:
-            raise RuntimeError(
-                f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {self.hidden_size}"
-            )
-        _check_hidden_dtype(hx, self.weight_hh)
-        ret = functional.rnn_cell(
-            input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
-        )
+        else:
+            ret = self._step(input, hx)
         return ret if is_batched else ret.squeeze(0)
+
+    @torch.jit.unused
+    def _step(self, input: Tensor, hx: Tensor) -> Tensor:
+        if fused_cell_takes(input):
+            try:
+                return _rnn_cell_op()(
+                    input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                    0 if self.nonlinearity == "tanh" else 1,
+                )
+            except RuntimeError:
+                pass  # a call the op rejects (dtype, device, shape): torch's cell below gives torch's outcome
+        weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
+        if (
+            _fast_path_takes(input, hx, weights)
+            and input.size(1) == self.input_size
+            and hx.size(0) == input.size(0)
+            and hx.size(1) == self.hidden_size
+        ):
+            return functional.rnn_cell(
+                input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
+            )
+        run = _VF.rnn_tanh_cell if self.nonlinearity == "tanh" else _VF.rnn_relu_cell
+        return run(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
     def _config(self) -> tuple[tuple, dict]:
         args = (self.input_size, self.hidden_size, self.bias, self.nonlinearity)

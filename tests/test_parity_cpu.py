@@ -98,3 +98,27 @@ def test_half_precision_on_cpu_runs_the_reference_and_matches_torch(dtype):
     got_low = outputs_and_grads(ours, x, dtype=dtype)
     assert got_low["output"].dtype == dtype
     assert parity_failures(got_low, torch_low, oracle, floor_eps=4.0) == []
+
+
+def _forward_only(module, x, hx):
+    with torch.no_grad():
+        out, h_n = module(x, hx) if hx is not None else module(x)
+    return {"output": out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out, "h_n": h_n}
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_inference_stack_matches_torch(use_backend, config, kind):
+    """Calls that record no autograd run the whole stack in one C++ call (csrc/rnn_stack.cpp)."""
+    use_backend("cpp")
+    gen = torch.Generator().manual_seed(hash(("inference", kind, str(config))) % 2**31)
+    extra, x, hx = make_input(kind, config["num_layers"], config["bidirectional"], gen)
+    torch_rnn, ours = _modules(config, extra)
+    oracle = _forward_only(torch_rnn, x, hx)
+    got = _forward_only(ours, x, hx)
+    for key in oracle:
+        assert max_error(got[key], oracle[key]) < 1e-10 * max(1.0, oracle[key].abs().max().item()), key
+    to32 = (lambda t: t._replace(data=t.data.float())) if kind.startswith("packed") else (lambda t: t.float())
+    torch32 = _forward_only(torch_rnn.float(), to32(x), hx.float() if hx is not None else None)
+    got32 = _forward_only(ours.float(), to32(x), hx.float() if hx is not None else None)
+    assert parity_failures(got32, torch32, oracle) == []
