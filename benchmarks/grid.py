@@ -58,6 +58,7 @@ PRESETS: dict[str, list[Case]] = {
         Case(T=200, B=16, H=64, layers=2, bidirectional=True),
         Case(T=200, B=16, H=64, packed=True),
         Case(T=200, B=16, H=64, nonlinearity="relu"),
+        Case(T=5, B=1, H=8),  # a tiny call: per-call overhead, not arithmetic
     ],
     # H crosses the CPU op's small-loop / BLAS switch (rows * H^2 = 64^3) and, on GPU, the Triton tiers.
     "full": CPU_TARGETS

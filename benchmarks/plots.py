@@ -11,7 +11,7 @@ DEFAULTS = {"I": 0, "layers": 1, "bidirectional": False, "nonlinearity": "tanh",
 
 def _sweep_rows(rows: list[dict], axis: str) -> list[dict]:
     fixed = {k: v for k, v in SWEEP_BASE.items() if k != axis}
-    return [r for r in rows if all(r[k] == v for k, v in {**fixed, **DEFAULTS}.items()) and "median_ms" in r]
+    return [r for r in rows if all(r.get(k) == v for k, v in {**fixed, **DEFAULTS}.items()) and "median_ms" in r]
 
 
 def plot_sweeps(rows: list[dict], out_dir: Path) -> list[Path]:

@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 from benchmarks import machine
+from benchmarks.cell_loop import CELL_LOOP_CASES, run_cell_loop_case
 from benchmarks.grid import Case, select
 from benchmarks.timing import peak_memory_mb, time_cpu, time_cuda
 from fastrnn.testing import outputs_and_grads, parity_failures
@@ -243,11 +244,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     default_dir = Path(__file__).parent / "results" / f"{machine.slug(info)}-{args.preset}-{stamp}"
     out_dir = Path(args.out) if args.out else default_dir
     print(f"fastrnn benchmark on {info.get('gpu') or info['cpu']} ({device}), backends {info['fastrnn_backends']}, "
-          f"{len(cases)} cases", file=sys.stderr)
+          f"{len(cases)} cases (+ RNNCell loops on the CPU presets)", file=sys.stderr)
     rows: list[dict] = []
+    # The RNNCell loop cases run on the CPU presets (quick, full), where a Python loop is the user's code.
+    loops = [c for c in CELL_LOOP_CASES if not args.filter or args.filter in c.id]
+    loops = loops if device.type == "cpu" and args.preset in ("quick", "full") else []
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        for case in _progress(cases, args.preset):
-            rows.extend(run_case(case, device, args.min_run_time, tuple(filter(None, args.skip.split(",")))))
+        for case in _progress(cases + loops, args.preset):
+            if isinstance(case, Case):
+                rows.extend(run_case(case, device, args.min_run_time, tuple(filter(None, args.skip.split(",")))))
+            else:
+                rows.extend(run_cell_loop_case(case, args.min_run_time))
             write_results(rows, info, out_dir, plots=False)  # a run cut short still leaves its numbers
     written = write_results(rows, info, out_dir)
     print(markdown_table(rows))
