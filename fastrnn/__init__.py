@@ -4,9 +4,15 @@ Importing fastrnn never compiles or fails for want of a compiler, Triton or a GP
 """
 
 from fastrnn import functional
+from fastrnn._cpp import load_built_ops
 from fastrnn.autograd import RNNRecurrenceFunction, rnn_recurrence
 from fastrnn.backends import available_backends
 from fastrnn.modules import RNN, RNNCell
+
+try:
+    from fastrnn.quantization import quantize_dynamic
+except ImportError:  # a torch without torch.ao.quantization: nothing to register with
+    quantize_dynamic = None
 from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
 
 __all__ = [
@@ -15,8 +21,11 @@ __all__ = [
     "RNNRecurrenceFunction",
     "available_backends",
     "functional",
+    "quantize_dynamic",
     "rnn_recurrence",
     "rnn_recurrence_bwd_ref",
     "rnn_recurrence_ref",
 ]
 __version__ = "0.1.0"
+
+load_built_ops()

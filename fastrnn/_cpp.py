@@ -50,6 +50,23 @@ def _compile_now() -> None:
     )
 
 
+def load_built_ops() -> None:
+    """Registers the ops of an installed build at import time (a library load, never a compile), so that
+    TorchScript finds ``torch.ops.fastrnn.*`` when it compiles a module. A missing build waits for
+    :func:`load_cpp_ops` on first use."""
+    global _loaded
+    if os.environ.get("FASTRNN_NO_EAGER_LOAD") == "1":
+        return
+    try:
+        import fastrnn._C  # noqa: F401
+    except ImportError:
+        return
+    with _lock:
+        if not _loaded and _registered():
+            _loaded = True
+            _register_fakes()
+
+
 def load_cpp_ops() -> str | None:
     """Registers ``torch.ops.fastrnn.*``; returns ``None`` on success or why it cannot."""
     global _error, _loaded
@@ -80,7 +97,10 @@ def load_cpp_ops() -> str | None:
 
 
 def _register_fakes() -> None:
-    """Shape-only implementations of the C++ ops, for tracing and torch.library.opcheck."""
+    """Shape-only implementations of the C++ ops, for tracing and torch.library.opcheck, and their FLOPs."""
+    from fastrnn.flops import register_flop_formulas
+
+    register_flop_formulas()
 
     from fastrnn.ops import check_same_device
 

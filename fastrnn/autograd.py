@@ -45,14 +45,14 @@ class RNNRecurrenceFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n):
-        _, w_hh, y = ctx.saved_tensors
+        h0, w_hh, y = ctx.saved_tensors  # once: non-reentrant checkpointing allows one unpack per backward
         need_dh0 = ctx.needs_input_grad[1]
         args = (dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse)
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
             dz, dh0 = recurrence_backward(*args, ctx.activation, need_dh0)
         else:
             dz, dh0 = select_backend(y).bwd(*args, ACTIVATIONS[ctx.activation], need_dh0=need_dh0)
-        return recurrence_input_grads(ctx, dz, dh0)
+        return recurrence_input_grads(ctx, h0, y, dz, dh0)
 
 
 class _RecurrenceUnderTransforms(torch.autograd.Function):
@@ -70,16 +70,17 @@ class _RecurrenceUnderTransforms(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n):
-        _, w_hh, y = ctx.saved_tensors
+        h0, w_hh, y = ctx.saved_tensors
         need_dh0 = ctx.needs_input_grad[1]
         with torch.no_grad():
             dz, dh0 = recurrence_backward(dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation, need_dh0)
-            return recurrence_input_grads(ctx, dz, dh0)
+            return recurrence_input_grads(ctx, h0, y, dz, dh0)
 
 
 def _traced(xw: Tensor) -> bool:
-    """Dynamo, export or fake tensors: the custom-op entry."""
-    return torch.compiler.is_compiling() or type(xw) is not Tensor
+    """Dynamo, export, torch.jit.trace or fake tensors: the custom-op entry (a tracer records an op, never a
+    Python autograd.Function)."""
+    return torch.compiler.is_compiling() or type(xw) is not Tensor or torch._C._get_tracing_state() is not None
 
 
 def rnn_recurrence(

@@ -172,6 +172,7 @@ def _eager_cpp_call(input: Tensor) -> bool:
         or torch._C._get_tracing_state() is not None
         or torch._C._are_functorch_transforms_active()
         or torch._C._is_any_autocast_enabled()
+        or torch._C._len_torch_dispatch_stack() > 0  # a dispatch mode (FlopCounterMode, ...) sees ops only
     ):
         return False
     return load_cpp_ops() is None

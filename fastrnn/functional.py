@@ -6,7 +6,6 @@ Only the recurrence is custom: each layer and direction makes one GEMM for all s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor
 from fastrnn.autograd import rnn_recurrence
 
 
+@torch.jit.unused
 def _recurrence_under_autocast(
     xw: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, activation: str
 ) -> tuple[Tensor, Tensor]:
@@ -37,8 +37,7 @@ def _recurrence_under_autocast(
 def rnn(
     input: Tensor,
     hx: Tensor,
-    weights: Sequence[Tensor],
-    *,
+    weights: list[Tensor],
     has_biases: bool,
     num_layers: int,
     dropout: float,
@@ -47,7 +46,7 @@ def rnn(
     nonlinearity: str = "tanh",
     batch_sizes: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
-    """A multi-layer Elman RNN over a whole sequence.
+    """A multi-layer Elman RNN over a whole sequence (TorchScript-compatible: scripted modules run it too).
 
     Args:
         input: ``[L, N, H_in]`` (time-major) or packed data ``[sum(batch_sizes), H_in]``.
@@ -61,21 +60,29 @@ def rnn(
     directions = 2 if bidirectional else 1
     per_direction = 4 if has_biases else 2
     layer_input = input
-    finals = []
+    finals: list[Tensor] = []
     for layer in range(num_layers):
-        outputs = []
+        outputs: list[Tensor] = []
         for direction in range(directions):
             k = layer * directions + direction
-            w = weights[k * per_direction : (k + 1) * per_direction]
-            bias = w[2] + w[3] if has_biases else None
-            xw = F.linear(layer_input, w[0], bias)
-            y, h_n = _recurrence_under_autocast(xw, hx[k], w[1], batch_sizes, direction == 1, nonlinearity)
+            first = k * per_direction
+            bias: Optional[Tensor] = None
+            if has_biases:
+                bias = weights[first + 2] + weights[first + 3]
+            xw = F.linear(layer_input, weights[first], bias)
+            if torch.jit.is_scripting():  # the custom op, with its registered autograd
+                activation = 0 if nonlinearity == "tanh" else 1
+                y, h_n = torch.ops.fastrnn.recurrence(xw, hx[k], weights[first + 1], batch_sizes, direction == 1,
+                                                      activation)
+            else:
+                y, h_n = _recurrence_under_autocast(xw, hx[k], weights[first + 1], batch_sizes, direction == 1,
+                                                    nonlinearity)
             outputs.append(y)
             finals.append(h_n)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, True)
-    if directions == 1 and layer_input.requires_grad:
+    if directions == 1 and (layer_input.requires_grad or torch.jit.is_tracing()):  # a trace records one graph
         # The op saved this y for its backward: the caller gets a copy it may edit in place, as torch's
         # output (a concatenation of the steps) is. One [L, N, H_out] more, only when autograd records.
         layer_input = layer_input.clone()

@@ -5,10 +5,9 @@
 checks are torch's own. Weights are read from the module at every call; nothing is cached.
 """
 
-from __future__ import annotations
 
 import functools
-from typing import Optional, Union
+from typing import Optional, overload
 
 import torch
 from torch import _VF, Tensor, nn
@@ -54,17 +53,32 @@ def _stack_forward():
 
 
 def _stack_forward_in_python(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, activation):
-    return functional.rnn(input, hx, weights, has_biases=has_biases, num_layers=num_layers, dropout=0.0,
-                          training=False, bidirectional=bidirectional, nonlinearity=("tanh", "relu")[activation],
-                          batch_sizes=batch_sizes)
+    return functional.rnn(input, hx, weights, has_biases, num_layers, 0.0, False, bidirectional,
+                          ("tanh", "relu")[activation], batch_sizes)
 
 
-def _fx_leaf(module: nn.Module, input, hx):
+@torch.jit.unused
+def _is_fx_proxy(input: Tensor) -> bool:
+    return isinstance(input, torch.fx.Proxy)
+
+
+@torch.jit.unused
+def _fx_leaf(module: nn.Module, input: Tensor, hx: Optional[Tensor]):
     """Under torch.fx.symbolic_trace the module is one ``call_module`` node, as torch's own RNNs are (fx
     treats only modules defined in torch.nn as leaves by default)."""
     tracer = input.tracer
     args = (input,) if hx is None else (input, hx)
     return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
+@torch.jit.unused
+def _fx_leaf_rnn(module: nn.Module, input: Tensor, hx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return _fx_leaf(module, input, hx)
+
+
+@torch.jit.unused
+def _fx_leaf_cell(module: nn.Module, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+    return _fx_leaf(module, input, hx)
 
 
 def _packed_fast_path_takes(batch_sizes: Tensor, rows: int) -> bool:
@@ -115,9 +129,17 @@ class RNN(nn.RNNBase):
     def _weights(self) -> list[Tensor]:
         return [getattr(self, name) for name in self._flat_weights_names]
 
-    def forward(
-        self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
-    ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
+    @overload  # type: ignore[override]
+    @torch._jit_internal._overload_method
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None) -> tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811  (the overloads above type it for TorchScript)
         # Up to check_forward_args this is torch.nn.RNN.forward, so every check and message is torch's.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -126,7 +148,20 @@ class RNN(nn.RNNBase):
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = batch_sizes[0]
+            if hx is None:  # duplicated per branch as in torch: TorchScript types max_batch_size per branch
+                hx = torch.zeros(
+                    self.num_layers * num_directions,
+                    max_batch_size,
+                    self.hidden_size,
+                    dtype=input.dtype,
+                    device=input.device,
+                )
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
         else:
+            if not torch.jit.is_scripting():  # an fx Proxy is never a PackedSequence
+                if _is_fx_proxy(input):
+                    return _fx_leaf_rnn(self, input, hx)
             batch_sizes = None
             if input.dim() not in (2, 3):
                 raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
@@ -146,33 +181,29 @@ class RNN(nn.RNNBase):
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
             sorted_indices = None
             unsorted_indices = None
-        if hx is None:
-            hx = torch.zeros(
-                self.num_layers * num_directions,
-                max_batch_size,
-                self.hidden_size,
-                dtype=input.dtype,
-                device=input.device,
-            )
-        else:
-            hx = self.permute_hidden(hx, sorted_indices)
-        self.check_forward_args(input, hx, batch_sizes)
-        weights = self._weights()
-
-        if self._fast_path_takes(input, hx, weights, batch_sizes):
-            if batch_sizes is None and self.batch_first:
-                input = input.transpose(0, 1)
-            if (self.dropout == 0 or not self.training) and stack_forward_takes(input, hx, weights):
-                output, hidden = _stack_forward()(
-                    input, hx, weights, batch_sizes, self.bias, self.num_layers, self.bidirectional,
-                    0 if self.nonlinearity == "tanh" else 1,
+            if hx is None:
+                hx = torch.zeros(
+                    self.num_layers * num_directions,
+                    max_batch_size,
+                    self.hidden_size,
+                    dtype=input.dtype,
+                    device=input.device,
                 )
             else:
-                output, hidden = self._differentiable_stack(input, hx, weights, batch_sizes)
+                hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(input, hx, batch_sizes)
+
+        if torch.jit.is_scripting():
+            if batch_sizes is None and self.batch_first:
+                input = input.transpose(0, 1)
+            output, hidden = functional.rnn(
+                input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                self.bidirectional, self.nonlinearity, batch_sizes,
+            )
             if batch_sizes is None and self.batch_first:
                 output = output.transpose(0, 1)
         else:
-            output, hidden = self._torch_forward(input, hx, weights, batch_sizes)
+            output, hidden = self._run(input, hx, batch_sizes)
         if isinstance(orig_input, PackedSequence):
             packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return packed, self.permute_hidden(hidden, unsorted_indices)
@@ -181,21 +212,29 @@ class RNN(nn.RNNBase):
             hidden = hidden.squeeze(1)
         return output, self.permute_hidden(hidden, unsorted_indices)
 
-    def _differentiable_stack(
-        self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        return functional.rnn(
-            input,
-            hx,
-            weights,
-            has_biases=self.bias,
-            num_layers=self.num_layers,
-            dropout=self.dropout,
-            training=self.training,
-            bidirectional=self.bidirectional,
-            nonlinearity=self.nonlinearity,
-            batch_sizes=batch_sizes,
-        )
+    @torch.jit.unused
+    def _run(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """The eager computation on checked arguments: fastrnn's op, or torch's own where the op does not
+        take the call or an ONNX exporter is tracing (so it emits what it emits for torch.nn.RNN: the
+        standard ONNX RNN op with the TorchScript exporter)."""
+        weights = self._weights()
+        if torch.onnx.is_in_onnx_export() or not self._fast_path_takes(input, hx, weights, batch_sizes):
+            return self._torch_forward(input, hx, weights, batch_sizes)
+        if batch_sizes is None and self.batch_first:
+            input = input.transpose(0, 1)
+        if (self.dropout == 0 or not self.training) and stack_forward_takes(input, hx, weights):
+            output, hidden = _stack_forward()(
+                input, hx, weights, batch_sizes, self.bias, self.num_layers, self.bidirectional,
+                0 if self.nonlinearity == "tanh" else 1,
+            )
+        else:
+            output, hidden = functional.rnn(
+                input, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+                self.nonlinearity, batch_sizes,
+            )
+        if batch_sizes is None and self.batch_first:
+            output = output.transpose(0, 1)
+        return output, hidden
 
     def _fast_path_takes(
         self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
@@ -224,7 +263,7 @@ class RNN(nn.RNNBase):
         return args, {"device": first.device, "dtype": first.dtype}
 
     @classmethod
-    def from_torch(cls, module: nn.RNN) -> RNN:
+    def from_torch(cls, module: nn.RNN) -> "RNN":
         """A ``fastrnn.RNN`` with the configuration, device, dtype and weights of ``module``."""
         args, kwargs = RNN._config(module)
         return _copy_into(cls(*args, **kwargs), module)
@@ -263,8 +302,9 @@ class RNNCell(nn.RNNCellBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        if not torch.jit.is_scripting() and isinstance(input, torch.fx.Proxy):
-            return _fx_leaf(self, input, hx)
+        if not torch.jit.is_scripting():
+            if _is_fx_proxy(input):
+                return _fx_leaf_cell(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -289,6 +329,9 @@ class RNNCell(nn.RNNCellBase):
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():  # export what torch.nn.RNNCell exports
+            run = _VF.rnn_tanh_cell if self.nonlinearity == "tanh" else _VF.rnn_relu_cell
+            return run(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if fused_cell_takes(input):
             try:
                 return _rnn_cell_op()(
@@ -315,7 +358,7 @@ class RNNCell(nn.RNNCellBase):
         return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
 
     @classmethod
-    def from_torch(cls, module: nn.RNNCell) -> RNNCell:
+    def from_torch(cls, module: nn.RNNCell) -> "RNNCell":
         """A ``fastrnn.RNNCell`` with the configuration, device, dtype and weights of ``module``."""
         args, kwargs = RNNCell._config(module)
         return _copy_into(cls(*args, **kwargs), module)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fastrnn.backends import select_backend
+from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import ACTIVATIONS, prev_state_index, rnn_recurrence_bwd_ref, rnn_recurrence_double_bwd_ref
 
 
@@ -93,9 +94,9 @@ def save_recurrence_context(ctx, inputs, output) -> None:
     ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
 
 
-def recurrence_input_grads(ctx, dz: Tensor, dh0: Tensor) -> tuple:
-    """The gradients of (xw, h0, w_hh, batch_sizes, reverse, activation) from the op's backward outputs."""
-    h0, _, y = ctx.saved_tensors
+def recurrence_input_grads(ctx, h0: Tensor, y: Tensor, dz: Tensor, dh0: Tensor) -> tuple:
+    """The gradients of (xw, h0, w_hh, batch_sizes, reverse, activation) from the op's backward outputs.
+    ``h0`` and ``y`` come from the caller's one read of ``ctx.saved_tensors``."""
     dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
     return dz, dh0 if ctx.needs_input_grad[1] else None, dw, None, None, None
 
@@ -106,7 +107,7 @@ def _recurrence_grad(ctx, dy, dh_n):
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
     need_dh0 = ctx.needs_input_grad[1]
     dz, dh0 = recurrence_backward(dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation, need_dh0)
-    return recurrence_input_grads(ctx, dz, dh0)
+    return recurrence_input_grads(ctx, h0, y, dz, dh0)
 
 
 recurrence.register_autograd(_recurrence_grad, setup_context=save_recurrence_context)
@@ -217,3 +218,6 @@ if hasattr(recurrence, "register_vmap"):  # torch >= 2.5; older torch runs torch
     recurrence.register_vmap(_vmap_recurrence)
     recurrence_backward.register_vmap(_vmap_by_loop(recurrence_backward, 4))
     recurrence_double_backward.register_vmap(_vmap_by_loop(recurrence_double_backward, 6))
+
+
+register_flop_formulas()

@@ -18,5 +18,6 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${PIP[@]}" "$TORCH_SPEC"
 fi
-"${PIP[@]}" setuptools wheel ninja numpy pytest hypothesis expecttest tqdm matplotlib pytest-benchmark triton ruff
+"${PIP[@]}" setuptools wheel ninja numpy pytest hypothesis expecttest tqdm matplotlib pytest-benchmark triton ruff \
+  onnx onnxruntime onnxscript
 "${PIP[@]}" --no-build-isolation --no-deps -e .
