@@ -207,6 +207,17 @@ class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
 at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                              const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                              const std::optional<at::Tensor>& b_hh, int64_t activation) {
+  // With nothing to record, skip Function::apply: it builds a graph node even when it will not keep it.
+  bool record = at::GradMode::is_enabled();
+  if (record) {
+    record = input.requires_grad() || hx.requires_grad() || w_ih.requires_grad() || w_hh.requires_grad() ||
+             (b_ih.has_value() && b_ih->defined() && b_ih->requires_grad()) ||
+             (b_hh.has_value() && b_hh->defined() && b_hh->requires_grad());
+  }
+  if (!record) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, activation);
+  }
   return RnnCellFunction::apply(input, hx, w_ih, w_hh, b_ih, b_hh, activation);
 }
 

@@ -160,7 +160,7 @@ class RNN(nn.RNNBase):
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             if not torch.jit.is_scripting():  # an fx Proxy is never a PackedSequence
-                if _is_fx_proxy(input):
+                if type(input) is not Tensor and _is_fx_proxy(input):
                     return _fx_leaf_rnn(self, input, hx)
             batch_sizes = None
             if input.dim() not in (2, 3):
@@ -303,7 +303,7 @@ class RNNCell(nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if not torch.jit.is_scripting():
-            if _is_fx_proxy(input):
+            if type(input) is not Tensor and _is_fx_proxy(input):
                 return _fx_leaf_cell(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
