@@ -1,4 +1,5 @@
-"""fastrnn: a drop-in, fast ``torch.nn.RNN`` and ``torch.nn.RNNCell``.
+"""fastrnn: a drop-in, fast ``torch.nn.RNN`` and ``torch.nn.RNNCell``, and the rest of the family:
+``GRU``, ``GRUCell``, ``LSTM``, ``LSTMCell``.
 
 Importing fastrnn never compiles or fails for want of a compiler, Triton or a GPU: backends load on first use.
 """
@@ -7,6 +8,7 @@ from fastrnn import functional
 from fastrnn._cpp import load_built_ops
 from fastrnn.autograd import RNNRecurrenceFunction, rnn_recurrence
 from fastrnn.backends import available_backends
+from fastrnn.gated_modules import GRU, LSTM, GRUCell, LSTMCell
 from fastrnn.modules import RNN, RNNCell
 
 try:
@@ -16,7 +18,11 @@ except ImportError:  # a torch without torch.ao.quantization: nothing to registe
 from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "RNN",
+    "GRUCell",
+    "LSTMCell",
     "RNNCell",
     "RNNRecurrenceFunction",
     "available_backends",

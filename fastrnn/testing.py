@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 Input = Union[Tensor, PackedSequence]
+State = Union[Tensor, tuple[Tensor, Tensor]]
 
 
 def _to(x: Input, dtype: torch.dtype) -> Input:
@@ -29,38 +30,46 @@ def _data(x: Input) -> Tensor:
 def outputs_and_grads(
     module: nn.Module,
     input: Input,
-    hx: Optional[Tensor] = None,
+    hx: Optional[State] = None,
     dtype: Optional[torch.dtype] = None,
     seed: int = 0,
 ) -> dict[str, Tensor]:
     """Runs ``module(input, hx)`` forward and backward and returns every result by name.
 
     ``dtype`` casts the module, input and hx first (float64 for the oracle). The upstream gradients are
-    drawn from ``seed``, so two modules run with the same seed receive the same ones.
+    drawn from ``seed``, so two modules run with the same seed receive the same ones. An LSTM's state
+    ``(h, c)`` gives ``h_n``/``c_n`` and ``grad_hx``/``grad_cx``.
     """
     if dtype is not None:
         module = module.to(dtype)
         input = _to(input, dtype)
-        hx = hx.to(dtype) if hx is not None else None
+    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
+    states = [s.to(dtype) if dtype is not None else s for s in states]
     leaf = _data(input).detach().clone().requires_grad_(True)
     run_input = input._replace(data=leaf) if isinstance(input, PackedSequence) else leaf
-    hx_leaf = hx.detach().clone().requires_grad_(True) if hx is not None else None
-    result = module(run_input, hx_leaf) if hx_leaf is not None else module(run_input)
-    out, h_n = result if isinstance(result, tuple) else (result, None)
+    state_leaves = [s.detach().clone().requires_grad_(True) for s in states]
+    if not state_leaves:
+        result = module(run_input)
+    else:
+        result = module(run_input, tuple(state_leaves) if isinstance(hx, tuple) else state_leaves[0])
+    out, finals = result if isinstance(result, tuple) else (result, None)
+    if isinstance(out, tuple):  # an LSTMCell returns (h', c')
+        out, finals = out[0], (out[1],)
+    finals = [] if finals is None else list(finals) if isinstance(finals, tuple) else [finals]
     out = _data(out)
     generator = torch.Generator().manual_seed(seed)
     loss = (out * torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out)).sum()
-    if h_n is not None:
-        loss = loss + (h_n * torch.randn(h_n.shape, generator=generator, dtype=torch.float64).to(h_n)).sum()
+    for final in finals:
+        loss = loss + (final * torch.randn(final.shape, generator=generator, dtype=torch.float64).to(final)).sum()
     names = [name for name, _ in module.named_parameters()]
-    wrt = [leaf] + ([hx_leaf] if hx_leaf is not None else []) + [p for _, p in module.named_parameters()]
+    wrt = [leaf] + state_leaves + [p for _, p in module.named_parameters()]
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     results = {"output": out.detach()}
-    if h_n is not None:
-        results["h_n"] = h_n.detach()
+    for name, final in zip(("h_n", "c_n"), finals):
+        results[name] = final.detach()
     results["grad_input"] = grads[0]
-    if hx_leaf is not None:
-        results["grad_hx"] = grads[1]
+    for name, grad in zip(("grad_hx", "grad_cx"), grads[1 : 1 + len(state_leaves)]):
+        results[name] = grad
     for name, grad in zip(names, grads[len(grads) - len(names) :]):
         results[f"grad_{name}"] = grad
     return results

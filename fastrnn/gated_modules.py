@@ -1,0 +1,368 @@
+"""``fastrnn.GRU``, ``fastrnn.LSTM``, ``fastrnn.GRUCell``, ``fastrnn.LSTMCell``: drop-in replacements for
+torch's, with the same contract as ``fastrnn.RNN``.
+
+The modules subclass ``torch.nn.RNNBase`` (mode ``'GRU'`` / ``'LSTM'``) and ``torch.nn.RNNCellBase``, so
+parameter names, order, init, ``state_dict``, ``repr``, pickling and torch's argument checks are torch's
+own; ``forward`` is torch's up to the point where torch calls ``_VF.gru`` / ``_VF.lstm``. There fastrnn's
+op runs the call when it can: CPU tensors in float32 or float64, one device and dtype, no autocast, a
+non-empty sequence and batch, well-formed packed batch sizes. Every other call (CUDA tensors included,
+until fused GPU kernels for these cells exist) runs torch's own implementation, with the same weights, so
+it gives torch's result (cuDNN on CUDA) or raises torch's exact error.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, _VF, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from fastrnn import gated_functional
+
+_FAST_DTYPES = (torch.float32, torch.float64)
+
+
+def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor], batch_sizes: Optional[Tensor]) -> bool:
+    """Whether fastrnn's op runs this call (see the module docstring); otherwise torch's implementation."""
+    device, dtype = input.device, input.dtype
+    if device.type != "cpu" or dtype not in _FAST_DTYPES or torch.is_autocast_enabled("cpu"):
+        return False
+    if any(t.device != device or t.dtype != dtype for t in (*states, *weights)):
+        return False
+    if batch_sizes is None:
+        return input.dim() == 3 and input.size(0) > 0 and input.size(1) > 0
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        return False
+    if torch.compiler.is_compiling():  # values are data to a tracer; the op checks them when it runs
+        return True
+    sizes = batch_sizes.tolist()
+    return (
+        len(sizes) > 0
+        and sizes[-1] > 0
+        and sum(sizes) == input.size(0)
+        and all(a >= b for a, b in zip(sizes, sizes[1:]))
+    )
+
+
+def _copy_into(target: nn.Module, source: nn.Module) -> nn.Module:
+    target.load_state_dict(source.state_dict())
+    return target.train(source.training)
+
+
+class _GatedBase(nn.RNNBase):
+    """What GRU and LSTM share: weights read at call time, silent flatten_parameters, from/to torch."""
+
+    _torch_class: type[nn.RNNBase]
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: fastrnn reads the parameters where they are at every call."""
+
+    def _weights(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def _config(self) -> tuple[tuple, dict]:
+        first = next(self.parameters())
+        args = (self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
+                self.bidirectional)
+        kwargs = {"device": first.device, "dtype": first.dtype}
+        if self.mode == "LSTM":
+            kwargs["proj_size"] = self.proj_size
+        return args, kwargs
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase):
+        """A fastrnn module with the configuration, device, dtype and weights of ``module``."""
+        args, kwargs = _GatedBase._config(module)
+        return _copy_into(cls(*args, **kwargs), module)
+
+    def to_torch(self) -> nn.RNNBase:
+        """The torch module with this module's configuration, device, dtype and weights."""
+        args, kwargs = self._config()
+        return _copy_into(self._torch_class(*args, **kwargs), self)
+
+
+class GRU(_GatedBase):
+    r"""Drop-in :class:`torch.nn.GRU`: ``r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr})``, ``z`` likewise,
+    ``n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn}))``, ``h' = (1 - z) \odot n + z \odot h``.
+
+    Same arguments as :class:`torch.nn.GRU`: ``input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None``.
+
+    Inputs: ``input`` ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, ``(L, H_in)`` unbatched, or a
+    :class:`~torch.nn.utils.rnn.PackedSequence`; ``hx`` ``(D * num_layers, N, H_out)`` or
+    ``(D * num_layers, H_out)`` unbatched, zeros if omitted.
+
+    Outputs: ``output`` ``(L, N, D * H_out)`` (batch-first / unbatched / packed like the input) and ``h_n``
+    shaped like ``hx``.
+    """
+
+    _torch_class = nn.GRU
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def forward(
+        self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
+    ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
+        # Up to check_forward_args this is torch.nn.GRU.forward, so every check and message is torch's.
+        num_directions = 2 if self.bidirectional else 1
+        orig_input = input
+        is_batched = True
+        batch_dim = 0 if self.batch_first else 1
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = batch_sizes[0]
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            batch_sizes = None
+            if input.dim() not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            elif hx is not None and hx.dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = None
+            unsorted_indices = None
+        if hx is None:
+            hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                             dtype=input.dtype, device=input.device)
+        self.check_forward_args(input, hx, batch_sizes)
+        weights = self._weights()
+
+        if _fast_path_takes(input, [hx], weights, batch_sizes):
+            if batch_sizes is None and self.batch_first:
+                input = input.transpose(0, 1)
+            output, hidden = gated_functional.gru(
+                input, hx, weights, has_biases=self.bias, num_layers=self.num_layers, dropout=self.dropout,
+                training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes,
+            )
+            if batch_sizes is None and self.batch_first:
+                output = output.transpose(0, 1)
+        elif batch_sizes is None:
+            output, hidden = _VF.gru(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                                     self.bidirectional, self.batch_first)
+        else:
+            output, hidden = _VF.gru(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
+                                     self.training, self.bidirectional)
+
+        if isinstance(orig_input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+                hidden, unsorted_indices
+            )
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+class LSTM(_GatedBase):
+    r"""Drop-in :class:`torch.nn.LSTM`: gates ``i, f, g, o`` from ``W_{ih} x + b_{ih} + W_{hh} h + b_{hh}``,
+    ``c' = f \odot c + i \odot g``, ``h' = o \odot \tanh(c')``, projected ``h' W_{hr}^T`` with ``proj_size``.
+
+    Same arguments as :class:`torch.nn.LSTM`: ``input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None``.
+
+    Inputs: ``input`` as for :class:`GRU`; ``hx = (h_0, c_0)``, ``h_0`` ``(D * num_layers, N, H_out)``,
+    ``c_0`` ``(D * num_layers, N, H_cell)`` (no N when unbatched), zeros if omitted; ``H_out`` is
+    ``proj_size`` when set, else ``H_cell = hidden_size``.
+
+    Outputs: ``output`` ``(L, N, D * H_out)`` (like the input) and ``(h_n, c_n)`` shaped like ``hx``.
+    """
+
+    _torch_class = nn.LSTM
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    # torch.nn.LSTM's own: the cell state has hidden_size features, h has proj_size when set.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def forward(
+        self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Union[Tensor, PackedSequence], tuple[Tensor, Tensor]]:
+        # Up to check_forward_args this is torch.nn.LSTM.forward, so every check and message is torch's.
+        orig_input = input
+        batch_sizes = None
+        is_batched = True
+        batch_dim = 0 if self.batch_first else 1
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = batch_sizes[0]
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = None
+            unsorted_indices = None
+            if hx is not None:
+                if is_batched:
+                    if hx[0].dim() != 3 or hx[1].dim() != 3:
+                        raise RuntimeError(
+                            "For batched 3-D input, hx and cx should "
+                            f"also be 3-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                else:
+                    if hx[0].dim() != 2 or hx[1].dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx and cx should "
+                            f"also be 2-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        if hx is None:
+            layers = self.num_layers * num_directions
+            h_zeros = torch.zeros(layers, max_batch_size, real_hidden_size, dtype=input.dtype, device=input.device)
+            c_zeros = torch.zeros(layers, max_batch_size, self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (h_zeros, c_zeros)
+        weights = self._weights()
+        fast = _fast_path_takes(input, list(hx), weights, batch_sizes)
+        if batch_sizes is None:
+            self.check_forward_args(input, hx, batch_sizes)
+        elif fast:
+            # torch checks packed LSTM input only in _VF.lstm, with its own messages: a call that would fail
+            # the Python checks goes there.
+            try:
+                self.check_forward_args(input, hx, batch_sizes)
+            except RuntimeError:
+                fast = False
+
+        if fast:
+            if batch_sizes is None and self.batch_first:
+                input = input.transpose(0, 1)
+            output, hidden = gated_functional.lstm(
+                input, hx, weights, has_biases=self.bias, num_layers=self.num_layers, dropout=self.dropout,
+                training=self.training, bidirectional=self.bidirectional, proj_size=self.proj_size,
+                batch_sizes=batch_sizes,
+            )
+            if batch_sizes is None and self.batch_first:
+                output = output.transpose(0, 1)
+        else:
+            if batch_sizes is None:
+                result = _VF.lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                                  self.bidirectional, self.batch_first)
+            else:
+                result = _VF.lstm(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
+                                  self.training, self.bidirectional)
+            output, hidden = result[0], (result[1], result[2])
+
+        if isinstance(orig_input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+                hidden, unsorted_indices
+            )
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+class _GatedCellBase(nn.RNNCellBase):
+    _torch_class: type[nn.RNNCellBase]
+
+    def _cell_fast_path_takes(self, input: Tensor, states: list[Tensor]) -> bool:
+        """2-D input and states that fit the weights; anything else goes to torch, which raises its error."""
+        weights = [w for w in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh) if w is not None]
+        if not _fast_path_takes(input.unsqueeze(0), states, weights, None):
+            return False
+        if input.size(1) != self.input_size:
+            return False
+        return all(s.dim() == 2 and s.size(0) == input.size(0) and s.size(1) == self.hidden_size for s in states)
+
+    def _config(self) -> tuple[tuple, dict]:
+        args = (self.input_size, self.hidden_size, self.bias)
+        return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNCellBase):
+        """A fastrnn cell with the configuration, device, dtype and weights of ``module``."""
+        args, kwargs = _GatedCellBase._config(module)
+        return _copy_into(cls(*args, **kwargs), module)
+
+    def to_torch(self) -> nn.RNNCellBase:
+        """The torch cell with this cell's configuration, device, dtype and weights."""
+        args, kwargs = self._config()
+        return _copy_into(self._torch_class(*args, **kwargs), self)
+
+
+class GRUCell(_GatedCellBase):
+    r"""Drop-in :class:`torch.nn.GRUCell` (the :class:`GRU` step).
+
+    Inputs: ``input`` ``(N, H_in)`` or ``(H_in)``; ``hx`` ``(N, H_out)`` or ``(H_out)``, zeros if omitted.
+    Output: ``h'`` ``(N, H_out)`` or ``(H_out)``.
+    """
+
+    _torch_class = nn.GRUCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        else:
+            hx = hx.unsqueeze(0) if not is_batched else hx
+        if self._cell_fast_path_takes(input, [hx]):
+            ret = gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            ret = _VF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return ret if is_batched else ret.squeeze(0)
+
+
+class LSTMCell(_GatedCellBase):
+    r"""Drop-in :class:`torch.nn.LSTMCell` (the :class:`LSTM` step, no projection).
+
+    Inputs: ``input`` ``(N, H_in)`` or ``(H_in)``; ``hx = (h, c)``, each ``(N, H_out)`` or ``(H_out)``, zeros
+    if omitted. Output: ``(h', c')`` shaped like ``hx``.
+    """
+
+    _torch_class = nn.LSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        else:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
+        if self._cell_fast_path_takes(input, list(hx)):
+            ret = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            ret = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return ret if is_batched else (ret[0].squeeze(0), ret[1].squeeze(0))

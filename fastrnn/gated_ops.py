@@ -1,0 +1,376 @@
+"""The gated recurrences (GRU, LSTM) as differentiable ops, wired as the Elman op is (:mod:`fastrnn.ops`,
+:mod:`fastrnn.autograd`): an old-style ``autograd.Function`` for plain eager tensors (least per-call
+overhead) and ``torch.library`` custom ops with fake and registered autograd whenever dynamo, export or
+torch.func look, so graphs hold one opaque node per layer and direction.
+
+Each forward runs the C++ op (``torch.ops.fastrnn.gru_fwd`` / ``lstm_fwd``: CPU, float32 and float64) or the
+reference (anything else), and saves the workspace ``ws`` its backward needs (see
+:mod:`fastrnn.gated_reference`). Backward runs BPTT in the same backend and returns the pre-activation
+gradients; ``W_hh``, ``b_hn`` and ``W_hr`` gradients are then one GEMM or reduction each, here.
+First-order gradients only: a second backward raises :data:`DOUBLE_BACKWARD_ERROR`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastrnn import gated_reference as ref
+from fastrnn._cpp import load_cpp_ops
+from fastrnn.backends import BACKEND_ENV
+from fastrnn.reference import prev_state_index
+
+DOUBLE_BACKWARD_ERROR = (
+    "fastrnn's GRU and LSTM support first-order gradients only (double backward is not implemented); "
+    "use torch.nn.GRU / torch.nn.LSTM where second derivatives are needed"
+)
+_fakes_registered = False
+_warned = False
+
+
+def _register_cpp_fakes() -> None:
+    """Shape-only kernels of the C++ ops, for torch.library.opcheck and tracers that reach them."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    @torch.library.register_fake("fastrnn::gru_fwd")
+    def _(xw, h0, w_hh, b_hn, batch_sizes, reverse):
+        hidden = h0.size(-1)
+        return xw.new_empty(*xw.shape[:-1], hidden), torch.empty_like(h0), xw.new_empty(*xw.shape[:-1], 4 * hidden)
+
+    @torch.library.register_fake("fastrnn::gru_bwd")
+    def _(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
+        return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), torch.empty_like(y), torch.empty_like(dh_n)
+
+    @torch.library.register_fake("fastrnn::lstm_fwd")
+    def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        lead, hidden = xw.shape[:-1], c0.size(-1)
+        saved = 5 * hidden if w_hr is None else 6 * hidden
+        return (xw.new_empty(*lead, h0.size(-1)), torch.empty_like(h0), torch.empty_like(c0),
+                xw.new_empty(*lead, saved))
+
+    @torch.library.register_fake("fastrnn::lstm_bwd")
+    def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
+        dh_all = torch.empty_like(dy) if w_hr is not None else dy.new_empty(0)
+        return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, torch.empty_like(dh_n), torch.empty_like(c0)
+
+
+def _use_cpp(x: Tensor) -> bool:
+    """The C++ op for CPU float32/float64 when it loads, else the reference; ``FASTRNN_BACKEND`` forces."""
+    global _warned
+    forced = os.environ.get(BACKEND_ENV, "").strip()
+    if forced == "reference":
+        return False
+    runnable = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    if forced and forced != "cpp":
+        raise RuntimeError(f"{BACKEND_ENV}={forced}: fastrnn has no {forced} kernels for GRU and LSTM yet")
+    if not runnable:
+        if forced:
+            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run {x.dtype} tensors on {x.device}")
+        return False
+    missing = load_cpp_ops()
+    if missing is not None:
+        if forced:
+            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run here: {missing}")
+        if not _warned:
+            _warned = True
+            warnings.warn(f"fastrnn: GRU/LSTM use the reference backend on cpu because {missing}",
+                          RuntimeWarning, stacklevel=4)
+        return False
+    _register_cpp_fakes()
+    return True
+
+
+def gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse):
+    if _use_cpp(xw):
+        return torch.ops.fastrnn.gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+    return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+
+
+def gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
+    if _use_cpp(y):
+        return torch.ops.fastrnn.gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
+    return ref.gru_recurrence_bwd_ref(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse)
+
+
+def lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    if _use_cpp(xw):
+        return torch.ops.fastrnn.lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
+def lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
+    if _use_cpp(ws):
+        return torch.ops.fastrnn.lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0)
+    return ref.lstm_recurrence_bwd_ref(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
+def state_weight_grad(dg: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[Tensor], reverse: bool) -> Tensor:
+    """``dW_hh = dg^T h_prev`` over all steps and rows, ``h_prev`` being the state each step read.
+
+    ``dg``: ``[T, B, G]`` or ``[N, G]``; ``y``: ``[T, B, P]`` or ``[N, P]``; ``h0``: ``[B, P]``. Returns ``[G, P]``.
+    """
+    gates, width = dg.size(-1), y.size(-1)
+    if batch_sizes is None:
+        first = y.size(0) - 1 if reverse else 0
+        dw = dg[first].t().mm(h0)
+        if y.size(0) > 1:
+            later, prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+            dw = dw.addmm(later.reshape(-1, gates).t(), prev.reshape(-1, width))
+        return dw
+    index = prev_state_index(batch_sizes, reverse, y.size(0)).to(y.device)
+    return dg.t().mm(torch.cat([y, h0]).index_select(0, index))
+
+
+def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+# --- GRU ------------------------------------------------------------------------------------------------
+
+
+def _gru_save(ctx, inputs, output) -> None:
+    xw, h0, w_hh, b_hn, batch_sizes, reverse = inputs
+    ctx.save_for_backward(h0, w_hh, output[0], output[2])
+    ctx.has_b_hn, ctx.batch_sizes, ctx.reverse = b_hn is not None, batch_sizes, reverse
+
+
+def _gru_grads(ctx, dy: Tensor, dh_n: Tensor, backward) -> tuple:
+    """The gradients of (xw, h0, w_hh, b_hn, batch_sizes, reverse)."""
+    h0, w_hh, y, ws = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dxw, dm, dh0 = backward(dy, dh_n, y, ws, h0, w_hh, ctx.batch_sizes, ctx.reverse, need[1])
+    hidden = y.size(-1)
+    dw = None
+    if need[2]:
+        dg = torch.cat([dxw[..., : 2 * hidden], dm], -1)
+        dw = state_weight_grad(dg, y, h0, ctx.batch_sizes, ctx.reverse)
+    db = dm.reshape(-1, hidden).sum(0) if ctx.has_b_hn and need[3] else None
+    return dxw, dh0 if need[1] else None, dw, db, None, None
+
+
+class GRURecurrenceFunction(torch.autograd.Function):
+    """``(y, h_n) = gru(xw, h0, w_hh, b_hn)`` on plain eager tensors (see :func:`gru_recurrence`)."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, w_hh, b_hn, batch_sizes, reverse):
+        output = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+        _gru_save(ctx, (xw, h0, w_hh, b_hn, batch_sizes, reverse), output)
+        return output[0], output[1]
+
+    @staticmethod
+    def backward(ctx, dy, dh_n):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+        return _gru_grads(ctx, dy, dh_n, gru_bwd)
+
+
+@torch.library.custom_op("fastrnn::gru_recurrence", mutates_args=())
+def gru_recurrence_op(
+    xw: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    y, h_n, ws = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+    return y, h_n, ws
+
+
+@gru_recurrence_op.register_fake
+def _(xw, h0, w_hh, b_hn, batch_sizes, reverse):
+    hidden = h0.size(-1)
+    return xw.new_empty(*xw.shape[:-1], hidden), torch.empty_like(h0), xw.new_empty(*xw.shape[:-1], 4 * hidden)
+
+
+@torch.library.custom_op("fastrnn::gru_recurrence_backward", mutates_args=())
+def gru_recurrence_backward_op(
+    dy: Tensor,
+    dh_n: Tensor,
+    y: Tensor,
+    ws: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Optional[Tensor],
+    reverse: bool,
+    need_dh0: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dxw, dm, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
+    return dxw, dm, dh0 if need_dh0 else torch.zeros_like(dh_n)
+
+
+@gru_recurrence_backward_op.register_fake
+def _(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
+    return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), torch.empty_like(y), torch.empty_like(dh_n)
+
+
+def _gru_op_grad(ctx, dy, dh_n, _dws):
+    _, _, y, _ = ctx.saved_tensors
+    h0 = ctx.saved_tensors[0]
+    return _gru_grads(ctx, _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), gru_recurrence_backward_op)
+
+
+gru_recurrence_op.register_autograd(_gru_op_grad, setup_context=_gru_save)
+
+
+# --- LSTM -----------------------------------------------------------------------------------------------
+
+
+def _lstm_save(ctx, inputs, output) -> None:
+    xw, h0, c0, w_hh, w_hr, batch_sizes, reverse = inputs
+    ctx.save_for_backward(h0, c0, w_hh, w_hr, output[0], output[3])
+    ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
+
+
+def _lstm_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, backward) -> tuple:
+    """The gradients of (xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)."""
+    h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    da, dh_all, dh0, dc0 = backward(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, ctx.batch_sizes, ctx.reverse, need[1])
+    dw = state_weight_grad(da, y, h0, ctx.batch_sizes, ctx.reverse) if need[3] else None
+    dw_hr = None
+    if w_hr is not None and need[4]:
+        hidden = c0.size(-1)
+        u = ws[..., 5 * hidden :].reshape(-1, hidden)
+        dw_hr = dh_all.reshape(-1, dh_all.size(-1)).t().mm(u)
+    return da, dh0 if need[1] else None, dc0 if need[2] else None, dw, dw_hr, None, None
+
+
+class LSTMRecurrenceFunction(torch.autograd.Function):
+    """``(y, h_n, c_n) = lstm(xw, h0, c0, w_hh, w_hr)`` on plain eager tensors (see :func:`lstm_recurrence`)."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        output = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+        _lstm_save(ctx, (xw, h0, c0, w_hh, w_hr, batch_sizes, reverse), output)
+        return output[0], output[1], output[2]
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+        return _lstm_grads(ctx, dy, dh_n, dc_n, lstm_bwd)
+
+
+@torch.library.custom_op("fastrnn::lstm_recurrence", mutates_args=())
+def lstm_recurrence_op(
+    xw: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    batch_sizes: Optional[Tensor],
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, h_n, c_n, ws = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return y, h_n, c_n, ws
+
+
+@lstm_recurrence_op.register_fake
+def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    lead, hidden = xw.shape[:-1], c0.size(-1)
+    saved = 5 * hidden if w_hr is None else 6 * hidden
+    return xw.new_empty(*lead, h0.size(-1)), torch.empty_like(h0), torch.empty_like(c0), xw.new_empty(*lead, saved)
+
+
+@torch.library.custom_op("fastrnn::lstm_recurrence_backward", mutates_args=())
+def lstm_recurrence_backward_op(
+    dy: Tensor,
+    dh_n: Tensor,
+    dc_n: Tensor,
+    ws: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor],
+    batch_sizes: Optional[Tensor],
+    reverse: bool,
+    need_dh0: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    da, dh_all, dh0, dc0 = lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0)
+    return da, dh_all, dh0 if need_dh0 else torch.zeros_like(dh_n), dc0
+
+
+@lstm_recurrence_backward_op.register_fake
+def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
+    dh_all = torch.empty_like(dy) if w_hr is not None else dy.new_empty(0)
+    return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, torch.empty_like(dh_n), torch.empty_like(c0)
+
+
+def _lstm_op_grad(ctx, dy, dh_n, dc_n, _dws):
+    h0, c0, _, _, y, _ = ctx.saved_tensors
+    grads = (_zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0))
+    return _lstm_grads(ctx, *grads, lstm_recurrence_backward_op)
+
+
+lstm_recurrence_op.register_autograd(_lstm_op_grad, setup_context=_lstm_save)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+gru_recurrence_backward_op.register_autograd(_no_double_backward)
+lstm_recurrence_backward_op.register_autograd(_no_double_backward)
+
+
+# --- entries --------------------------------------------------------------------------------------------
+
+
+def _op_entry(xw: Tensor) -> bool:
+    """Dynamo, export, fake tensors or torch.func transforms: the custom-op entry."""
+    return (
+        torch.compiler.is_compiling()
+        or type(xw) is not Tensor
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
+def gru_recurrence(
+    xw: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The GRU recurrence, differentiable once.
+
+    Args:
+        xw: ``[T, B, 3H]`` or packed ``[N, 3H]``: ``x W_ih^T + b_ih + [b_hr, b_hz, 0]``.
+        h0: ``[B, H]``. w_hh: ``[3H, H]``. b_hn: ``[H]`` or ``None``.
+        batch_sizes: ``[T]`` int64 CPU tensor for packed ``xw``.
+
+    Returns:
+        ``y`` (``[T, B, H]`` or ``[N, H]``) and ``h_n`` ``[B, H]``.
+    """
+    if _op_entry(xw):
+        y, h_n, _ = gru_recurrence_op(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+        return y, h_n
+    return GRURecurrenceFunction.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+
+
+def lstm_recurrence(
+    xw: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The LSTM recurrence, differentiable once.
+
+    Args:
+        xw: ``[T, B, 4H]`` or packed ``[N, 4H]``: ``x W_ih^T + b_ih + b_hh``.
+        h0: ``[B, P]`` (``P`` = proj_size or H). c0: ``[B, H]``. w_hh: ``[4H, P]``. w_hr: ``[P, H]`` or ``None``.
+        batch_sizes: ``[T]`` int64 CPU tensor for packed ``xw``.
+
+    Returns:
+        ``y`` (``[T, B, P]`` or ``[N, P]``), ``h_n`` ``[B, P]`` and ``c_n`` ``[B, H]``.
+    """
+    if _op_entry(xw):
+        y, h_n, c_n, _ = lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+        return y, h_n, c_n
+    return LSTMRecurrenceFunction.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
