@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import gated_functional
