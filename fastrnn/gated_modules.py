@@ -120,7 +120,7 @@ class GRU(_GatedBase):
         else:
             batch_sizes = None
             if input.dim() not in (2, 3):
-                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
             is_batched = input.dim() == 3
             if not is_batched:
                 input = input.unsqueeze(batch_dim)

@@ -53,7 +53,7 @@ def outputs_and_grads(
     else:
         result = module(run_input, tuple(state_leaves) if isinstance(hx, tuple) else state_leaves[0])
     out, finals = result if isinstance(result, tuple) else (result, None)
-    if isinstance(out, tuple):  # an LSTMCell returns (h', c')
+    if isinstance(out, tuple) and not isinstance(out, PackedSequence):  # an LSTMCell returns (h', c')
         out, finals = out[0], (out[1],)
     finals = [] if finals is None else list(finals) if isinstance(finals, tuple) else [finals]
     out = _data(out)
