@@ -42,23 +42,23 @@ def _register_cpp_fakes() -> None:
     @torch.library.register_fake("fastrnn::gru_fwd")
     def _(xw, h0, w_hh, b_hn, batch_sizes, reverse):
         hidden = h0.size(-1)
-        return xw.new_empty(*xw.shape[:-1], hidden), torch.empty_like(h0), xw.new_empty(*xw.shape[:-1], 4 * hidden)
+        return xw.new_empty(*xw.shape[:-1], hidden), h0.new_empty(h0.shape), xw.new_empty(*xw.shape[:-1], 4 * hidden)
 
     @torch.library.register_fake("fastrnn::gru_bwd")
     def _(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
-        return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), torch.empty_like(y), torch.empty_like(dh_n)
+        return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), y.new_empty(y.shape), dh_n.new_empty(dh_n.shape)
 
     @torch.library.register_fake("fastrnn::lstm_fwd")
     def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
         lead, hidden = xw.shape[:-1], c0.size(-1)
         saved = 5 * hidden if w_hr is None else 6 * hidden
-        return (xw.new_empty(*lead, h0.size(-1)), torch.empty_like(h0), torch.empty_like(c0),
+        return (xw.new_empty(*lead, h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
                 xw.new_empty(*lead, saved))
 
     @torch.library.register_fake("fastrnn::lstm_bwd")
     def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
-        dh_all = torch.empty_like(dy) if w_hr is not None else dy.new_empty(0)
-        return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, torch.empty_like(dh_n), torch.empty_like(c0)
+        dh_all = dy.new_empty(dy.shape) if w_hr is not None else dy.new_empty(0)
+        return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, dh_n.new_empty(dh_n.shape), c0.new_empty(c0.shape)
 
 
 def _use_cpp(x: Tensor) -> bool:
@@ -128,6 +128,11 @@ def state_weight_grad(dg: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[T
     return dg.t().mm(torch.cat([y, h0]).index_select(0, index))
 
 
+def _contiguous(tensors: tuple) -> tuple:
+    """The custom ops' outputs in the layout their fake kernels promise (dense, row-major)."""
+    return tuple(t.contiguous() for t in tensors)
+
+
 def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
@@ -175,14 +180,13 @@ class GRURecurrenceFunction(torch.autograd.Function):
 def gru_recurrence_op(
     xw: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    y, h_n, ws = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-    return y, h_n, ws
+    return _contiguous(gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse))
 
 
 @gru_recurrence_op.register_fake
 def _(xw, h0, w_hh, b_hn, batch_sizes, reverse):
     hidden = h0.size(-1)
-    return xw.new_empty(*xw.shape[:-1], hidden), torch.empty_like(h0), xw.new_empty(*xw.shape[:-1], 4 * hidden)
+    return xw.new_empty(*xw.shape[:-1], hidden), h0.new_empty(h0.shape), xw.new_empty(*xw.shape[:-1], 4 * hidden)
 
 
 @torch.library.custom_op("fastrnn::gru_recurrence_backward", mutates_args=())
@@ -198,12 +202,12 @@ def gru_recurrence_backward_op(
     need_dh0: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     dxw, dm, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
-    return dxw, dm, dh0 if need_dh0 else torch.zeros_like(dh_n)
+    return _contiguous((dxw, dm, dh0 if need_dh0 else torch.zeros_like(dh_n)))
 
 
 @gru_recurrence_backward_op.register_fake
 def _(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
-    return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), torch.empty_like(y), torch.empty_like(dh_n)
+    return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), y.new_empty(y.shape), dh_n.new_empty(dh_n.shape)
 
 
 def _gru_op_grad(ctx, dy, dh_n, _dws):
@@ -264,15 +268,14 @@ def lstm_recurrence_op(
     batch_sizes: Optional[Tensor],
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y, h_n, c_n, ws = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    return y, h_n, c_n, ws
+    return _contiguous(lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse))
 
 
 @lstm_recurrence_op.register_fake
 def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
     lead, hidden = xw.shape[:-1], c0.size(-1)
     saved = 5 * hidden if w_hr is None else 6 * hidden
-    return xw.new_empty(*lead, h0.size(-1)), torch.empty_like(h0), torch.empty_like(c0), xw.new_empty(*lead, saved)
+    return xw.new_empty(*lead, h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), xw.new_empty(*lead, saved)
 
 
 @torch.library.custom_op("fastrnn::lstm_recurrence_backward", mutates_args=())
@@ -289,13 +292,13 @@ def lstm_recurrence_backward_op(
     need_dh0: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     da, dh_all, dh0, dc0 = lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0)
-    return da, dh_all, dh0 if need_dh0 else torch.zeros_like(dh_n), dc0
+    return _contiguous((da, dh_all, dh0 if need_dh0 else torch.zeros_like(dh_n), dc0))
 
 
 @lstm_recurrence_backward_op.register_fake
 def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
-    dh_all = torch.empty_like(dy) if w_hr is not None else dy.new_empty(0)
-    return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, torch.empty_like(dh_n), torch.empty_like(c0)
+    dh_all = dy.new_empty(dy.shape) if w_hr is not None else dy.new_empty(0)
+    return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, dh_n.new_empty(dh_n.shape), c0.new_empty(c0.shape)
 
 
 def _lstm_op_grad(ctx, dy, dh_n, dc_n, _dws):
@@ -315,16 +318,55 @@ gru_recurrence_backward_op.register_autograd(_no_double_backward)
 lstm_recurrence_backward_op.register_autograd(_no_double_backward)
 
 
+# --- torch.func ---------------------------------------------------------------------------------------
+# functorch needs setup_context Functions (the custom ops' registered autograd is not one); these call the
+# ops, which functorch batches, under no_grad.
+
+
+class _GRUUnderTransforms(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(xw, h0, w_hh, b_hn, batch_sizes, reverse):
+        with torch.no_grad():
+            return gru_recurrence_op(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _gru_save(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[2])
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, _dws):
+        with torch.no_grad():
+            return _gru_grads(ctx, dy, dh_n, gru_recurrence_backward_op)
+
+
+class _LSTMUnderTransforms(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        with torch.no_grad():
+            return lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _lstm_save(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[3])
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n, _dws):
+        with torch.no_grad():
+            return _lstm_grads(ctx, dy, dh_n, dc_n, lstm_recurrence_backward_op)
+
+
 # --- entries --------------------------------------------------------------------------------------------
 
 
-def _op_entry(xw: Tensor) -> bool:
-    """Dynamo, export, fake tensors or torch.func transforms: the custom-op entry."""
-    return (
-        torch.compiler.is_compiling()
-        or type(xw) is not Tensor
-        or torch._C._are_functorch_transforms_active()
-    )
+def _traced(xw: Tensor) -> bool:
+    """Dynamo, export or fake tensors: the custom-op entry."""
+    return torch.compiler.is_compiling() or type(xw) is not Tensor
 
 
 def gru_recurrence(
@@ -345,7 +387,10 @@ def gru_recurrence(
     Returns:
         ``y`` (``[T, B, H]`` or ``[N, H]``) and ``h_n`` ``[B, H]``.
     """
-    if _op_entry(xw):
+    if torch._C._are_functorch_transforms_active():
+        y, h_n, _ = _GRUUnderTransforms.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+        return y, h_n
+    if _traced(xw):
         y, h_n, _ = gru_recurrence_op(xw, h0, w_hh, b_hn, batch_sizes, reverse)
         return y, h_n
     return GRURecurrenceFunction.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
@@ -370,7 +415,10 @@ def lstm_recurrence(
     Returns:
         ``y`` (``[T, B, P]`` or ``[N, P]``), ``h_n`` ``[B, P]`` and ``c_n`` ``[B, H]``.
     """
-    if _op_entry(xw):
+    if torch._C._are_functorch_transforms_active():
+        y, h_n, c_n, _ = _LSTMUnderTransforms.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+        return y, h_n, c_n
+    if _traced(xw):
         y, h_n, c_n, _ = lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         return y, h_n, c_n
     return LSTMRecurrenceFunction.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
