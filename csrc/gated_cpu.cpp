@@ -115,7 +115,7 @@ FASTRNN_INLINE void gru_fwd_row_impl(const T* __restrict xw, const T* __restrict
   for (int64_t j = 0; j < H; ++j) {
     const T r = sigmoid_scalar(xw[j] + a[j]);
     const T z = sigmoid_scalar(xw[H + j] + a[H + j]);
-    const T m = b_hn != nullptr ? a[2 * H + j] + b_hn[j] : a[2 * H + j];
+    const T m = a[2 * H + j] + b_hn[j];
     const T n = tanh_scalar(xw[2 * H + j] + r * m);
     y[j] = (h[j] - n) * z + n;
     ws[j] = r;
@@ -125,12 +125,12 @@ FASTRNN_INLINE void gru_fwd_row_impl(const T* __restrict xw, const T* __restrict
   }
 }
 
-// g = dy + dh; writes dxw = [dr, dz, dn], dg = [dr, dz, dm] (the rows multiplied by W_hh), dm, and
-// dh <- g z (the matmul then adds dg W_hh).
+// g = dy + dh; writes dxw = [dr, dz, dn], dg = [dr, dz, dm] (the gradient of h W_hh^T + [0, 0, b_hn]:
+// the rows multiplied by W_hh, and dW_hh's left factor) and dh <- g z (the matmul then adds dg W_hh).
 template <typename T>
 FASTRNN_INLINE void gru_bwd_row_impl(const T* __restrict dy, T* __restrict dh, const T* __restrict h,
                                      const T* __restrict ws, int64_t H, T* __restrict dxw,
-                                     T* __restrict dg, T* __restrict dm) {
+                                     T* __restrict dg) {
   for (int64_t j = 0; j < H; ++j) {
     const T r = ws[j], z = ws[H + j], n = ws[2 * H + j], m = ws[3 * H + j];
     const T g = dy[j] + dh[j];
@@ -144,7 +144,6 @@ FASTRNN_INLINE void gru_bwd_row_impl(const T* __restrict dy, T* __restrict dh, c
     dg[j] = dr;
     dg[H + j] = dz;
     dg[2 * H + j] = dmj;
-    dm[j] = dmj;
     dh[j] = g * z;
   }
 }
@@ -192,8 +191,8 @@ FASTRNN_INLINE void lstm_bwd_row_impl(const T* __restrict du, T* __restrict dc,
     gru_fwd_row_impl(xw, a, h, b_hn, H, y, ws);                                                    \
   }                                                                                                \
   FASTRNN_GATED_CLONES void gru_bwd_row(const T* dy, T* dh, const T* h, const T* ws, int64_t H,  \
-                                        T* dxw, T* dg, T* dm) {                                  \
-    gru_bwd_row_impl(dy, dh, h, ws, H, dxw, dg, dm);                                               \
+                                        T* dxw, T* dg) {                                         \
+    gru_bwd_row_impl(dy, dh, h, ws, H, dxw, dg);                                                   \
   }                                                                                                \
   FASTRNN_GATED_CLONES void lstm_fwd_row(T* ws, const T* c_prev, int64_t H, T* u) {              \
     lstm_fwd_row_impl(ws, c_prev, H, u);                                                           \
@@ -300,9 +299,8 @@ void gru_forward_rows(const GatedSteps& s, int64_t lo, int64_t hi, const T* xw, 
 template <typename T>
 void gru_backward_rows(const GatedSteps& s, int64_t lo, int64_t hi, const T* dy, const T* y,
                        const T* ws, const T* h0, const StepWeight<T>& w, int64_t H, bool reverse,
-                       bool need_dh0, T* dxw, T* dm, T* dh) {
+                       bool need_dh0, T* dxw, T* dg, T* dh) {
   const int64_t nsteps = static_cast<int64_t>(s.sizes.size());
-  std::vector<T> dg((hi - lo) * 3 * H);  // [rows, 3H]: [dr, dz, dm], multiplied by W_hh
   for (int64_t i = 0; i < nsteps; ++i) {
     const int64_t t = reverse ? i : nsteps - 1 - i;
     const int64_t end = std::min(hi, s.sizes[t]);
@@ -313,10 +311,10 @@ void gru_backward_rows(const GatedSteps& s, int64_t lo, int64_t hi, const T* dy,
       const int64_t row = s.offsets[t] + r;
       const T* h = r < p.split ? y + (s.offsets[p.prev] + r) * H : h0 + r * H;
       gru_bwd_row(dy + row * H, dh + r * H, h, ws + row * 4 * H, H, dxw + row * 3 * H,
-                  dg.data() + (r - lo) * 3 * H, dm + row * H);
+                  dg + row * 3 * H);
     }
     if (i + 1 < nsteps || need_dh0) {
-      w.apply(dg.data(), 3 * H, end - lo, dh + lo * H, H, true);
+      w.apply(dg + (s.offsets[t] + lo) * 3 * H, 3 * H, end - lo, dh + lo * H, H, true);
     }
   }
 }
@@ -472,7 +470,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_fwd_cpu(
   const auto x = xw.contiguous();
   const auto h = h0.contiguous();
   const auto w = w_hh.contiguous();
-  const auto b = b_hn.has_value() ? b_hn->contiguous() : at::Tensor();
+  // Zeros stand in for a missing b_hn: a conditional load would keep the gate loop from vectorising.
+  const auto b = b_hn.has_value() ? b_hn->contiguous() : at::zeros({H}, h0.options());
   const GatedSteps s = gated_steps(x, batch_sizes);
   const int64_t batch = h.size(0);
   auto y = with_width(x, H);        // [T, B, H] or [N, H]
@@ -482,7 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_fwd_cpu(
     const bool small = gated_small<scalar_t>(gated_rows_per_thread(batch), H, 3 * H);
     const at::Tensor kn = small ? w.t().contiguous() : w;  // [H, 3H] for the register loop
     const StepWeight<scalar_t> sw{kn.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), true, H, 3 * H, small};
-    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = b.data_ptr<scalar_t>();
     for_gated_row_chunks(batch, [&](int64_t lo, int64_t hi) {
       gru_forward_rows<scalar_t>(s, lo, hi, x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), sw, bp, H,
                                  reverse, y.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(),
@@ -492,8 +491,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_fwd_cpu(
   return {y, hn, ws};
 }
 
-// Returns dxw (3H a row), dm (H a row: the gradient of h W_hn^T + b_hn) and dh0 [B, H] (meaningless
-// without need_dh0).
+// Returns dxw (3H a row), dg (3H a row: [dr, dz, dm], the gradient of h W_hh^T + [0, 0, b_hn]) and dh0
+// [B, H] (meaningless without need_dh0).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& y, const at::Tensor& ws,
     const at::Tensor& h0, const at::Tensor& w_hh, const std::optional<at::Tensor>& batch_sizes,
@@ -516,7 +515,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
   const GatedSteps s = gated_steps(yc, batch_sizes);
   const int64_t batch = h.size(0);
   auto dxw = with_width(yc, 3 * H);
-  auto dm = at::empty_like(yc);
+  auto dg = with_width(yc, 3 * H);
   auto dh = dh_n.contiguous().clone();  // dh_n in, dh0 out
   AT_DISPATCH_FLOATING_TYPES(yc.scalar_type(), "fastrnn_gru_bwd", [&] {
     const bool small = gated_small<scalar_t>(gated_rows_per_thread(batch), 3 * H, H);
@@ -525,11 +524,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
     for_gated_row_chunks(batch, [&](int64_t lo, int64_t hi) {
       gru_backward_rows<scalar_t>(s, lo, hi, g.data_ptr<scalar_t>(), yc.data_ptr<scalar_t>(),
                                   wsc.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), sw, H, reverse,
-                                  need_dh0, dxw.data_ptr<scalar_t>(), dm.data_ptr<scalar_t>(),
+                                  need_dh0, dxw.data_ptr<scalar_t>(), dg.data_ptr<scalar_t>(),
                                   dh.data_ptr<scalar_t>());
     });
   });
-  return {dxw, dm, dh};
+  return {dxw, dg, dh};
 }
 
 // xw [T, B, 4H] or [N, 4H]; h0 [B, P]; c0 [B, H]; w_hh [4H, P]; w_hr [P, H]. Returns y (P a row), h_n,

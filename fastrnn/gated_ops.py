@@ -46,7 +46,8 @@ def _register_cpp_fakes() -> None:
 
     @torch.library.register_fake("fastrnn::gru_bwd")
     def _(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
-        return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), y.new_empty(y.shape), dh_n.new_empty(dh_n.shape)
+        wide = y.new_empty(*y.shape[:-1], 3 * y.size(-1))
+        return wide, torch.empty_like(wide), dh_n.new_empty(dh_n.shape)
 
     @torch.library.register_fake("fastrnn::lstm_fwd")
     def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
@@ -150,13 +151,10 @@ def _gru_grads(ctx, dy: Tensor, dh_n: Tensor, backward) -> tuple:
     """The gradients of (xw, h0, w_hh, b_hn, batch_sizes, reverse)."""
     h0, w_hh, y, ws = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dxw, dm, dh0 = backward(dy, dh_n, y, ws, h0, w_hh, ctx.batch_sizes, ctx.reverse, need[1])
+    dxw, dg, dh0 = backward(dy, dh_n, y, ws, h0, w_hh, ctx.batch_sizes, ctx.reverse, need[1])
     hidden = y.size(-1)
-    dw = None
-    if need[2]:
-        dg = torch.cat([dxw[..., : 2 * hidden], dm], -1)
-        dw = state_weight_grad(dg, y, h0, ctx.batch_sizes, ctx.reverse)
-    db = dm.reshape(-1, hidden).sum(0) if ctx.has_b_hn and need[3] else None
+    dw = state_weight_grad(dg, y, h0, ctx.batch_sizes, ctx.reverse) if need[2] else None
+    db = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if ctx.has_b_hn and need[3] else None
     return dxw, dh0 if need[1] else None, dw, db, None, None
 
 
@@ -201,13 +199,14 @@ def gru_recurrence_backward_op(
     reverse: bool,
     need_dh0: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dxw, dm, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
-    return _contiguous((dxw, dm, dh0 if need_dh0 else torch.zeros_like(dh_n)))
+    dxw, dg, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
+    return _contiguous((dxw, dg, dh0 if need_dh0 else torch.zeros_like(dh_n)))
 
 
 @gru_recurrence_backward_op.register_fake
 def _(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
-    return y.new_empty(*y.shape[:-1], 3 * y.size(-1)), y.new_empty(y.shape), dh_n.new_empty(dh_n.shape)
+    wide = y.new_empty(*y.shape[:-1], 3 * y.size(-1))
+    return wide, torch.empty_like(wide), dh_n.new_empty(dh_n.shape)
 
 
 def _gru_op_grad(ctx, dy, dh_n, _dws):

@@ -140,14 +140,14 @@ def gru_recurrence_bwd_ref(
         dn = g (1 - z) (1 - n^2);  dz = g (h - n) z (1 - z);  dr = dn m r (1 - r);  dm = dn r
         dh_t = g z + [dr, dz, dm] W_hh
 
-    Returns ``dxw`` (``[dr, dz, dn]``, shape of ``xw``), ``dm`` (``H`` a row: the gradient of
-    ``h W_hn^T + b_hn``) and ``dh0`` ``[B, H]``.
+    Returns ``dxw`` (``[dr, dz, dn]``, shape of ``xw``), ``dg`` (``[dr, dz, dm]``, shape of ``xw``: the
+    gradient of ``h W_hh^T + [0, 0, b_hn]``) and ``dh0`` ``[B, H]``.
     """
     sizes, offsets, order = _schedule(y, batch_sizes, reverse, backward=True)
     hidden = y.size(-1)
     flat_y, flat_dy, flat_ws = y.reshape(-1, hidden), dy.reshape(-1, hidden), ws.reshape(-1, 4 * hidden)
     dxw = torch.empty(flat_y.size(0), 3 * hidden, dtype=y.dtype, device=y.device)
-    dm = torch.empty_like(flat_y)
+    dg = torch.empty_like(dxw)
     dh = dh_n.clone()
     for t in order:
         b, lo, hi = sizes[t], offsets[t], offsets[t + 1]
@@ -157,10 +157,11 @@ def gru_recurrence_bwd_ref(
         dn = g * (1 - z) * (1 - n * n)
         dz = g * (h_prev - n) * z * (1 - z)
         dr = dn * m * r * (1 - r)
-        dm[lo:hi] = dn * r
         dxw[lo:hi] = torch.cat([dr, dz, dn], -1)
-        dh[:b] = g * z + torch.cat([dr, dz, dm[lo:hi]], -1) @ w_hh
-    return dxw.view(*y.shape[:-1], -1), dm.view_as(y), dh
+        dg[lo:hi] = torch.cat([dr, dz, dn * r], -1)
+        dh[:b] = g * z + dg[lo:hi] @ w_hh
+    lead = y.shape[:-1]
+    return dxw.view(*lead, -1), dg.view(*lead, -1), dh
 
 
 def lstm_recurrence_bwd_ref(
