@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,8 @@ class Case:
     nonlinearity: str = "tanh"
     dtype: str = "float32"
     packed: bool = False
+    cell: str = "rnn"  # rnn | gru | lstm
+    proj_size: int = 0  # LSTM only
 
     @property
     def input_size(self) -> int:
@@ -27,8 +29,11 @@ class Case:
     @property
     def id(self) -> str:
         parts = [f"T={self.T}", f"B={self.B}", f"I={self.input_size}", f"H={self.H}", f"L={self.layers}"]
-        parts += ["bi" if self.bidirectional else "uni", self.nonlinearity, self.dtype]
-        parts.append("packed" if self.packed else "padded")
+        if self.proj_size:
+            parts.append(f"P={self.proj_size}")
+        # The RNN's ids stay as they were; a GRU or LSTM case opens with its cell.
+        parts += ["bi" if self.bidirectional else "uni", self.nonlinearity if self.cell == "rnn" else self.cell]
+        parts += [self.dtype, "packed" if self.packed else "padded"]
         return ",".join(parts)
 
 
@@ -50,6 +55,16 @@ CPU_TARGETS = [
     Case(T=100, B=32, H=128),
     Case(T=100, B=64, H=1024),
 ]
+
+def _family(cases: list[Case]) -> list[Case]:
+    """The RNN grid's shape for GRU and LSTM (no nonlinearity variants), plus an LSTM with proj_size."""
+    out = []
+    for cell in ("gru", "lstm"):
+        out += [replace(c, cell=cell) for c in cases if c.nonlinearity == "tanh"]
+    projected = [Case(T=1000, B=4, H=64, cell="lstm", proj_size=32),
+                 Case(T=100, B=32, H=128, cell="lstm", proj_size=64)]
+    return out + projected
+
 
 PRESETS: dict[str, list[Case]] = {
     "tiny": [Case(T=5, B=2, H=8), Case(T=5, B=2, H=8, packed=True, bidirectional=True)],
@@ -77,6 +92,12 @@ PRESETS: dict[str, list[Case]] = {
         Case(T=200, B=16, I=8, H=64),
     ],
 }
+
+
+# GRU and LSTM: the issue's CPU targets for each (and a projected LSTM) in "family", the whole grid's shape in
+# "family-full".
+PRESETS["family"] = _family(CPU_TARGETS)
+PRESETS["family-full"] = _family(PRESETS["full"])
 
 
 # The GPU grid of benchmarks/gpu_check.sh: T = 1000 across B and H in float32, bfloat16 across H at B = 64,

@@ -1,4 +1,4 @@
-"""fastrnn's main job: on whatever hardware is here, check fastrnn equals torch.nn.RNN and time both.
+"""fastrnn's main job: on whatever hardware is here, check fastrnn equals torch.nn.RNN (GRU, LSTM) and time both.
 
     python -m benchmarks.run [--quick | --full | --preset tiny] [--filter T=1000,H=32] [--out DIR]
 
@@ -34,6 +34,8 @@ from benchmarks.timing import peak_memory_mb, time_cpu, time_cuda
 from fastrnn.testing import outputs_and_grads, parity_failures
 
 TORCH = "torch.nn.RNN"
+# The baseline of each cell: torch's module for it (oneDNN's LSTM on the CPU, cuDNN on CUDA).
+TORCH_NAMES = {"rnn": TORCH, "gru": "torch.nn.GRU", "lstm": "torch.nn.LSTM"}
 TORCH_NO_CUDNN = "torch.nn.RNN (no cuDNN)"
 CELL_LOOP = "nn.RNNCell loop"
 
@@ -100,8 +102,31 @@ def make_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int =
     return pack_padded_sequence(x, lengths, enforce_sorted=False)
 
 
+def torch_module(case: Case, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """torch's module for the case's cell, the baseline and the source of the weights."""
+    if case.cell == "rnn":
+        return nn.RNN(case.input_size, case.H, case.layers, case.nonlinearity, bidirectional=case.bidirectional,
+                      device=device, dtype=dtype)
+    extra = {"proj_size": case.proj_size} if case.proj_size else {}
+    cls = nn.GRU if case.cell == "gru" else nn.LSTM
+    return cls(case.input_size, case.H, case.layers, bidirectional=case.bidirectional, device=device, dtype=dtype,
+               **extra)
+
+
+def _family_candidates(case: Case, device: torch.device, torch_module: nn.Module) -> dict:
+    """GRU / LSTM: the C++ op and the reference on the CPU; on CUDA fastrnn runs torch's own implementation."""
+    ours = (fastrnn.GRU if case.cell == "gru" else fastrnn.LSTM).from_torch(torch_module)
+    if device.type != "cpu":
+        return {"fastrnn (torch's implementation)": (ours, None)}
+    return {f"fastrnn[{b}]": (ours, b) for b in fastrnn.available_backends() if b in ("cpp", "reference")}
+
+
 def _candidates(case: Case, device: torch.device, torch_rnn: nn.RNN,
                 skip: tuple[str, ...] = ()) -> dict[str, tuple[nn.Module, Optional[str]]]:
+    base = TORCH_NAMES[case.cell]
+    if case.cell != "rnn":
+        found = {base: (torch_rnn, None), **_family_candidates(case, device, torch_rnn)}
+        return {name: impl for name, impl in found.items() if name == base or name not in skip}
     ours = fastrnn.RNN.from_torch(torch_rnn)
     found: dict[str, tuple[nn.Module, Optional[str]]] = {TORCH: (torch_rnn, None)}
     if device.type == "cuda":
@@ -140,8 +165,8 @@ def gate(case: Case, name: str, module: nn.Module, backend: Optional[str], x, to
 def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[str, ...] = ()) -> list[dict]:
     dtype = getattr(torch, case.dtype)
     torch.manual_seed(0)
-    torch_rnn = nn.RNN(case.input_size, case.H, case.layers, case.nonlinearity,
-                       bidirectional=case.bidirectional, device=device, dtype=dtype)
+    torch_rnn = torch_module(case, device, dtype)
+    base_name = TORCH_NAMES[case.cell]
     x = make_input(case, device, dtype)
     reference = outputs_and_grads(torch_rnn, x)
     oracle = outputs_and_grads(torch_rnn.double(), x, dtype=torch.float64)
@@ -149,7 +174,7 @@ def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[
     timer = time_cuda if device.type == "cuda" else (lambda fn: time_cpu(fn, min_run_time))
     rows = []
     for name, (module, backend) in _candidates(case, device, torch_rnn, skip).items():
-        failures = [] if name == TORCH else gate(case, name, module, backend, x, torch_rnn, reference, oracle)
+        failures = [] if name == base_name else gate(case, name, module, backend, x, torch_rnn, reference, oracle)
         x_train = (x._replace(data=x.data.clone().requires_grad_(True)) if isinstance(x, PackedSequence)
                    else x.clone().requires_grad_(True))
 
@@ -172,7 +197,7 @@ def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[
             rows.append(row)
         module.zero_grad(set_to_none=True)
     for mode in ("inference", "training"):
-        base = next(r for r in rows if r["impl"] == TORCH and r["mode"] == mode)
+        base = next(r for r in rows if r["impl"] == base_name and r["mode"] == mode)
         for r in rows:
             if r["mode"] == mode and "median_ms" in r:
                 r["speedup_vs_torch"] = base["median_ms"] / r["median_ms"]
@@ -180,7 +205,7 @@ def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| case | mode | impl | median ms | p20-p80 ms | speedup vs torch.nn.RNN | gate |",
+    lines = ["| case | mode | impl | median ms | p20-p80 ms | speedup vs torch.nn.RNN / GRU / LSTM | gate |",
              "|---|---|---|---:|---:|---:|---|"]
     for r in rows:
         if "median_ms" in r:

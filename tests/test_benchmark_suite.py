@@ -57,3 +57,16 @@ def test_tiny_run_writes_table_json_csv_and_plots(tmp_path, monkeypatch):
     assert "speedup vs torch.nn.RNN" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "results.csv").read_text().count("\n") == len(data["rows"]) + 1
     assert (tmp_path / "speedup_vs_T.png").stat().st_size > 1000
+
+
+def test_family_cases_compare_with_torchs_gru_and_lstm(tmp_path, monkeypatch):
+    cases = [Case(T=3, B=2, H=4, cell="gru"), Case(T=3, B=2, H=4, cell="lstm", proj_size=2)]
+    monkeypatch.setattr(run, "select", lambda preset, flt: cases)
+    assert run.main(["--preset", "tiny", "--out", str(tmp_path), "--min-run-time", "0.01"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {r["impl"] for r in rows if r["cell"] == "gru"} >= {"torch.nn.GRU", "fastrnn[cpp]"}
+    assert {r["impl"] for r in rows if r["cell"] == "lstm"} >= {"torch.nn.LSTM", "fastrnn[cpp]"}
+    assert all(r["gate"] == "pass" and r["median_ms"] > 0 for r in rows)
+    assert ",uni,gru," in cases[0].id and ",P=2,uni,lstm," in cases[1].id
+    assert {c.cell for c in select("family")} == {"gru", "lstm"}
+    assert any(c.proj_size for c in select("family-full"))
