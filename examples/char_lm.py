@@ -1,6 +1,7 @@
-"""A character-level language model on a text file: nn.Embedding -> fastrnn.RNN -> nn.Linear.
+"""A character-level language model on a text file: nn.Embedding -> fastrnn.RNN / GRU / LSTM -> nn.Linear.
 
     python examples/char_lm.py                       # trains on The Zen of Python (Python's `this`)
+    python examples/char_lm.py --cell lstm           # the same with fastrnn.LSTM (or --cell gru)
     python examples/char_lm.py --text book.txt --steps 5000 --checkpoint lm.pt
     python examples/char_lm.py --checkpoint lm.pt --resume --steps 2000   # carries on where it stopped
 
@@ -30,15 +31,19 @@ def default_text() -> str:
     return "".join(this.d.get(c, c) for c in this.s)
 
 
+CELLS = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU, "lstm": fastrnn.LSTM}
+
+
 class CharLM(nn.Module):
-    def __init__(self, vocab_size: int, embedding_size: int = 32, hidden_size: int = 128, num_layers: int = 2):
+    def __init__(self, vocab_size: int, embedding_size: int = 32, hidden_size: int = 128, num_layers: int = 2,
+                 cell: str = "rnn"):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_size)
-        self.rnn = fastrnn.RNN(embedding_size, hidden_size, num_layers, batch_first=True)
+        self.rnn = CELLS[cell](embedding_size, hidden_size, num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, vocab_size)
 
-    def forward(self, x: torch.Tensor, hx: Optional[torch.Tensor] = None):
-        """``x`` ``[N, L]`` character ids -> logits ``[N, L, vocab]`` and the hidden state."""
+    def forward(self, x: torch.Tensor, hx=None):
+        """``x`` ``[N, L]`` character ids -> logits ``[N, L, vocab]`` and the hidden state (``(h, c)`` for LSTM)."""
         out, h_n = self.rnn(self.embed(x), hx)
         return self.head(out), h_n
 
@@ -87,6 +92,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--cell", choices=sorted(CELLS), default=None, help="rnn (default), gru or lstm; "
+                        "--resume keeps the checkpoint's")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--checkpoint", type=Path, default=None, help="where to save (and --resume from)")
     parser.add_argument("--resume", action="store_true")
@@ -101,7 +108,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     vocab = state["vocab"] if state else sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}
     data = torch.tensor([index[c] for c in text if c in index])
-    model = CharLM(len(vocab), hidden_size=args.hidden_size, num_layers=args.num_layers)
+    cell = args.cell or (state.get("cell", "rnn") if state else "rnn")
+    if state and cell != state.get("cell", "rnn"):
+        parser.error(f"--cell {cell}: the checkpoint holds a {state.get('cell', 'rnn')} model")
+    model = CharLM(len(vocab), hidden_size=args.hidden_size, num_layers=args.num_layers, cell=cell)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     step = 0
     if state:
@@ -130,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         bar.close()
     if args.checkpoint:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "vocab": vocab,
-                    "step": step}, args.checkpoint)
+                    "step": step, "cell": cell}, args.checkpoint)
     generated = sample(model, vocab, text[:20], args.sample_length, seed=args.seed)
     if not args.quiet:
         print(f"step {step}: loss {losses[-1] if losses else float('nan'):.3f}\n--- sample ---\n{generated}")

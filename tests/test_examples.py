@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import fastrnn
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -50,3 +52,25 @@ def test_char_lm_reads_a_text_file(examples, tmp_path):
                                         "--seq-len", "16", "--quiet", "--sample-length", "12"])
     assert result["vocab"] == ["a", "b", "c"]
     assert result["losses"][-1] < 0.3
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_hello_gated_learns_ohlol(examples, cell, capsys):
+    predicted, losses = examples("hello_gated").main(cell)
+    assert predicted == "ohlol"
+    assert losses[-1] < 0.6 * losses[0]
+    assert capsys.readouterr().out.splitlines()[-1].startswith("Predicted string: ohlol")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_char_lm_with_a_gated_cell_learns_and_resumes(examples, cell, tmp_path):
+    char_lm = examples("char_lm")
+    ckpt = tmp_path / "lm.pt"
+    common = ["--hidden-size", "32", "--seq-len", "24", "--batch-size", "8", "--sample-length", "10",
+              "--checkpoint", str(ckpt), "--quiet"]
+    first = char_lm.main(["--cell", cell, "--steps", "80", *common])
+    assert isinstance(first["model"].rnn, {"gru": fastrnn.GRU, "lstm": fastrnn.LSTM}[cell])
+    uniform = math.log(len(first["vocab"]))
+    assert sum(first["losses"][-10:]) / 10 < 0.85 * uniform
+    second = char_lm.main(["--steps", "5", "--resume", *common])  # the checkpoint says which cell
+    assert isinstance(second["model"].rnn, type(first["model"].rnn)) and second["step"] == 85
