@@ -57,12 +57,19 @@ FASTRNN_INLINE void mm_block(const T* __restrict a, int64_t lda, const T* __rest
     for (int64_t j = 0; j < J; ++j) out[r * ldo + j0 + j] = acc[r][j];
 }
 
+// R * J = 128 bytes' worth of rows by columns per block (8 AVX-512 accumulators): enough independent FMA
+// chains to cover the FMA latency whether a thread has 1, 2 or 4+ rows (with 2-row blocks of 32 columns
+// only 4 chains were in flight, and 2 with one row).
 template <typename T, int64_t R>
 FASTRNN_INLINE void mm_rows_block(const T* a, int64_t lda, const T* b, int64_t K, int64_t N, T* out,
                                   int64_t ldo, bool accumulate) {
-  constexpr int64_t J = 128 / sizeof(T);
+  constexpr int64_t J = 512 / sizeof(T) / R;
+  constexpr int64_t J2 = 128 / sizeof(T);
   int64_t j0 = 0;
   for (; j0 + J <= N; j0 += J) mm_block<T, R, J>(a, lda, b, K, N, j0, out, ldo, accumulate);
+  if constexpr (J2 < J) {
+    for (; j0 + J2 <= N; j0 += J2) mm_block<T, R, J2>(a, lda, b, K, N, j0, out, ldo, accumulate);
+  }
   for (; j0 + 8 <= N; j0 += 8) mm_block<T, R, 8>(a, lda, b, K, N, j0, out, ldo, accumulate);
   for (; j0 < N; ++j0) mm_block<T, R, 1>(a, lda, b, K, N, j0, out, ldo, accumulate);
 }
@@ -71,6 +78,8 @@ template <typename T>
 FASTRNN_INLINE void small_mm_impl(const T* a, int64_t lda, int64_t rows, const T* b, int64_t K,
                                   int64_t N, T* out, int64_t ldo, bool accumulate) {
   int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    mm_rows_block<T, 4>(a + r * lda, lda, b, K, N, out + r * ldo, ldo, accumulate);
   for (; r + 2 <= rows; r += 2)
     mm_rows_block<T, 2>(a + r * lda, lda, b, K, N, out + r * ldo, ldo, accumulate);
   for (; r < rows; ++r) mm_rows_block<T, 1>(a + r * lda, lda, b, K, N, out + r * ldo, ldo, accumulate);
