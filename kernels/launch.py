@@ -1,28 +1,60 @@
-"""Launchers of the Triton recurrence kernels: tier choice, block sizes, packed-step tables.
+"""Launchers of the Triton recurrence kernels: tier choice, geometry, device guard, the persistent launch and
+its escape, packed-step tables.
 
 Tiers (H = hidden size):
   single   H <= rnn_single.MAX_H (MAX_H_FP32_IEEE for float32 without TF32): one program per batch tile,
-           W_hh in registers, all steps in one launch.
-  multi    larger H: W_hh split by columns over P = ceil(H / BLOCK_N) programs; one persistent launch
-           with a grid barrier when the GPU has at least P SMs, otherwise (and under TRITON_INTERPRET=1)
-           one launch per step, which is correct but pays a launch per step and says so once.
+           W_hh on chip, all steps in one launch.
+  multi    larger H: grid (column slices x batch groups) from kernels.plan; one persistent launch with one
+           grid barrier per step when the whole grid fits on the GPU at once (cooperative launch where
+           Triton has it, occupancy checked), otherwise -- and under TRITON_INTERPRET=1 -- one launch per
+           step, which is correct but pays a launch per step and says so once.
+
+A persistent launch that cannot make progress (programs not co-resident: another persistent kernel, MPS
+limits, a sanitizer) never hangs: each barrier wait gives up after FASTRNN_SPIN_TIMEOUT_MS (default 1000)
+and flags it, and this call is re-run one launch per step, with one warning. Everything launches on the
+tensors' device (``torch.cuda.device`` guard) and current stream.
+
+``FASTRNN_MULTI_MODE=auto|persistent|per_step`` forces the multi tier's launch mode (tests, diagnosis).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
+from fastrnn.kernels.plan import MultiPlan, plan_multi
+from fastrnn.kernels.rnn_common import (
+    BARRIER_ABORT,
+    CLOCK_GLOBALTIMER,
+    CLOCK_SPINS,
+    TANH_APPROX,
+    TANH_LIBDEVICE,
+    TANH_PORTABLE,
+)
 from fastrnn.kernels.rnn_multi import _rnn_bwd_multi_kernel, _rnn_fwd_multi_kernel
-from fastrnn.kernels.rnn_single import MAX_H, MAX_H_FP32_IEEE, _rnn_bwd_single_kernel, _rnn_fwd_single_kernel
+from fastrnn.kernels.rnn_single import (
+    MAX_H,
+    MAX_H_FP32_IEEE,
+    _rnn_bwd_single_kernel,
+    _rnn_fwd_single_kernel,
+    batch_class,
+)
 from torch import Tensor
 
-MULTI_BLOCK_N = 32
-MULTI_BLOCK_K = 64
+MODE_ENV = "FASTRNN_MULTI_MODE"
+TIMEOUT_ENV = "FASTRNN_SPIN_TIMEOUT_MS"
+INTERPRETER_SPIN_LIMIT = 200
+# The interpreter runs programs one after another: plan for a 4-SM GPU, so CI walks several column slices
+# and batch groups without thousands of interpreted programs.
+INTERPRETER_SMS = 4
 _warned: set[str] = set()
+_table_cache: collections.OrderedDict = collections.OrderedDict()
+_occupancy_cache: dict = {}
 
 
 def interpreting() -> bool:
@@ -34,52 +66,82 @@ def _alloc_like(t: Tensor) -> Tensor:
     return torch.empty_like(t)
 
 
+def _warn_once(key: str, message: str) -> None:
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _device_guard(t: Tensor):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _tables(batch_sizes: Optional[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-step batch sizes and first packed rows on the kernel's device (dummies when padded)."""
+    """Per-step batch sizes and first packed rows on the kernel's device (dummies when padded).
+
+    Cached by value per device, so a repeated shape (every layer of a packed call, every training step,
+    a CUDA graph replay) copies nothing host-to-device; a first copy goes through pinned memory without
+    blocking the host.
+    """
     if batch_sizes is None:
-        dummy = torch.zeros(1, dtype=torch.int32, device=device)
-        return dummy, dummy
+        key = ("dummy", str(device))
+        if key not in _table_cache:
+            dummy = torch.zeros(1, dtype=torch.int32, device=device)
+            _table_cache[key] = (dummy, dummy)
+        return _table_cache[key]
+    key = (str(device), tuple(batch_sizes.tolist()))
+    found = _table_cache.get(key)
+    if found is not None:
+        _table_cache.move_to_end(key)
+        return found
     sizes = batch_sizes.to(torch.int64)
-    offsets = torch.cumsum(sizes, 0) - sizes
-    return sizes.to(device=device, dtype=torch.int32), offsets.to(device)
+    host = torch.stack([sizes, torch.cumsum(sizes, 0) - sizes])  # [2, T]
+    if device.type == "cuda":
+        host = host.pin_memory()
+    both = host.to(device, non_blocking=True)
+    found = (both[0].to(torch.int32), both[1])
+    _table_cache[key] = found
+    if len(_table_cache) > 256:
+        _table_cache.popitem(last=False)
+    return found
 
 
 def _dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
+    # torch.nn.RNN on CUDA runs cuDNN, which follows torch.backends.cudnn.allow_tf32 (default True), not
+    # the matmul flag: a drop-in follows what the user's nn.RNN followed.
     if dtype == torch.float32:
-        return True, "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        return True, "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
     return False, "ieee"
 
 
-def _block_b(batch: int) -> int:
-    return 16 if batch <= 16 else 32 if batch <= 32 else 64
-
-
-def _batch_tiles(batch: int):
-    return lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)
-
-
-def _persistent(programs: int, device: torch.device) -> bool:
-    if interpreting() or device.type != "cuda":
-        return False
-    return programs <= torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _warn_per_step(hidden: int, programs: int) -> None:
-    if interpreting() or "per_step" in _warned:
-        return
-    _warned.add("per_step")
-    warnings.warn(
-        f"fastrnn: hidden size {hidden} needs {programs} cooperating programs, more than this GPU runs at "
-        "once; the Triton backend launches one kernel per step for it (correct, slower)",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+def _tanh_mode(dtype: torch.dtype) -> int:
+    if interpreting():
+        return TANH_PORTABLE
+    return TANH_LIBDEVICE if dtype == torch.float32 else TANH_APPROX
 
 
 def tier(hidden: int, dtype: torch.dtype) -> str:
     fp32_dot, precision = _dot_mode(dtype)
     limit = MAX_H_FP32_IEEE if fp32_dot and precision == "ieee" else MAX_H
     return "single" if hidden <= limit else "multi"
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_SMS
+
+
+def plan(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -> MultiPlan:
+    """The multi tier's geometry for this call (kernels.plan's performance model)."""
+    fp32_dot, precision = _dot_mode(dtype)
+    return plan_multi(hidden, batch, torch.finfo(dtype).bits // 8, fp32_dot and precision == "ieee",
+                      _sm_count(device))
 
 
 def _geometry(xw: Tensor, batch_sizes: Optional[Tensor]) -> tuple[int, int, int]:
@@ -95,27 +157,90 @@ def _flags(w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, activatio
                 PRECISION=precision)
 
 
-def _run_multi_tier(kernel, tensors: tuple, state0: Tensor, tables: tuple, steps: int, flags: dict,
-                    persistent_meta: dict, per_step_metas: list[dict]) -> Tensor:
-    """Launches a multi-tier kernel over all steps and returns its final float32 state ``[B, H]``.
+def _cooperative_supported() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
 
-    ``state0`` seeds both slots of the ``[2, B, H]`` state buffer; kernels take
-    ``(*tensors, state, counter, batch_sizes, offsets, T, B, H, s_first, n_steps)``.
-    """
-    batch, hidden = state0.shape
-    programs = triton.cdiv(hidden, MULTI_BLOCK_N)
-    state = state0.to(torch.float32).unsqueeze(0).repeat(2, 1, 1)  # [2, B, H]
-    counter = torch.zeros(1, dtype=torch.int32, device=state0.device)
-    meta = dict(flags, BLOCK_B=_block_b(batch), BLOCK_N=MULTI_BLOCK_N, BLOCK_K=MULTI_BLOCK_K)
-    args = (*tensors, state, counter, *tables, steps, batch, hidden)
-    if _persistent(programs, state0.device):
-        kernel[(programs,)](*args, 0, steps, PERSISTENT=True, **persistent_meta, **meta)
-    else:
-        _warn_per_step(hidden, programs)
-        for s in range(steps):
-            for step_meta in per_step_metas:
-                kernel[(programs,)](*args, s, 1, PERSISTENT=False, **step_meta, **meta)
-    return state[steps % 2]
+        return "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__
+    except Exception:  # no NVIDIA backend, or a Triton without the option
+        return False
+
+
+def _resident_programs(kernel, args: tuple, meta: dict, grid: tuple, device: torch.device) -> int:
+    """How many programs of this compiled kernel the GPU runs at once (occupancy x SMs)."""
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), str(device),
+           tuple(sorted((k, v) for k, v in meta.items())))
+    if key not in _occupancy_cache:
+        per_sm = 1
+        try:
+            compiled = kernel.warmup(*args, grid=grid, **meta)
+            compiled._init_handles()
+            props = torch.cuda.get_device_properties(device)
+            threads = 32 * compiled.metadata.num_warps
+            regs = max(compiled.n_regs, 1)
+            by_regs = props.regs_per_multiprocessor // (((regs * 32 + 255) // 256) * 256 * (threads // 32))
+            by_threads = props.max_threads_per_multi_processor // threads
+            shared = compiled.metadata.shared
+            smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+            by_smem = smem // shared if shared else 32
+            per_sm = max(0, min(by_regs, by_threads, by_smem, 32))
+        except Exception:  # occupancy unknown: assume one program per SM
+            per_sm = 1
+        _occupancy_cache[key] = per_sm * _sm_count(device)
+    return _occupancy_cache[key]
+
+
+def _spin_limit() -> int:
+    if interpreting():
+        return INTERPRETER_SPIN_LIMIT
+    return int(float(os.environ.get(TIMEOUT_ENV, "1000")) * 1e6)
+
+
+def _launch_multi(kernel, make_args: Callable, reset: Callable, p: MultiPlan, steps: int, meta: dict,
+                  device: torch.device, epilogue: bool) -> None:
+    """Runs a multi-tier kernel over all steps: persistent when possible, else (or after a timed-out
+    persistent try, whose buffers ``reset`` restores) one launch per step."""
+    grid = (p.col_programs, p.groups)
+    meta = dict(meta, W_ON_CHIP=p.w_on_chip, BLOCK_B=p.block_b, BLOCK_N=p.block_n, BLOCK_H=p.block_h,
+                BLOCK_K=p.block_k, num_warps=p.num_warps,
+                CLOCK=CLOCK_SPINS if interpreting() else CLOCK_GLOBALTIMER)
+    counters = torch.zeros(p.groups, dtype=torch.int32, device=device)
+    error = torch.zeros(1, dtype=torch.int32, device=device)
+    forced = os.environ.get(MODE_ENV, "auto").strip() or "auto"
+    persistent = forced == "persistent" or (forced == "auto" and not interpreting() and device.type == "cuda")
+    if persistent and forced == "auto":
+        resident = _resident_programs(kernel, make_args(0, steps, counters, error), dict(meta, PERSISTENT=True),
+                                      grid, device)
+        if p.programs > resident:
+            persistent = False
+            _warn_once(f"per_step:{p.programs}", (
+                f"fastrnn: this call needs {p.programs} cooperating Triton programs, more than the "
+                f"{resident} this GPU runs at once; it launches one kernel per step (correct, slower)"))
+    if persistent:
+        extra = {}
+        if device.type == "cuda" and _cooperative_supported():
+            extra["launch_cooperative_grid"] = True
+        chunk = max(1, (BARRIER_ABORT // 2) // max(p.col_programs, 1))
+        try:
+            for s0 in range(0, steps, chunk):
+                counters.zero_()
+                kernel[grid](*make_args(s0, min(chunk, steps - s0), counters, error), PERSISTENT=True, **extra,
+                             **meta)
+            failed = False if _capturing(device) else bool(error.item())
+        except RuntimeError as launch_error:  # e.g. a cooperative launch refused as too large
+            failed, reason = True, str(launch_error).splitlines()[0]
+        else:
+            reason = "a grid barrier timed out waiting for programs that were not resident"
+        if not failed:
+            return
+        _warn_once("persistent_failed", (
+            f"fastrnn: the persistent Triton launch could not run ({reason}: another persistent kernel, MPS "
+            "limits or a sanitizer?); that call and later ones like it were re-run one launch per step"))
+        reset()
+    for s in range(steps):
+        kernel[grid](*make_args(s, 1, counters, error), PERSISTENT=False, **meta)
+    if epilogue:
+        kernel[grid](*make_args(steps, 0, counters, error), PERSISTENT=False, **meta)
 
 
 def rnn_fwd_triton(
@@ -128,17 +253,31 @@ def rnn_fwd_triton(
     y = _alloc_like(xw)  # [T, B, H] or [N, H]
     if steps == 0 or batch == 0:
         return y, h0.clone()
-    tables = _tables(batch_sizes, xw.device)
-    flags = _flags(w_hh, batch_sizes, reverse, activation)
-    if tier(hidden, w_hh.dtype) == "single":
-        h_n = _alloc_like(h0)  # [B, H]
-        _rnn_fwd_single_kernel[_batch_tiles(batch)](
-            xw, h0, w_hh.t().contiguous(), y, h_n, *tables, steps, batch, hidden,
-            BLOCK_H=max(16, triton.next_power_of_2(hidden)), **flags,
-        )
-        return y, h_n
-    h_n = _run_multi_tier(_rnn_fwd_multi_kernel, (xw, w_hh, y), h0, tables, steps, flags, {}, [{}])
-    return y, h_n.to(h0.dtype)
+    with _device_guard(xw):
+        tables = _tables(batch_sizes, xw.device)
+        flags = _flags(w_hh, batch_sizes, reverse, activation)
+        tanh = _tanh_mode(w_hh.dtype)
+        if tier(hidden, w_hh.dtype) == "single":
+            h_n = _alloc_like(h0)  # [B, H]
+            _rnn_fwd_single_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
+                xw, h0, w_hh.t().contiguous(), y, h_n, *tables, steps, batch, hidden, batch_class(batch),
+                BLOCK_H=max(16, triton.next_power_of_2(hidden)), TANH=tanh, **flags,
+            )
+            return y, h_n
+        p = plan(hidden, batch, w_hh.dtype, xw.device)
+        state = torch.empty(2, batch, hidden, dtype=torch.float32, device=xw.device)  # [2, B, H]
+
+        def reset() -> None:
+            state.copy_(h0.to(torch.float32).unsqueeze(0).expand(2, -1, -1))
+
+        def make_args(s_first, n_steps, counters, error):
+            return (xw, w_hh, y, state, counters, error, *tables, steps, batch, hidden, p.rows_per_group,
+                    s_first, n_steps, _spin_limit())
+
+        reset()
+        _launch_multi(_rnn_fwd_multi_kernel, make_args, reset, p, steps, dict(flags, TANH=tanh), xw.device,
+                      epilogue=False)
+        return y, state[steps % 2].to(h0.dtype)
 
 
 def rnn_bwd_triton(
@@ -152,16 +291,27 @@ def rnn_bwd_triton(
     dz = _alloc_like(y)  # [T, B, H] or [N, H]
     if steps == 0 or batch == 0:
         return dz, dh_n.clone()
-    tables = _tables(batch_sizes, y.device)
-    flags = _flags(w_hh, batch_sizes, reverse, activation)
-    if tier(hidden, w_hh.dtype) == "single":
-        dh0 = _alloc_like(dh_n)  # [B, H]
-        _rnn_bwd_single_kernel[_batch_tiles(batch)](
-            dy, dh_n, y, w_hh, dz, dh0, *tables, steps, batch, hidden,
-            BLOCK_H=max(16, triton.next_power_of_2(hidden)), **flags,
-        )
-        return dz, dh0
-    # Per step, phase 0 writes dz_t for each program's columns and phase 1 reads all of it.
-    dh0 = _run_multi_tier(_rnn_bwd_multi_kernel, (dy, y, w_hh, dz), dh_n, tables, steps, flags,
-                          {"PHASE": 2}, [{"PHASE": 0}, {"PHASE": 1}])
-    return dz, dh0.to(dh_n.dtype)
+    with _device_guard(y):
+        tables = _tables(batch_sizes, y.device)
+        flags = _flags(w_hh, batch_sizes, reverse, activation)
+        if tier(hidden, w_hh.dtype) == "single":
+            dh0 = _alloc_like(dh_n)  # [B, H]
+            _rnn_bwd_single_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
+                dy, dh_n, y, w_hh, dz, dh0, *tables, steps, batch, hidden, batch_class(batch),
+                BLOCK_H=max(16, triton.next_power_of_2(hidden)), **flags,
+            )
+            return dz, dh0
+        p = plan(hidden, batch, w_hh.dtype, y.device)
+        w_t = w_hh.t().contiguous()  # [H, H]: the backward's slice is columns of W, rows of W^T
+        dh = torch.empty(batch, hidden, dtype=torch.float32, device=y.device)  # [B, H], ends as dh0
+
+        def reset() -> None:
+            dh.copy_(dh_n)
+
+        def make_args(s_first, n_steps, counters, error):
+            return (dy, y, w_t, dz, dh, counters, error, *tables, steps, batch, hidden, p.rows_per_group,
+                    s_first, n_steps, _spin_limit())
+
+        reset()
+        _launch_multi(_rnn_bwd_multi_kernel, make_args, reset, p, steps, flags, y.device, epilogue=True)
+        return dz, dh.to(dh_n.dtype)

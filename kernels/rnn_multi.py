@@ -1,146 +1,217 @@
-"""Multi-program tier: W_hh split by output columns across P programs that exchange the state each step.
+"""Multi-program tier: W_hh split by output columns over programs that exchange the state each step.
 
-T steps, B batch rows, H hidden units; program p owns columns ``p * BLOCK_N .. p * BLOCK_N + BLOCK_N``.
+T steps, B batch rows, H hidden units. Grid ``(P_N, G)``: program ``(i_n, i_g)`` owns hidden columns
+``i_n * BLOCK_N ..`` and the rows of batch group ``i_g`` (``rows_per_group`` rows, walked in tiles of
+BLOCK_B). Groups never talk to each other: each has its own barrier counter.
 
 forward:  h_t[:, cols] = act(xw_t[:, cols] + h_{t-1} W_hh[cols, :]^T)
-backward: dz_t[:, cols] = (dy_t + dh_{t+1})[:, cols] * act'(y_t[:, cols]);  dh_t[:, cols] = dz_t W_hh[:, cols]
+backward: dh_t[:, cols] = dz_{t+1} W_hh[:, cols];  dz_t[:, cols] = (dy_t + dh_t)[:, cols] * act'(y_t[:, cols])
 
-Every program needs the whole previous state, so the state lives in a float32 global buffer, double
-buffered ``[2, B, H]`` (read slot s % 2, write the other), and steps are separated by a grid-wide barrier:
-a release atomic on a counter, then an acquire spin until all P programs have arrived. W_hh and the state
-stream through L2 in BLOCK_K chunks (W_hh of H = 2048 in float32 is 16 MiB, well inside H100's L2).
+Both are ``acc[n, b] = sum_k A[n, k] S[b, k]`` with A this program's column slice (W_hh for the forward,
+W_hh^T for the backward, both passed row-major so a slice is contiguous rows) and S the previous step's
+state rows, so hidden columns fill the dot's M and a batch of 1 wastes nothing. Tiles are ``[BLOCK_N,
+BLOCK_B]`` (columns x rows) throughout.
 
-PERSISTENT=True runs all steps in one launch and needs all P programs resident at once: the launcher only
-uses it on a GPU with at least P SMs. PERSISTENT=False runs steps ``s_first .. s_first + n_steps`` with no
-barrier; the launcher then launches once per step (kernel boundaries are the barrier). That mode is what
-TRITON_INTERPRET=1 runs, since interpreted programs run one after another and a spin-wait would hang.
+W_ON_CHIP=True: the slice ``[BLOCK_N, H]`` is loaded once before the step loop and stays in registers for
+all T steps; each row of S is a broadcast multiply and a reduction over H (float32 FMA; the path for
+float32 without TF32 and for tiny batches). W_ON_CHIP=False: the slice streams in BLOCK_K chunks through
+tl.dot on the tensor cores (16-bit, TF32), served from L1/L2.
 
-Limits: BLOCK_N, BLOCK_K, BLOCK_B >= 16 (tl.dot) and powers of two; H padded up to a multiple of BLOCK_N.
+Sync: the forward exchanges h through a double-buffered float32 ``[2, B, H]`` buffer (read slot s % 2,
+write the other); the backward needs no state buffer: each program owns its columns of dh (kept in a
+float32 ``[B, H]`` buffer only it touches, which ends as dh0) and only dz crosses programs, read back
+from the dz output itself. One barrier per step in both. Each tile's independent loads (xw; dy and y) of
+the next tile are issued before the barrier.
+
+PERSISTENT=True runs steps ``s_first .. s_first + n_steps`` in one launch with a barrier after each step;
+it needs every program of a group resident at once (the launcher checks occupancy, uses a cooperative
+launch, and the barrier gives up after ``spin_limit`` and flags it, see rnn_common._grid_barrier).
+PERSISTENT=False runs the steps with no barrier; the launcher then launches once per step (kernel
+boundaries are the barrier), plus, for the backward, a last launch with n_steps = 0 that computes dh0.
+That mode, and persistent grids of one column program, are what TRITON_INTERPRET=1 runs.
+
+Limits: power-of-two BLOCK_*; W_ON_CHIP needs BLOCK_N * next_pow2(H) elements of registers per program;
+tl.dot needs BLOCK_K >= 16 (M, N may be smaller since Triton 3.x pads them).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
-from fastrnn.kernels.rnn_single import _activation, _activation_grad, _matmul, _step_rows
+from fastrnn.kernels.rnn_common import (
+    _activation,
+    _activation_grad,
+    _grid_barrier,
+    _matmul,
+    _step_index,
+    _step_rows,
+)
 
 
 @triton.jit
-def _grid_barrier(p_counter, target):
-    # Make this program's stores visible, then wait for every program to have made theirs.
-    tl.debug_barrier()
-    tl.atomic_add(p_counter, 1, sem="release", scope="gpu")
-    arrived = tl.atomic_add(p_counter, 0, sem="acquire", scope="gpu")
-    while arrived < target:
-        arrived = tl.atomic_add(p_counter, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
+def _load_slice(p_a, o_n, m_n, H, W_ON_CHIP: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's rows of A, ``[BLOCK_N, BLOCK_H]``, when they stay on chip (else a placeholder)."""
+    if W_ON_CHIP:
+        o_k = tl.arange(0, BLOCK_H)
+        return tl.load(p_a + o_n[:, None] * H + o_k[None, :], mask=m_n[:, None] & (o_k < H)[None, :], other=0.0)
+    else:
+        return tl.zeros((1, 1), dtype=p_a.dtype.element_ty)
 
 
 @triton.jit
-def _rows_times_weight(p_rows, o_rows, m_rows, p_w, o_n, m_n, H, TRANSPOSE_W: tl.constexpr,
-                       FP32_DOT: tl.constexpr, PRECISION: tl.constexpr, W_DTYPE: tl.constexpr,
-                       BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_B, BLOCK_N] = rows[:, :H] @ op(W)[:, cols], op(W) = W^T when TRANSPOSE_W."""
-    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < H
-        b_a = tl.load(p_rows + o_rows[:, None] * H + o_k[None, :], mask=m_rows[:, None] & m_k[None, :],
-                      other=0.0, volatile=True)
-        if TRANSPOSE_W:
-            o_w = o_n[None, :] * H + o_k[:, None]
-        else:
-            o_w = o_k[:, None] * H + o_n[None, :]
-        b_w = tl.load(p_w + o_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-        acc += _matmul(b_a.to(W_DTYPE), b_w.to(W_DTYPE), FP32_DOT, PRECISION)
+def _slice_times_rows(b_a, p_a, p_s, b0, n_rows, o_n, m_n, H,
+                      W_ON_CHIP: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc[n, j] = sum_k A[o_n[n], k] S[b0 + j, k]`` ``[BLOCK_N, BLOCK_B]``; rows ``>= n_rows`` of S read
+    as zero. ``p_s`` points at row 0 of S (row-major, H wide); S is written by other programs (volatile)."""
+    o_j = tl.arange(0, BLOCK_B)
+    acc = tl.zeros((BLOCK_N, BLOCK_B), dtype=tl.float32)
+    if W_ON_CHIP:
+        o_k = tl.arange(0, BLOCK_H)
+        for j in tl.static_range(BLOCK_B):
+            row = b0 + j
+            b_s = tl.load(p_s + row * H + o_k, mask=o_k < tl.where(row < n_rows, H, 0), other=0.0, volatile=True)
+            b_z = tl.sum(b_a.to(tl.float32) * b_s.to(tl.float32)[None, :], axis=1)
+            acc = tl.where(o_j[None, :] == j, b_z[:, None], acc)
+    else:
+        o_b = b0 + o_j
+        m_b = o_b < n_rows
+        for k0 in range(0, H, BLOCK_K):
+            o_k = k0 + tl.arange(0, BLOCK_K)
+            m_k = o_k < H
+            b_ak = tl.load(p_a + o_n[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_st = tl.load(p_s + o_b[None, :] * H + o_k[:, None], mask=m_k[:, None] & m_b[None, :], other=0.0,
+                           volatile=True)
+            acc += _matmul(b_ak, b_st.to(b_ak.dtype), FP32_DOT, PRECISION)
     return acc
 
 
-@triton.jit(do_not_specialize=["T", "s_first", "n_steps"])
+@triton.jit
+def _load_tile(p_x, p_batch_sizes, p_offsets, s, s_end, b0, g_hi, o_n, m_n, T, B, H,
+               REVERSE: tl.constexpr, PACKED: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The ``[BLOCK_N, BLOCK_B]`` float32 tile (columns o_n, rows b0..) of a per-step array (xw, y, dy) at
+    processing step s in REVERSE order; zeros when ``s >= s_end`` (a prefetch past the last step)."""
+    t = _step_index(tl.minimum(s, T - 1), T, REVERSE)
+    n_t, row0 = _step_rows(p_batch_sizes, p_offsets, t, B, PACKED)
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < tl.where(s < s_end, tl.minimum(n_t, g_hi), 0)
+    o = (row0 + o_b)[None, :] * H + o_n[:, None]
+    return tl.load(p_x + o, mask=m_n[:, None] & m_b[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _next_tile(s, b0, g_lo, g_hi, BLOCK_B: tl.constexpr):
+    """The work item after (step s, tile b0): the next tile of the group, else the next step's first."""
+    nb0 = b0 + BLOCK_B
+    wrap = nb0 >= g_hi
+    return tl.where(wrap, s + 1, s), tl.where(wrap, g_lo, nb0)
+
+
+@triton.jit(do_not_specialize=["T", "s_first", "n_steps", "spin_limit"])
 def _rnn_fwd_multi_kernel(
-    p_xw, p_w, p_y, p_state, p_counter, p_batch_sizes, p_offsets,
-    T, B, H, s_first, n_steps,
-    REVERSE: tl.constexpr, ACTIVATION: tl.constexpr, PACKED: tl.constexpr, PERSISTENT: tl.constexpr,
-    FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    p_xw, p_w, p_y, p_state, p_counter, p_error, p_batch_sizes, p_offsets,
+    T, B, H, rows_per_group, s_first, n_steps, spin_limit,
+    REVERSE: tl.constexpr, ACTIVATION: tl.constexpr, TANH: tl.constexpr, PACKED: tl.constexpr,
+    PERSISTENT: tl.constexpr, W_ON_CHIP: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    CLOCK: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     i_n = tl.program_id(0)
-    n_programs = tl.num_programs(0)
+    i_g = tl.program_id(1)
+    n_cols = tl.num_programs(0)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < H
-    for s in range(s_first, s_first + n_steps):
-        if REVERSE:
-            t = T - 1 - s
-        else:
-            t = s
+    o_j = tl.arange(0, BLOCK_B)
+    g_lo = i_g * rows_per_group
+    g_hi = tl.minimum(g_lo + rows_per_group, B)
+    s_end = s_first + n_steps
+    b_a = _load_slice(p_w, o_n, m_n, H, W_ON_CHIP, BLOCK_H)
+    b_x = _load_tile(p_xw, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, o_n, m_n, T, B, H,
+                     REVERSE, PACKED, BLOCK_B)
+    for s in range(s_first, s_end):
+        t = _step_index(s, T, REVERSE)
         n_t, row0 = _step_rows(p_batch_sizes, p_offsets, t, B, PACKED)
         p_cur = p_state + tl.cast(s % 2, tl.int64) * B * H
         p_nxt = p_state + tl.cast((s + 1) % 2, tl.int64) * B * H
-        for b0 in range(0, B, BLOCK_B):
-            o_b = b0 + tl.arange(0, BLOCK_B)
-            m_b = o_b < B
-            m_row = o_b < n_t
-            acc = _rows_times_weight(p_cur, o_b, m_row, p_w, o_n, m_n, H, True, FP32_DOT, PRECISION,
-                                     p_w.dtype.element_ty, BLOCK_B, BLOCK_N, BLOCK_K)
-            o_xy = (row0 + o_b)[:, None] * H + o_n[None, :]
-            m = m_row[:, None] & m_n[None, :]
-            b_x = tl.load(p_xw + o_xy, mask=m, other=0.0).to(tl.float32)
-            o_state = o_b[:, None] * H + o_n[None, :]
-            m_state = m_b[:, None] & m_n[None, :]
-            b_old = tl.load(p_cur + o_state, mask=m_state, other=0.0, volatile=True)
-            b_h = tl.where(m_row[:, None], _activation(b_x + acc, ACTIVATION), b_old)
+        for b0 in range(g_lo, g_hi, BLOCK_B):
+            o_b = b0 + o_j
+            m_b = o_b < g_hi
+            m_row = m_b & (o_b < n_t)
+            o_state = o_b[None, :] * H + o_n[:, None]
+            m_state = m_n[:, None] & m_b[None, :]
+            acc = _slice_times_rows(b_a, p_w, p_cur, b0, tl.minimum(n_t, g_hi), o_n, m_n, H, W_ON_CHIP, FP32_DOT,
+                                    PRECISION, BLOCK_B, BLOCK_N, BLOCK_H, BLOCK_K)
+            b_h = _activation(b_x + acc, ACTIVATION, TANH)
+            if PACKED:
+                b_h = tl.where(m_row[None, :], b_h, tl.load(p_cur + o_state, mask=m_state, other=0.0))
+            ns, nb0 = _next_tile(s, b0, g_lo, g_hi, BLOCK_B)
+            b_x = _load_tile(p_xw, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
+                             REVERSE, PACKED, BLOCK_B)
             tl.store(p_nxt + o_state, b_h, mask=m_state)
-            tl.store(p_y + o_xy, b_h.to(p_y.dtype.element_ty), mask=m)
+            tl.store(p_y + (row0 + o_b)[None, :] * H + o_n[:, None], b_h.to(p_y.dtype.element_ty),
+                     mask=m_n[:, None] & m_row[None, :])
         if PERSISTENT:
-            _grid_barrier(p_counter, n_programs * (s + 1))
+            _grid_barrier(p_counter + i_g, n_cols * (s - s_first + 1), p_error, spin_limit, CLOCK)
 
 
-@triton.jit(do_not_specialize=["T", "s_first", "n_steps"])
+@triton.jit(do_not_specialize=["T", "s_first", "n_steps", "spin_limit"])
 def _rnn_bwd_multi_kernel(
-    p_dy, p_y, p_w, p_dz, p_state, p_counter, p_batch_sizes, p_offsets,
-    T, B, H, s_first, n_steps,
-    REVERSE: tl.constexpr, ACTIVATION: tl.constexpr, PACKED: tl.constexpr, PERSISTENT: tl.constexpr,
-    PHASE: tl.constexpr,
-    FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    p_dy, p_y, p_wt, p_dz, p_dh, p_counter, p_error, p_batch_sizes, p_offsets,
+    T, B, H, rows_per_group, s_first, n_steps, spin_limit,
+    REVERSE: tl.constexpr, ACTIVATION: tl.constexpr, PACKED: tl.constexpr,
+    PERSISTENT: tl.constexpr, W_ON_CHIP: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    CLOCK: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """PHASE 0: dz_t for own columns; PHASE 1: dh_t = dz_t W_hh for own columns; PHASE 2: both, with a
-    barrier between (persistent). Per-step mode launches phase 0 then phase 1 for each step."""
+    """``p_dh`` ``[B, H]`` float32 holds dh_n on entry and dh0 once the launch with ``s_first + n_steps == T``
+    ends. The backward walks steps in the opposite order to the forward (ORDER below)."""
+    ORDER: tl.constexpr = REVERSE == 0
     i_n = tl.program_id(0)
-    n_programs = tl.num_programs(0)
+    i_g = tl.program_id(1)
+    n_cols = tl.num_programs(0)
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < H
-    for s in range(s_first, s_first + n_steps):
-        if REVERSE:
-            t = s
-        else:
-            t = T - 1 - s
+    o_j = tl.arange(0, BLOCK_B)
+    g_lo = i_g * rows_per_group
+    g_hi = tl.minimum(g_lo + rows_per_group, B)
+    s_end = s_first + n_steps
+    b_a = _load_slice(p_wt, o_n, m_n, H, W_ON_CHIP, BLOCK_H)
+    b_dy = _load_tile(p_dy, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, o_n, m_n, T, B, H,
+                      ORDER, PACKED, BLOCK_B)
+    b_y = _load_tile(p_y, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, o_n, m_n, T, B, H,
+                     ORDER, PACKED, BLOCK_B)
+    # s = T is the epilogue: dh0 = dz of the last step times W, for rows that step covers. Persistent: after
+    # the last step's barrier; per step: a launch of its own (n_steps = 0), the kernel boundary its barrier.
+    if PERSISTENT:
+        s_stop = s_end + (s_end == T).to(tl.int32)
+    else:
+        s_stop = s_end + (n_steps == 0).to(tl.int32)
+    for s in range(s_first, s_stop):
+        t = _step_index(tl.minimum(s, T - 1), T, ORDER)
         n_t, row0 = _step_rows(p_batch_sizes, p_offsets, t, B, PACKED)
-        p_cur = p_state + tl.cast(s % 2, tl.int64) * B * H
-        p_nxt = p_state + tl.cast((s + 1) % 2, tl.int64) * B * H
-        if PHASE != 1:
-            for b0 in range(0, B, BLOCK_B):
-                o_b = b0 + tl.arange(0, BLOCK_B)
-                m_row = o_b < n_t
-                o_xy = (row0 + o_b)[:, None] * H + o_n[None, :]
-                m = m_row[:, None] & m_n[None, :]
-                b_y = tl.load(p_y + o_xy, mask=m, other=0.0).to(tl.float32)
-                b_dy = tl.load(p_dy + o_xy, mask=m, other=0.0).to(tl.float32)
-                b_dh = tl.load(p_cur + o_b[:, None] * H + o_n[None, :], mask=m, other=0.0, volatile=True)
+        t_p = _step_index(tl.maximum(s - 1, 0), T, ORDER)
+        n_p, row0_p = _step_rows(p_batch_sizes, p_offsets, t_p, B, PACKED)
+        n_p = tl.where(s > 0, tl.minimum(n_p, g_hi), 0)  # rows whose dh comes from the previous step's dz
+        for b0 in range(g_lo, g_hi, BLOCK_B):
+            o_b = b0 + o_j
+            m_b = o_b < g_hi
+            o_state = o_b[None, :] * H + o_n[:, None]
+            m_state = m_n[:, None] & m_b[None, :]
+            b_dh = tl.load(p_dh + o_state, mask=m_state, other=0.0)
+            if n_p > b0:
+                acc = _slice_times_rows(b_a, p_wt, p_dz + row0_p * H, b0, n_p, o_n, m_n, H, W_ON_CHIP, FP32_DOT,
+                                        PRECISION, BLOCK_B, BLOCK_N, BLOCK_H, BLOCK_K)
+                b_dh = tl.where((o_b < n_p)[None, :], acc, b_dh)
+            tl.store(p_dh + o_state, b_dh, mask=m_state)
+            if s < T:
                 b_dz = (b_dy + b_dh) * _activation_grad(b_y, ACTIVATION)
-                tl.store(p_dz + o_xy, b_dz.to(p_dz.dtype.element_ty), mask=m)
+                ns, nb0 = _next_tile(s, b0, g_lo, g_hi, BLOCK_B)
+                b_dy = _load_tile(p_dy, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
+                                  ORDER, PACKED, BLOCK_B)
+                b_y = _load_tile(p_y, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
+                                 ORDER, PACKED, BLOCK_B)
+                tl.store(p_dz + (row0 + o_b)[None, :] * H + o_n[:, None], b_dz.to(p_dz.dtype.element_ty),
+                         mask=m_n[:, None] & (m_b & (o_b < n_t))[None, :])
         if PERSISTENT:
-            _grid_barrier(p_counter, n_programs * (2 * s + 1))
-        if PHASE != 0:
-            for b0 in range(0, B, BLOCK_B):
-                o_b = b0 + tl.arange(0, BLOCK_B)
-                m_b = o_b < B
-                m_row = o_b < n_t
-                acc = _rows_times_weight(p_dz + row0 * H, o_b, m_row, p_w, o_n, m_n, H, False, FP32_DOT,
-                                         PRECISION, p_w.dtype.element_ty, BLOCK_B, BLOCK_N, BLOCK_K)
-                o_state = o_b[:, None] * H + o_n[None, :]
-                m_state = m_b[:, None] & m_n[None, :]
-                b_old = tl.load(p_cur + o_state, mask=m_state, other=0.0, volatile=True)
-                tl.store(p_nxt + o_state, tl.where(m_row[:, None], acc, b_old), mask=m_state)
-        if PERSISTENT:
-            _grid_barrier(p_counter, n_programs * (2 * s + 2))
+            if s < s_end:
+                _grid_barrier(p_counter + i_g, n_cols * (s - s_first + 1), p_error, spin_limit, CLOCK)

@@ -7,13 +7,19 @@ forward:  h_t = act(xw_t + h_{t-1} W_hh^T)        writes y and h_n
 backward: g_t = dy_t + dh_{t+1}; dz_t = g_t * act'(y_t); dh_t = dz_t W_hh      writes dz and dh0
 
 The state is carried in float32 registers and cast on store. Rows a step does not cover keep their
-state (packed input), so the state after the last step is h_n (dh0) in both directions. Programs never
-talk to each other, so the kernels run as written under TRITON_INTERPRET=1.
+state (packed input), so the state after the last step is h_n (dh0) in both directions. Lanes past H are
+forced to zero after every step: the dot multiplies them by W's zero padding, and an inf in a real lane
+would otherwise turn them into 0 * inf = NaN and feed that back into every column. Programs never talk
+to each other, so the kernels run as written under TRITON_INTERPRET=1.
+
+W_hh is loaded once before the step loop and stays on chip for all T steps: in registers for the IEEE
+float32 dot (FMA), and for tensor-core dots wherever Triton places that operand (registers for mma.sync;
+shared memory, read by the tensor cores each step, for wgmma's B operand) -- never re-read from global.
 
 Limits: H <= MAX_H (W_hh, [BLOCK_H, BLOCK_H], must fit in one program's registers), and
 H <= MAX_H_FP32_IEEE for float32 with TF32 off: ptxas spills the forward's IEEE dot at BLOCK_H = 128 in
-every warp count (python -m fastrnn.kernels.aot_check shows it). tl.dot needs BLOCK_B, BLOCK_H >= 16
-and powers of two.
+every warp count (python -m fastrnn.kernels.aot_check shows it). tl.dot needs BLOCK_H >= 16 (its K);
+BLOCK_B may be 1..16 (Triton 3.x pads a dot's M and N), all powers of two.
 """
 
 from __future__ import annotations
@@ -22,67 +28,50 @@ import os
 
 import triton
 import triton.language as tl
+from fastrnn.kernels.rnn_common import _activation, _activation_grad, _matmul, _step_rows
 
 MAX_H = 128
 MAX_H_FP32_IEEE = 64
+BATCH_TILES = (1, 2, 4, 8, 16)
 
 
 def _configs() -> list[triton.Config]:
     # ptxas register use of the IEEE float32 dot swings with the warp count (aot_check prints it), so the
-    # warp count and batch tile are tuned per (H, B, dtype) on the GPU. The interpreter takes one config.
+    # warp count and batch tile are tuned per (H, batch class, dtype) on the GPU. Tiles below 16 rows serve
+    # small batches: B = 1 no longer computes 16 rows. The interpreter takes one config per batch tile.
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return [triton.Config({"BLOCK_B": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK_B": b}, num_warps=w) for b, w in ((16, 4), (16, 8), (16, 16), (32, 8))]
+        return [triton.Config({"BLOCK_B": b}, num_warps=4) for b in BATCH_TILES]
+    small = [triton.Config({"BLOCK_B": b}, num_warps=w) for b in BATCH_TILES[:-1] for w in (4, 8)]
+    return small + [triton.Config({"BLOCK_B": b}, num_warps=w) for b, w in ((16, 4), (16, 8), (16, 16), (32, 8))]
 
 
-_autotune = triton.autotune(configs=_configs(), key=["H", "B", "FP32_DOT", "PRECISION", "PACKED"])
+def batch_class(batch: int) -> int:
+    """The autotuner's batch key: the batch rounded up to a power of two, capped at 16 (wider batches run
+    16- or 32-row tiles whatever their size), so a new batch size re-tunes only when its class changes."""
+    return min(triton.next_power_of_2(max(batch, 1)), 16)
 
 
-@triton.jit
-def _activation(z, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 0:
-        # tanh(z) = 1 - 2 / (exp(2z) + 1): saturates to +-1 without inf/inf for large |z|. The division
-        # is the approximate one (2 ulp): IEEE div.rn.f32 makes ptxas spill the whole state to the stack.
-        return 1.0 - tl.fdiv(2.0, tl.exp(2.0 * z) + 1.0, ieee_rounding=False)
-    else:
-        return tl.maximum(z, 0.0)
+def tile_candidates(configs: list, b_class: int) -> list:
+    """The configs worth timing for a batch class: the tile equal to the class below 16 rows, else the
+    16- and 32-row tiles."""
+    kept = [c for c in configs if c.kwargs["BLOCK_B"] == b_class or (b_class >= 16 and c.kwargs["BLOCK_B"] >= 16)]
+    return kept or configs[:1]
 
 
-@triton.jit
-def _activation_grad(y, ACTIVATION: tl.constexpr):
-    if ACTIVATION == 0:
-        return 1.0 - y * y
-    else:
-        return (y > 0.0).to(tl.float32)
+def _prune(configs, named_args, **kwargs):
+    return tile_candidates(configs, named_args["B_CLASS"])
 
 
-@triton.jit
-def _step_rows(p_batch_sizes, p_offsets, t, B, PACKED: tl.constexpr):
-    """Rows active at step t and the first packed row of step t."""
-    if PACKED:
-        n_t = tl.load(p_batch_sizes + t).to(tl.int32)
-        row0 = tl.load(p_offsets + t).to(tl.int64)
-    else:
-        n_t = B
-        row0 = tl.cast(t, tl.int64) * B
-    return n_t, row0
-
-
-@triton.jit
-def _matmul(a, b, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """a @ b with float32 accumulation; 16-bit operands go to the tensor cores as they are."""
-    if FP32_DOT:
-        return tl.dot(a, b, input_precision=PRECISION)
-    else:
-        return tl.dot(a, b, out_dtype=tl.float32)
+_autotune = triton.autotune(configs=_configs(), key=["H", "B_CLASS", "FP32_DOT", "PRECISION", "PACKED"],
+                            prune_configs_by={"early_config_prune": _prune})
 
 
 @_autotune
 @triton.jit(do_not_specialize=["T"])
 def _rnn_fwd_single_kernel(
     p_xw, p_h0, p_wt, p_y, p_hn, p_batch_sizes, p_offsets,
-    T, B, H,
-    REVERSE: tl.constexpr, ACTIVATION: tl.constexpr, PACKED: tl.constexpr,
+    T, B, H, B_CLASS,
+    REVERSE: tl.constexpr, ACTIVATION: tl.constexpr, TANH: tl.constexpr, PACKED: tl.constexpr,
     FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -107,7 +96,8 @@ def _rnn_fwd_single_kernel(
         o_xy = (row0 + o_b)[:, None] * H + o_h[None, :]
         b_x = tl.load(p_xw + o_xy, mask=m, other=0.0).to(tl.float32)
         b_z = b_x + _matmul(b_h.to(b_wt.dtype), b_wt, FP32_DOT, PRECISION)
-        b_h = tl.where(m_row[:, None], _activation(b_z, ACTIVATION), b_h)
+        b_new = tl.where(m_h[None, :], _activation(b_z, ACTIVATION, TANH), 0.0)
+        b_h = tl.where(m_row[:, None], b_new, b_h)
         tl.store(p_y + o_xy, b_h.to(p_y.dtype.element_ty), mask=m)
     tl.store(p_hn + o_b[:, None] * H + o_h[None, :], b_h.to(p_hn.dtype.element_ty), mask=m_bh)
 
@@ -116,7 +106,7 @@ def _rnn_fwd_single_kernel(
 @triton.jit(do_not_specialize=["T"])
 def _rnn_bwd_single_kernel(
     p_dy, p_dhn, p_y, p_w, p_dz, p_dh0, p_batch_sizes, p_offsets,
-    T, B, H,
+    T, B, H, B_CLASS,
     REVERSE: tl.constexpr, ACTIVATION: tl.constexpr, PACKED: tl.constexpr,
     FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -143,6 +133,6 @@ def _rnn_bwd_single_kernel(
         b_dy = tl.load(p_dy + o_xy, mask=m, other=0.0).to(tl.float32)
         b_dz = (b_dy + b_dh) * _activation_grad(b_y, ACTIVATION)
         tl.store(p_dz + o_xy, b_dz.to(p_dz.dtype.element_ty), mask=m)
-        b_new = _matmul(b_dz.to(b_w.dtype), b_w, FP32_DOT, PRECISION)
+        b_new = tl.where(m_h[None, :], _matmul(b_dz.to(b_w.dtype), b_w, FP32_DOT, PRECISION), 0.0)
         b_dh = tl.where(m_row[:, None], b_new, b_dh)
     tl.store(p_dh0 + o_b[:, None] * H + o_h[None, :], b_dh.to(p_dh0.dtype.element_ty), mask=m_bh)

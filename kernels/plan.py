@@ -1,0 +1,139 @@
+"""Launch geometry of the multi-program tier and the performance model that picks it (no torch, no GPU).
+
+The model predicts one recurrence step (forward; the backward's step does the same work) on an H100/H200
+from FLOPs, bytes and syncs, with the figures in ``GPU``. The planner keeps the candidate geometry with
+the lowest prediction; ``benchmarks/NOTES.md`` tabulates the same predictions against cuDNN so the first
+GPU run shows which assumption was wrong (``python -m fastrnn.kernels.plan`` prints the table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+# H100 SXM / H200 (same SM, 132 SMs; H200 has faster HBM). Sustained clock, not boost.
+GPU = dict(
+    sms=132,
+    clock_hz=1.75e9,
+    fma_per_clk_sm=128,  # float32 FMA lanes
+    mma_fma_per_clk_sm={2: 1024, 4: 512},  # mma.sync (Triton's choice at these shapes): ~half of wgmma peak
+    l2_bytes_per_s=5.5e12,
+    l2_bytes_per_clk_sm=64,
+    hbm_bytes_per_s=3.35e12,  # H100 SXM; H200: 4.8e12
+    barrier_s=1.0e-6,  # one grid barrier: an acq_rel atomic and a spin on L2, ~2 L2 round trips
+    step_latency_s=0.8e-6,  # state load after the barrier (L2 latency) + activation + store
+    row_reduce_s=0.08e-6,  # W_ON_CHIP: one cross-warp reduction per batch row per step
+    launch_s=4.0e-6,  # per-step mode: one launch (two in the backward's epilogue) per step
+    regs_bytes_per_thread=256,  # W slice budget when on chip: 64 registers a thread
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiPlan:
+    """Grid ``(col_programs, groups)``; each program owns BLOCK_N columns and ``rows_per_group`` rows."""
+
+    block_n: int
+    block_b: int
+    block_h: int
+    block_k: int
+    rows_per_group: int
+    col_programs: int
+    groups: int
+    num_warps: int
+    w_on_chip: bool
+
+    @property
+    def programs(self) -> int:
+        return self.col_programs * self.groups
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def candidates(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: int) -> list[MultiPlan]:
+    """Every geometry the launcher may pick for this shape, each with at most ``sms`` programs."""
+    block_h = _pow2(hidden)
+    plans = []
+    for w_on_chip in (True, False):
+        if not w_on_chip and fp32_ieee:
+            continue  # an IEEE float32 tl.dot is an FMA dot whose operands replicate across threads: spills
+        block_b = min(_pow2(batch), 4) if w_on_chip else max(16, min(_pow2(batch), 64))
+        if not w_on_chip and batch < 8:
+            continue
+        for block_n in (4, 8, 16, 32, 64, 128, 256):
+            if block_n > block_h or (not w_on_chip and block_n < 16):
+                continue
+            col_programs = math.ceil(hidden / block_n)
+            if col_programs > sms:
+                continue
+            slice_bytes = block_n * block_h * elem_bytes
+            if w_on_chip:
+                warps = next((w for w in (4, 8, 16) if slice_bytes <= w * 32 * GPU["regs_bytes_per_thread"]), None)
+                if warps is None:
+                    continue
+            else:
+                warps = 4
+            max_groups = max(1, min(sms // col_programs, math.ceil(batch / block_b)))
+            rows = math.ceil(math.ceil(batch / max_groups) / block_b) * block_b
+            groups = math.ceil(batch / rows)
+            plans.append(MultiPlan(block_n, block_b, block_h, min(64, block_h), rows, col_programs, groups, warps,
+                                   w_on_chip))
+    return plans
+
+
+def predict_step_s(plan: MultiPlan, hidden: int, batch: int, elem_bytes: int, persistent: bool = True) -> float:
+    """Predicted seconds per step of the multi tier with this plan (see GPU for the figures)."""
+    g = GPU
+    clock = g["clock_hz"]
+    fmas = plan.rows_per_group * plan.block_n * hidden
+    if plan.w_on_chip:
+        compute = fmas / (g["fma_per_clk_sm"] * clock) + plan.rows_per_group * g["row_reduce_s"]
+        w_bytes = 0
+    else:
+        compute = fmas / (g["mma_fma_per_clk_sm"].get(elem_bytes, 512) * clock)
+        w_bytes = plan.block_n * hidden * elem_bytes * math.ceil(plan.rows_per_group / plan.block_b)
+    state_bytes = plan.rows_per_group * hidden * (4 if plan.w_on_chip else elem_bytes)
+    per_sm = (state_bytes + w_bytes) / (g["l2_bytes_per_clk_sm"] * clock)
+    l2_all = plan.programs * (state_bytes + w_bytes) / g["l2_bytes_per_s"]
+    hbm = 2 * batch * hidden * elem_bytes / g["hbm_bytes_per_s"]
+    sync = g["barrier_s"] if persistent else g["launch_s"]
+    return max(compute, per_sm, l2_all, hbm) + sync + g["step_latency_s"]
+
+
+def plan_multi(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: int) -> MultiPlan:
+    """The candidate with the lowest predicted step time."""
+    plans = candidates(hidden, batch, elem_bytes, fp32_ieee, sms)
+    if not plans:  # more columns than SMs at the smallest on-chip slice: stream W in wide slices
+        block_h = _pow2(hidden)
+        block_n = max(16, _pow2(math.ceil(hidden / sms)))
+        return MultiPlan(block_n, min(_pow2(batch), 16), block_h, min(64, block_h), batch,
+                         math.ceil(hidden / block_n), 1, 4, False)
+    return min(plans, key=lambda p: (predict_step_s(p, hidden, batch, elem_bytes), p.programs))
+
+
+def cudnn_step_s(hidden: int, batch: int, elem_bytes: int, tf32: bool = False) -> float:
+    """An estimate of cuDNN's per-step time for the same step (no GPU measurement yet): a GEMM per step at
+    60% of peak plus ~5 us of launch and pointwise work (cuDNN's persistent kernels cover only small H)."""
+    peak = {4: 67e12 if not tf32 else 495e12, 2: 989e12}[elem_bytes]
+    return 2 * batch * hidden * hidden / (0.6 * peak) + 5e-6
+
+
+def table(sizes=((1, 128), (1, 512), (1, 2048), (16, 512), (64, 128), (64, 512), (64, 1024), (64, 2048),
+                 (256, 512), (256, 2048))) -> str:
+    """Markdown table of predictions (float32 IEEE and bfloat16) for the GPU grid's shapes, T = 1000."""
+    lines = ["| B | H | dtype | plan (BLOCK_N x rows, grid, on chip) | multi us/step | cuDNN est. us/step | ratio |",
+             "|---:|---:|---|---|---:|---:|---:|"]
+    for batch, hidden in sizes:
+        for name, elem, ieee in (("fp32", 4, True), ("bf16", 2, False)):
+            p = plan_multi(hidden, batch, elem, ieee, GPU["sms"])
+            ours = predict_step_s(p, hidden, batch, elem) * 1e6
+            theirs = cudnn_step_s(hidden, batch, elem) * 1e6
+            lines.append(f"| {batch} | {hidden} | {name} | {p.block_n} x {p.rows_per_group} rows/{p.block_b}, "
+                         f"{p.col_programs}x{p.groups}, {'W in regs' if p.w_on_chip else 'W streamed'} | "
+                         f"{ours:.1f} | {theirs:.1f} | {theirs / ours:.2f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
