@@ -57,6 +57,14 @@ def rnn(
     Returns:
         output ``[L, N, D * H_out]`` (or packed ``[sum(batch_sizes), D * H_out]``) and h_n like ``hx``.
     """
+    if input.is_cuda:  # issue 9, fastrnn.algo: on CUDA the finder may run this whole call as torch's cuDNN RNN
+        from fastrnn.algo import cuda_call
+
+        found = cuda_call(rnn, input, hx, weights, has_biases=has_biases, num_layers=num_layers, dropout=dropout,
+                          training=training, bidirectional=bidirectional, nonlinearity=nonlinearity,
+                          batch_sizes=batch_sizes)
+        if found is not None:
+            return found
     directions = 2 if bidirectional else 1
     per_direction = 4 if has_biases else 2
     layer_input = input
