@@ -136,7 +136,8 @@ def _timing_run(impl: Callable, args: tuple, kwargs: dict, grad: bool) -> Callab
     def run() -> object:
         _inside.active = True
         try:
-            with torch.random.fork_rng(devices=[input.device] if input.is_cuda else []), torch.enable_grad() if grad else torch.no_grad():
+            devices = [input.device] if input.is_cuda else []
+            with torch.random.fork_rng(devices=devices), torch.enable_grad() if grad else torch.no_grad():
                 out, h_n = impl(leaves[0], leaves[1], leaves[2:], **kwargs)
                 if grad:
                     wanted = [t for t in leaves if t.requires_grad]
