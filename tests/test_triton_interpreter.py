@@ -114,3 +114,53 @@ def test_triton_is_bitwise_deterministic(use_backend):
     first = triton_backend.bwd(xw, h0, torch.tanh(xw), w, None, False, "tanh")
     second = triton_backend.bwd(xw, h0, torch.tanh(xw), w, None, False, "tanh")
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.fixture(params=["single", "multi"])
+def any_tier(request, monkeypatch):
+    from fastrnn.kernels import launch
+
+    if request.param == "multi":
+        monkeypatch.setattr(launch, "tier", lambda hidden, dtype: "multi")
+    return request.param
+
+
+def test_inf_in_hx_makes_no_nan_in_padded_lanes(any_tier):
+    """H = 6 pads to 16 lanes; W's padding times an inf state must not leak NaN into real columns."""
+    xw, h0, w, _ = _inputs(3, 3, 6, False, torch.float32, seed=5)
+    h0[1, 2] = float("inf")
+    y, h_n = triton_backend.fwd(xw, h0, w, None, False, "tanh")
+    y_ref, h_ref = rnn_recurrence_ref(xw.double(), h0.double(), w.double())
+    assert not torch.isnan(y_ref).any()
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h_n.double(), h_ref, rtol=1e-5, atol=1e-5)
+    dz, dh0 = triton_backend.bwd(torch.ones_like(y), torch.zeros_like(h_n), y, w, None, False, "tanh")
+    dz_ref, dh0_ref = rnn_recurrence_bwd_ref(torch.ones_like(y_ref), torch.zeros_like(h_ref), y.double(),
+                                             w.double())
+    torch.testing.assert_close(dz.double(), dz_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dh0.double(), dh0_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_nan_stays_nan_like_torch(any_tier, activation):
+    xw, h0, w, _ = _inputs(2, 3, 8, False, torch.float32, seed=6)
+    xw[0, 1, 3] = float("nan")  # row 1: NaN at step 0, then everywhere through W
+    xw[1, 0, 5] = float("nan")  # row 0: NaN at the last step only, in one column
+    y, h_n = triton_backend.fwd(xw, h0, w, None, False, activation)
+    y_ref, h_ref = rnn_recurrence_ref(xw.double(), h0.double(), w.double(), activation=activation)
+    assert torch.isnan(y_ref).any() and not torch.isnan(y_ref[:, 2]).any()
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref)) and torch.equal(torch.isnan(h_n), torch.isnan(h_ref))
+
+
+def test_tanh_is_accurate_in_relative_terms_and_bounded(any_tier):
+    """tanh of tiny inputs keeps its relative accuracy (no 1 - 2/(e^2z + 1) cancellation) and of huge ones
+    stays in [-1, 1]."""
+    values = [1e-30, 3e-8, 1e-6, 1e-4, 0.01, 0.05, 0.07, 0.3, 1.0, 5.0, 9.0, 20.0, 88.0, 1e4, float("inf")]
+    row = torch.tensor(values + [-v for v in values], dtype=torch.float32)  # [30]
+    xw = row.repeat(1, 1, 1).to(DEVICE)  # [T=1, B=1, H=30]
+    w = torch.zeros(row.numel(), row.numel(), device=DEVICE)
+    y, _ = triton_backend.fwd(xw, torch.zeros(1, row.numel(), device=DEVICE), w, None, False, "tanh")
+    exact = torch.tanh(xw.double())
+    assert y.abs().max() <= 1.0
+    rel = ((y.double() - exact).abs() / exact.abs()).max()
+    assert rel <= 4 * torch.finfo(torch.float32).eps, rel
