@@ -104,10 +104,10 @@ def predict_step_s(plan: MultiPlan, hidden: int, batch: int, elem_bytes: int, pe
 def plan_multi(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: int) -> MultiPlan:
     """The candidate with the lowest predicted step time."""
     plans = candidates(hidden, batch, elem_bytes, fp32_ieee, sms)
-    if not plans:  # more columns than SMs at the smallest on-chip slice: stream W in wide slices
+    if not plans:  # W does not fit on chip even once (float32 H > ~2900): stream it in wide slices
         block_h = _pow2(hidden)
         block_n = max(16, _pow2(math.ceil(hidden / sms)))
-        return MultiPlan(block_n, min(_pow2(batch), 16), block_h, min(64, block_h), batch,
+        return MultiPlan(block_n, min(_pow2(batch), 4 if fp32_ieee else 16), block_h, min(64, block_h), batch,
                          math.ceil(hidden / block_n), 1, 4, False)
     return min(plans, key=lambda p: (predict_step_s(p, hidden, batch, elem_bytes), p.programs))
 

@@ -73,6 +73,19 @@ def _slice_times_rows(b_a, p_a, p_s, b0, n_rows, o_n, m_n, H,
             b_s = tl.load(p_s + row * H + o_k, mask=o_k < tl.where(row < n_rows, H, 0), other=0.0, volatile=True)
             b_z = tl.sum(b_a.to(tl.float32) * b_s.to(tl.float32)[None, :], axis=1)
             acc = tl.where(o_j[None, :] == j, b_z[:, None], acc)
+    elif FP32_DOT and PRECISION == "ieee":
+        # An IEEE float32 tl.dot is an FMA dot whose operands replicate across threads (spills): stream
+        # the slice in chunks through the same multiply-and-reduce as the on-chip path.
+        for k0 in range(0, H, BLOCK_K):
+            o_k = k0 + tl.arange(0, BLOCK_K)
+            m_k = o_k < H
+            b_ak = tl.load(p_a + o_n[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            for j in tl.static_range(BLOCK_B):
+                row = b0 + j
+                b_s = tl.load(p_s + row * H + o_k, mask=o_k < tl.where(row < n_rows, H, 0), other=0.0,
+                              volatile=True)
+                b_z = tl.sum(b_ak * b_s[None, :], axis=1)
+                acc += tl.where(o_j[None, :] == j, b_z[:, None], 0.0)
     else:
         o_b = b0 + o_j
         m_b = o_b < n_rows
