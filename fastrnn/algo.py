@@ -30,6 +30,7 @@ Timer = Callable[[Callable[[], object]], float]
 
 _choices: dict[tuple, str] = {}
 _timings: dict[tuple, dict[str, float]] = {}
+_last: dict[str, str] = {}
 _inside = threading.local()  # set while the finder times fastrnn's own path, which calls the hook again
 
 
@@ -112,9 +113,8 @@ def choices() -> dict[tuple, tuple[str, dict[str, float]]]:
 
 
 def last_choice(input: Tensor) -> Optional[str]:
-    """What the most recent decision on this device picked (for the benchmark table), or None."""
-    found = [w for k, w in _choices.items() if k[0] == str(input.device)]
-    return found[-1] if found else None
+    """What the most recent call on this device ran, "triton" or "cudnn" (for the benchmark table)."""
+    return _last.get(str(input.device))
 
 
 def _cached(key: tuple) -> str:
@@ -160,6 +160,7 @@ def cuda_call(fastrnn_impl: Callable, input: Tensor, hx: Tensor, weights, timer:
         return None
     forced = forced_algo()
     if forced == "triton" or (forced == "auto" and os.environ.get("FASTRNN_BACKEND", "").strip()):
+        _last[str(input.device)] = "triton"
         return None
     if forced == "auto":
         key = shape_class(input, hx, weights, **kwargs)
@@ -174,5 +175,7 @@ def cuda_call(fastrnn_impl: Callable, input: Tensor, hx: Tensor, weights, timer:
                 "cudnn": _timing_run(cudnn_rnn, (input, hx, weights), kwargs, grad),
             }, timer)
         if algo != "cudnn":
+            _last[str(input.device)] = "triton"
             return None
+    _last[str(input.device)] = "cudnn"
     return cudnn_rnn(input, hx, weights, **kwargs)

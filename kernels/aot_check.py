@@ -1,10 +1,17 @@
-"""Compiles every Triton kernel variant for a GPU architecture without needing that GPU.
+"""Compiles every Triton kernel variant the launcher can pick for a GPU architecture, without that GPU.
 
-    python -m fastrnn.kernels.aot_check [--arch 90]
+    python -m fastrnn.kernels.aot_check [--arch 90] [--quick] [--no-spills] [--ttgir DIR]
+    bash scripts/aot_check_pinned.sh [args]    # the same under the GPU machine's Triton (3.6), own venv
 
 The interpreter forgives what the GPU compiler does not (power-of-two aranges, tl.dot shapes and dtypes,
 types in loops), so CI compiles each variant through to a cubin for sm_90 (H100/H200) and prints the
-registers, spills and shared memory each uses. Must run without TRITON_INTERPRET=1.
+registers, spills and shared memory each uses. Variants are compiled as the runtime specialises them:
+every pointer 16-byte aligned (``tt.divisibility = 16``), integer arguments divisible by 16 marked so, an
+integer equal to 1 folded to a constant (``do_not_specialize`` arguments excepted), and with the launcher's
+num_warps. Must run without TRITON_INTERPRET=1.
+
+``--no-spills`` fails if any variant spills: every single-tier autotune config the pruned candidate list
+can pick, and every multi-tier geometry kernels.plan can pick, persistent and per step.
 """
 
 from __future__ import annotations
@@ -19,47 +26,114 @@ import subprocess
 import sys
 import tempfile
 
-DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# (name, torch dtype name, pointer type, FP32_DOT, PRECISION, tanh mode)
+MODES = {
+    "fp32": ("float32", "*fp32", True, "ieee", 0),
+    "tf32": ("float32", "*fp32", True, "tf32", 0),
+    "fp16": ("float16", "*fp16", False, "ieee", 1),
+    "bf16": ("bfloat16", "*bf16", False, "ieee", 1),
+}
+INT_POINTERS = {"p_batch_sizes": "*i32", "p_counter": "*i32", "p_error": "*i32", "p_offsets": "*i64",
+                "p_state": "*fp32", "p_dh": "*fp32"}
 
 
-def _signature(fn, pointer_type: str, constexprs: dict) -> dict:
-    sig = {}
-    for name in inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters:
+def _params(fn) -> list[str]:
+    return list(inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters)
+
+
+def _jit(fn):
+    """The JITFunction under any autotuner."""
+    while not hasattr(fn, "do_not_specialize") and hasattr(fn, "fn"):
+        fn = fn.fn
+    return fn
+
+
+def specialise(fn, pointer_type: str, constexprs: dict, ints: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) as the runtime builds them for these integer argument values."""
+    jit = _jit(fn)
+    no_spec = {jit.arg_names[i] if isinstance(i, int) else i for i in jit.do_not_specialize}
+    sig, consts, attrs = {}, dict(constexprs), {}
+    for index, name in enumerate(_params(jit)):
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in ("p_batch_sizes", "p_counter"):
-            sig[name] = "*i32"
-        elif name == "p_offsets":
-            sig[name] = "*i64"
-        elif name in ("p_state",):
-            sig[name] = "*fp32"
         elif name.startswith("p_"):
-            sig[name] = pointer_type
+            sig[name] = INT_POINTERS.get(name, pointer_type)
+            attrs[(index,)] = [["tt.divisibility", 16]]
         else:
-            sig[name] = "i32"
-    return sig
+            value = ints.get(name, 17)
+            if value == 1 and name not in no_spec:
+                sig[name] = "constexpr"
+                consts[name] = 1
+            else:
+                sig[name] = "i32"
+                if value % 16 == 0 and name not in no_spec:
+                    attrs[(index,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
+
+
+def _single_variants(quick: bool):
+    from fastrnn.kernels import rnn_single
+
+    configs = rnn_single._configs()
+    flags = [(True, False)] if quick else list(itertools.product((False, True), (False, True)))
+    classes = (1, 16) if quick else (1, 2, 4, 8, 16)
+    modes = ("fp32", "bf16") if quick else tuple(MODES)
+    for mode, block_h, (packed, reverse), b_class in itertools.product(modes, (16, 32, 64, 128), flags, classes):
+        _, pointer, fp32_dot, precision, tanh = MODES[mode]
+        if mode == "fp32" and block_h > rnn_single.MAX_H_FP32_IEEE:
+            continue  # the launcher sends these to the multi-program tier
+        for config in rnn_single.tile_candidates(configs, b_class):
+            block_b = config.kwargs["BLOCK_B"]
+            common = dict(REVERSE=reverse, PACKED=packed, FP32_DOT=fp32_dot, PRECISION=precision, BLOCK_H=block_h,
+                          BLOCK_B=block_b)
+            ints = dict(H=block_h, B=b_class, B_CLASS=b_class, T=1000)
+            yield (rnn_single._rnn_fwd_single_kernel, mode, pointer, dict(common, ACTIVATION=0, TANH=tanh), ints,
+                   config.num_warps)
+            yield rnn_single._rnn_bwd_single_kernel, mode, pointer, dict(common, ACTIVATION=1), ints, config.num_warps
+
+
+def multi_plans(quick: bool) -> list[tuple[str, object, int, int]]:
+    """(mode, plan, H, B) for every distinct geometry kernels.plan picks over the shapes the multi tier
+    serves (H past the single tier up to 4096, batches 1..256)."""
+    from fastrnn.kernels import plan as planner
+
+    seen, found = set(), []
+    hiddens = (160, 512, 2048, 4096) if quick else (65, 128, 160, 256, 300, 512, 1024, 2048, 3000, 4096)
+    batches = (1, 3, 64, 256) if quick else (1, 2, 3, 4, 8, 16, 32, 64, 128, 256)
+    for mode, hidden, batch in itertools.product(MODES, hiddens, batches):
+        if quick and mode in ("fp16", "tf32"):
+            continue
+        _, _, fp32_dot, precision, _ = MODES[mode]
+        elem = 4 if MODES[mode][0] == "float32" else 2
+        if hidden <= (64 if precision == "ieee" and fp32_dot else 128):
+            continue
+        p = planner.plan_multi(hidden, batch, elem, fp32_dot and precision == "ieee", planner.GPU["sms"])
+        # rows per group, grid and H are runtime values: one compile per set of constexprs (and H % 16)
+        key = (mode, p.block_n, p.block_b, p.block_h, p.block_k, p.num_warps, p.w_on_chip, hidden % 16 == 0)
+        if key not in seen:
+            seen.add(key)
+            found.append((mode, p, hidden, batch))
+    return found
+
+
+def _multi_variants(quick: bool):
+    from fastrnn.kernels import rnn_multi
+
+    for (mode, p, hidden, batch), persistent in itertools.product(multi_plans(quick), (True, False)):
+        _, pointer, fp32_dot, precision, tanh = MODES[mode]
+        common = dict(REVERSE=False, ACTIVATION=0, PACKED=True, PERSISTENT=persistent, W_ON_CHIP=p.w_on_chip,
+                      FP32_DOT=fp32_dot, PRECISION=precision, CLOCK=0, BLOCK_B=p.block_b, BLOCK_N=p.block_n,
+                      BLOCK_H=p.block_h, BLOCK_K=p.block_k)
+        ints = dict(H=hidden, B=batch, rows_per_group=p.rows_per_group, T=1000, s_first=0, n_steps=1000,
+                    spin_limit=10**9)
+        yield rnn_multi._rnn_fwd_multi_kernel, mode, pointer, dict(common, TANH=tanh), ints, p.num_warps
+        yield rnn_multi._rnn_bwd_multi_kernel, mode, pointer, common, ints, p.num_warps
 
 
 def variants(quick: bool = False):
-    """(kernel, dtype, constexprs, num_warps) for every launch the launcher can make."""
-    from fastrnn.kernels import launch, rnn_multi, rnn_single
-
-    flags = [(True, False)] if quick else list(itertools.product((False, True), (False, True)))
-    for dtype, config, block_h, (packed, reverse) in itertools.product(
-        DTYPES, rnn_single._configs(), (16, 32, 64, 128), flags
-    ):
-        if dtype == "float32" and block_h > rnn_single.MAX_H_FP32_IEEE:
-            continue  # the launcher sends these to the multi-program tier
-        common = dict(REVERSE=reverse, ACTIVATION=0, PACKED=packed, FP32_DOT=dtype == "float32",
-                      PRECISION="ieee", BLOCK_H=block_h, **config.kwargs)
-        yield rnn_single._rnn_fwd_single_kernel.fn, dtype, common, config.num_warps
-        yield rnn_single._rnn_bwd_single_kernel.fn, dtype, dict(common, ACTIVATION=1), config.num_warps
-    for dtype, block_b, persistent in itertools.product(DTYPES, (16, 32, 64), (False, True)):
-        common = dict(REVERSE=False, ACTIVATION=0, PACKED=True, PERSISTENT=persistent, FP32_DOT=dtype == "float32",
-                      PRECISION="ieee", BLOCK_B=block_b, BLOCK_N=launch.MULTI_BLOCK_N, BLOCK_K=launch.MULTI_BLOCK_K)
-        yield rnn_multi._rnn_fwd_multi_kernel, dtype, common, 4
-        for phase in ((2,) if persistent else (0, 1)):
-            yield rnn_multi._rnn_bwd_multi_kernel, dtype, dict(common, PHASE=phase), 4
+    """(kernel, mode, pointer type, constexprs, runtime int values, num_warps) for every launch."""
+    yield from _single_variants(quick)
+    yield from _multi_variants(quick)
 
 
 def ptxas_usage(ptx: str, arch: int) -> tuple[int, int] | None:
@@ -83,11 +157,11 @@ def ptxas_usage(ptx: str, arch: int) -> tuple[int, int] | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90)
-    parser.add_argument("--quick", action="store_true", help="one packed/reverse combination per block shape")
-    parser.add_argument("--no-spills", action="store_true",
-                        help="fail if every autotune config of some single-tier kernel variant spills")
+    parser.add_argument("--quick", action="store_true", help="fewer dtypes, flags and batch classes (CI)")
+    parser.add_argument("--no-spills", action="store_true", help="fail if any variant spills")
+    parser.add_argument("--ttgir", default=None, help="write each variant's TTGIR into this folder")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("aot_check: unset TRITON_INTERPRET to compile", file=sys.stderr)
@@ -96,24 +170,27 @@ def main(argv=None) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    print(f"aot_check: triton {triton.__version__} ({os.path.dirname(triton.__file__)}), sm_{args.arch}")
     target = GPUTarget("cuda", args.arch, 32)
-    count, best_spill = 0, {}
-    for fn, dtype, constexprs, warps in variants(args.quick):
-        sig = _signature(fn, "*" + DTYPES[dtype], constexprs)
-        kernel = triton.compile(ASTSource(fn, sig, constexprs), target=target, options={"num_warps": warps})
+    count, spilling = 0, []
+    for fn, mode, pointer, constexprs, ints, warps in variants(args.quick):
+        jit = _jit(fn)
+        sig, consts, attrs = specialise(jit, pointer, constexprs, ints)
+        kernel = triton.compile(ASTSource(jit, sig, consts, attrs), target=target, options={"num_warps": warps})
         usage = ptxas_usage(kernel.asm["ptx"], args.arch)
-        flags = ",".join(f"{k}={v}" for k, v in constexprs.items())
+        flags = ",".join(f"{k}={v}" for k, v in constexprs.items() if k not in ("ACTIVATION", "CLOCK"))
+        name = f"{jit.__name__} {mode} {flags} warps={warps} H={ints.get('H')} B={ints.get('B')}"
         regs, spills = usage if usage else ("?", "?")
-        print(f"ok {fn.__name__} {dtype} {flags} warps={warps} shared={kernel.metadata.shared} "
-              f"regs={regs} spill_bytes={spills}")
-        if usage and "single" in fn.__name__:
-            shape = {k: v for k, v in constexprs.items() if k != "BLOCK_B"}
-            key = f"{fn.__name__} {dtype} " + ",".join(f"{k}={v}" for k, v in shape.items())
-            best_spill[key] = min(best_spill.get(key, usage[1]), usage[1])
+        print(f"ok {name} shared={kernel.metadata.shared} regs={regs} spill_bytes={spills}", flush=True)
+        if args.ttgir:
+            os.makedirs(args.ttgir, exist_ok=True)
+            with open(os.path.join(args.ttgir, f"{count:04d}-{jit.__name__}.ttgir"), "w") as f:
+                f.write(f"// {name}\n" + kernel.asm["ttgir"])
+        if usage and usage[1] > 0:
+            spilling.append(name)
         count += 1
-    spilling = sorted(key for key, spill in best_spill.items() if spill > 0)
-    print(f"compiled {count} kernel variants for sm_{args.arch}; single-tier variants with no spill-free "
-          f"autotune config: {len(spilling)}")
+    print(f"compiled {count} kernel variants for sm_{args.arch} with triton {triton.__version__}; "
+          f"variants that spill: {len(spilling)}")
     if args.no_spills and spilling:
         print("\n".join(spilling), file=sys.stderr)
         return 1

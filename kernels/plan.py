@@ -23,8 +23,8 @@ GPU = dict(
     barrier_s=1.0e-6,  # one grid barrier: an acq_rel atomic and a spin on L2, ~2 L2 round trips
     step_latency_s=0.8e-6,  # state load after the barrier (L2 latency) + activation + store
     row_reduce_s=0.08e-6,  # W_ON_CHIP: one cross-warp reduction per batch row per step
+    tile_s=0.05e-6,  # per tile and step: its loads, activation and stores, one after another in a program
     launch_s=4.0e-6,  # per-step mode: one launch (two in the backward's epilogue) per step
-    regs_bytes_per_thread=256,  # W slice budget when on chip: 64 registers a thread
 )
 
 
@@ -51,29 +51,47 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
+def _on_chip_shape(block_n: int, block_h: int, batch: int) -> tuple[int, int] | None:
+    """(num_warps, BLOCK_B) that hold a ``[block_n, block_h]`` W slice in registers without spilling.
+
+    Registers hold the slice as float32 (Triton hoists the 16-bit -> float32 conversion out of the step
+    loop), E elements a thread; each row of a tile is an unrolled multiply-and-reduce whose temporaries
+    come on top. Measured with ptxas from Triton 3.6 for sm_90 (python -m fastrnn.kernels.aot_check): rows
+    per tile 4 up to E = 16, 2 up to 32, 1 up to 64, with at most 8 warps (255 registers a thread); 16 warps
+    (128 registers) only for one row and at most 16 columns (113-127 registers). Anything else spilled.
+    """
+    elems = block_n * block_h
+    for warps in (4, 8, 16):
+        per_thread = elems / (32 * warps)
+        block_b = 4 if per_thread <= 16 else 2 if per_thread <= 32 else 1 if per_thread <= 64 else 0
+        if warps == 16 and (block_b > 1 or block_n > 16):
+            continue
+        if block_b:
+            return warps, min(block_b, _pow2(batch))
+    return None
+
+
 def candidates(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: int) -> list[MultiPlan]:
     """Every geometry the launcher may pick for this shape, each with at most ``sms`` programs."""
     block_h = _pow2(hidden)
     plans = []
     for w_on_chip in (True, False):
-        if not w_on_chip and fp32_ieee:
-            continue  # an IEEE float32 tl.dot is an FMA dot whose operands replicate across threads: spills
-        block_b = min(_pow2(batch), 4) if w_on_chip else max(16, min(_pow2(batch), 64))
-        if not w_on_chip and batch < 8:
-            continue
-        for block_n in (4, 8, 16, 32, 64, 128, 256):
+        if not w_on_chip and (fp32_ieee or batch < 8):
+            continue  # IEEE float32 streams through the chunked multiply-and-reduce (the fallback below)
+        for block_n in (4, 8, 16, 32, 64, 128):
             if block_n > block_h or (not w_on_chip and block_n < 16):
                 continue
             col_programs = math.ceil(hidden / block_n)
             if col_programs > sms:
                 continue
-            slice_bytes = block_n * block_h * elem_bytes
             if w_on_chip:
-                warps = next((w for w in (4, 8, 16) if slice_bytes <= w * 32 * GPU["regs_bytes_per_thread"]), None)
-                if warps is None:
+                shape = _on_chip_shape(block_n, block_h, batch)
+                if shape is None:
                     continue
+                warps, block_b = shape
             else:
-                warps = 4
+                block_b = max(16, min(_pow2(batch), 64))
+                warps = 8 if block_n * block_b >= 2048 else 4
             max_groups = max(1, min(sms // col_programs, math.ceil(batch / block_b)))
             rows = math.ceil(math.ceil(batch / max_groups) / block_b) * block_b
             groups = math.ceil(batch / rows)
@@ -98,7 +116,8 @@ def predict_step_s(plan: MultiPlan, hidden: int, batch: int, elem_bytes: int, pe
     l2_all = plan.programs * (state_bytes + w_bytes) / g["l2_bytes_per_s"]
     hbm = 2 * batch * hidden * elem_bytes / g["hbm_bytes_per_s"]
     sync = g["barrier_s"] if persistent else g["launch_s"]
-    return max(compute, per_sm, l2_all, hbm) + sync + g["step_latency_s"]
+    tiles = math.ceil(plan.rows_per_group / plan.block_b) * g["tile_s"]
+    return max(compute, per_sm, l2_all, hbm) + tiles + sync + g["step_latency_s"]
 
 
 def plan_multi(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: int) -> MultiPlan:

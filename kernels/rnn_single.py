@@ -42,7 +42,8 @@ def _configs() -> list[triton.Config]:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return [triton.Config({"BLOCK_B": b}, num_warps=4) for b in BATCH_TILES]
     small = [triton.Config({"BLOCK_B": b}, num_warps=w) for b in BATCH_TILES[:-1] for w in (4, 8)]
-    return small + [triton.Config({"BLOCK_B": b}, num_warps=w) for b, w in ((16, 4), (16, 8), (16, 16), (32, 8))]
+    # No 16-warp config: at 16 warps ptxas has 128 registers a thread and the float32 forward spills.
+    return small + [triton.Config({"BLOCK_B": b}, num_warps=w) for b, w in ((16, 4), (16, 8), (32, 8))]
 
 
 def batch_class(batch: int) -> int:

@@ -116,3 +116,12 @@ def test_packed_call_matches_torch():
     out, h_n = rnn(packed, hx)  # the module sorts hx into the packed order and back, as fastrnn.RNN does
     torch.testing.assert_close(got[0], out.data)
     torch.testing.assert_close(got[1][:, packed.unsorted_indices], h_n)
+
+
+def test_last_choice_reports_what_ran():
+    _, x, hx, weights = _call()
+    algo.cuda_call(functional.rnn, x, hx, weights, timer=FakeTimer(triton=2.0, cudnn=1.0), **KW)
+    assert algo.last_choice(x) == "cudnn"
+    with torch.no_grad():  # another shape class (no gradients), decided separately
+        algo.cuda_call(functional.rnn, x, hx, weights, timer=FakeTimer(triton=1.0, cudnn=2.0), **KW)
+    assert algo.last_choice(x) == "triton"

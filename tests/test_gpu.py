@@ -123,3 +123,119 @@ def test_device_mismatch_raises_like_torch(call):
         except Exception as error:  # compare whatever each raises
             outcomes.append((type(error), str(error)))
     assert outcomes[1] == outcomes[0]
+
+
+# ---- issue 9: the second-generation multi tier, its launch modes and escape, the algorithm finder ----
+
+
+def _op_inputs(steps, batch, hidden, device="cuda", packed=False):
+    gen = torch.Generator().manual_seed(hidden + batch)
+    if packed:
+        lengths = sorted(torch.randint(1, steps + 1, (batch,), generator=gen).tolist(), reverse=True)
+        lengths[0] = steps
+        batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(steps)])
+        xw = torch.randn(int(batch_sizes.sum()), hidden, generator=gen)
+    else:
+        batch_sizes, xw = None, torch.randn(steps, batch, hidden, generator=gen)
+    h0 = torch.randn(batch, hidden, generator=gen)
+    w = torch.randn(hidden, hidden, generator=gen) / hidden**0.5
+    return [t.to(device) for t in (xw, h0, w)] + [batch_sizes]
+
+
+def _op_matches_reference(xw, h0, w, batch_sizes, reverse=False):
+    from fastrnn.backends import _BACKENDS
+    from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
+
+    triton_backend = _BACKENDS["triton"]
+    y, h_n = triton_backend.fwd(xw, h0, w, batch_sizes, reverse, "tanh")
+    y_ref, h_ref = rnn_recurrence_ref(xw.double(), h0.double(), w.double(), batch_sizes, reverse)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h_n.double(), h_ref, rtol=1e-4, atol=1e-4)
+    dy, dh_n = torch.randn_like(y), torch.randn_like(h_n)
+    dz, dh0 = triton_backend.bwd(dy, dh_n, y_ref.to(y.dtype), w, batch_sizes, reverse, "tanh")
+    dz_ref, dh0_ref = rnn_recurrence_bwd_ref(dy.double(), dh_n.double(), y_ref, w.double(), batch_sizes, reverse)
+    torch.testing.assert_close(dz.double(), dz_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dh0.double(), dh0_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["persistent", "per_step"])
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("hidden", [300, 1024, 2048])
+def test_multi_tier_modes_match_reference(monkeypatch, mode, batch, hidden):
+    monkeypatch.setenv("FASTRNN_MULTI_MODE", mode)
+    _op_matches_reference(*_op_inputs(50, batch, hidden, packed=batch == 3), reverse=batch == 64)
+
+
+def test_persistent_launch_that_cannot_be_resident_never_hangs(monkeypatch):
+    """More programs than the GPU holds, forced persistent: the cooperative launch is refused or the barrier
+    times out (50 ms); either way the call is re-run per step, correct, with one warning."""
+    from fastrnn.kernels import launch
+    from fastrnn.kernels.plan import MultiPlan
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    batch = 8 * sms  # one-row groups of 32 column programs: 256 programs per SM, far past what is resident
+    monkeypatch.setattr(launch, "plan", lambda h, b, d, dev: MultiPlan(16, 1, 512, 64, 1, 32, b, 4, True))
+    monkeypatch.setenv("FASTRNN_MULTI_MODE", "persistent")
+    monkeypatch.setenv("FASTRNN_SPIN_TIMEOUT_MS", "50")
+    launch._warned.discard("persistent_failed")
+    with pytest.warns(RuntimeWarning, match="re-run one launch per step"):
+        _op_matches_reference(*_op_inputs(4, batch, 500))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_kernels_run_on_the_tensors_device_not_the_current_one():
+    with torch.cuda.device(0):
+        for hidden in (48, 300):
+            _op_matches_reference(*_op_inputs(20, 3, hidden, device="cuda:1"))
+
+
+def test_packed_call_captures_in_a_cuda_graph(use_backend):
+    use_backend("triton")
+    rnn = fastrnn.RNN(16, 300, device="cuda")
+    seqs = [torch.randn(n, 16, device="cuda") for n in (30, 7, 19)]
+    x = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+    with torch.no_grad():
+        expected = rnn(x)[0].data.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            rnn(x)  # warm-up on the capture stream: compiles, caches the packed tables
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = rnn(x)[0].data
+        graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("algo", ["cudnn", "auto"])
+def test_algorithm_finder_on_cuda(monkeypatch, algo):
+    from fastrnn import algo as finder
+
+    monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
+    monkeypatch.setenv(finder.ALGO_ENV, algo)
+    torch.manual_seed(0)
+    torch_rnn = torch.nn.RNN(24, 256, num_layers=2, device="cuda")
+    ours = fastrnn.RNN.from_torch(torch_rnn)
+    x = torch.randn(100, 8, 24, device="cuda", requires_grad=True)
+    expected = outputs_and_grads(torch_rnn, x)
+    got = outputs_and_grads(ours, x)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-4, msg=key)
+    assert finder.last_choice(x) in ("triton", "cudnn")
+    if algo == "auto":
+        assert finder.choices(), "the finder decided nothing"
+
+
+def test_compiled_module_uses_the_cached_choice(monkeypatch):
+    from fastrnn import algo as finder
+
+    monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
+    monkeypatch.delenv(finder.ALGO_ENV, raising=False)
+    rnn = fastrnn.RNN(24, 256, device="cuda")
+    x = torch.randn(50, 4, 24, device="cuda")
+    with torch.no_grad():
+        eager = rnn(x)[0]  # decides and caches this shape class
+        compiled = torch.compile(rnn, fullgraph=True)(x)[0]
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

@@ -82,6 +82,7 @@ def test_multi_tier_geometries(multi_tier, monkeypatch, plan, batch, packed, rev
     _check(4, batch, packed, reverse, "tanh" if batch == 3 else "relu")
 
 
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="on a GPU the programs are co-resident; test_gpu.py forces it")
 def test_timed_out_barrier_reruns_per_step(multi_tier, monkeypatch):
     """Three column programs that the interpreter runs one after another: the first waits for the others at
     its first barrier, gives up after the spin limit, and the call is re-run one launch per step."""
@@ -106,8 +107,8 @@ def test_launch_geometry_fits_the_gpu():
                 assert p.block_k >= 16 or p.w_on_chip
                 if candidates(hidden, batch, elem, ieee, 132):
                     assert p.programs <= 132
-                if p.w_on_chip:
-                    assert p.block_n * p.block_h * elem <= p.num_warps * 32 * 256  # <= 64 registers a thread
+                if p.w_on_chip:  # <= 64 float32 registers a thread, fewer when tiles have several rows
+                    assert p.block_n * p.block_h <= p.num_warps * 32 * 64 // p.block_b
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="TF32 rounds on a GPU; the interpreter's tf32 dot is exact")
