@@ -62,12 +62,16 @@ def cudnn_rnn(input: Tensor, hx: Tensor, weights, *, has_biases: bool, num_layer
     """The call as ``torch.nn.RNN`` makes it (time-major input, or packed data with ``batch_sizes``)."""
     fn = torch._VF.rnn_tanh if nonlinearity == "tanh" else torch._VF.rnn_relu
     weights = list(weights)
+    if batch_sizes is None:
+        args = (input, hx, weights, has_biases, num_layers, dropout, training, bidirectional, False)
+    else:
+        args = (input, batch_sizes, hx, weights, has_biases, num_layers, dropout, training, bidirectional)
+    if torch.compiler.is_compiling():  # dynamo cannot trace catch_warnings; the graph holds the aten op
+        return fn(*args)
     with warnings.catch_warnings():
         # cuDNN copies parameters that are not one flat buffer and says so; fastrnn never flattens them.
         warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
-        if batch_sizes is None:
-            return fn(input, hx, weights, has_biases, num_layers, dropout, training, bidirectional, False)
-        return fn(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, training, bidirectional)
+        return fn(*args)
 
 
 cudnn_rnn.algo = "cudnn"
@@ -117,6 +121,11 @@ def last_choice(input: Tensor) -> Optional[str]:
     return _last.get(str(input.device))
 
 
+def _note(input: Tensor, algo: str, tracing: bool) -> None:
+    if not tracing:
+        _last[str(input.device)] = algo
+
+
 def _cached(key: tuple) -> str:
     return _choices.get(key, "triton")
 
@@ -156,15 +165,16 @@ def cuda_call(fastrnn_impl: Callable, input: Tensor, hx: Tensor, weights, timer:
 
     ``fastrnn_impl(input, hx, weights, **kwargs)`` is fastrnn's own path for the call (used to time it).
     """
-    if getattr(_inside, "active", False):
+    tracing = torch.compiler.is_compiling() or type(input) is not Tensor
+    if not tracing and getattr(_inside, "active", False):
         return None
     forced = forced_algo()
     if forced == "triton" or (forced == "auto" and os.environ.get("FASTRNN_BACKEND", "").strip()):
-        _last[str(input.device)] = "triton"
+        _note(input, "triton", tracing)
         return None
     if forced == "auto":
         key = shape_class(input, hx, weights, **kwargs)
-        if torch.compiler.is_compiling() or type(input) is not Tensor:
+        if tracing:
             algo = _traced_choice(key)
         elif key in _choices or (input.is_cuda and torch.cuda.is_current_stream_capturing()):
             algo = _cached(key)
@@ -175,7 +185,7 @@ def cuda_call(fastrnn_impl: Callable, input: Tensor, hx: Tensor, weights, timer:
                 "cudnn": _timing_run(cudnn_rnn, (input, hx, weights), kwargs, grad),
             }, timer)
         if algo != "cudnn":
-            _last[str(input.device)] = "triton"
+            _note(input, "triton", tracing)
             return None
-    _last[str(input.device)] = "cudnn"
+    _note(input, "cudnn", tracing)
     return cudnn_rnn(input, hx, weights, **kwargs)

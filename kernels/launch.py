@@ -208,18 +208,18 @@ def _launch_multi(kernel, make_args: Callable, reset: Callable, p: MultiPlan, st
     error = torch.zeros(1, dtype=torch.int32, device=device)
     forced = os.environ.get(MODE_ENV, "auto").strip() or "auto"
     persistent = forced == "persistent" or (forced == "auto" and not interpreting() and device.type == "cuda")
+    extra = {}
+    if device.type == "cuda" and _cooperative_supported():
+        extra["launch_cooperative_grid"] = True
     if persistent and forced == "auto":
-        resident = _resident_programs(kernel, make_args(0, steps, counters, error), dict(meta, PERSISTENT=True),
-                                      grid, device)
+        resident = _resident_programs(kernel, make_args(0, steps, counters, error),
+                                      dict(meta, PERSISTENT=True, **extra), grid, device)
         if p.programs > resident:
             persistent = False
             _warn_once(f"per_step:{p.programs}", (
                 f"fastrnn: this call needs {p.programs} cooperating Triton programs, more than the "
                 f"{resident} this GPU runs at once; it launches one kernel per step (correct, slower)"))
     if persistent:
-        extra = {}
-        if device.type == "cuda" and _cooperative_supported():
-            extra["launch_cooperative_grid"] = True
         chunk = max(1, (BARRIER_ABORT // 2) // max(p.col_programs, 1))
         try:
             for s0 in range(0, steps, chunk):

@@ -12,9 +12,11 @@ forced to zero after every step: the dot multiplies them by W's zero padding, an
 would otherwise turn them into 0 * inf = NaN and feed that back into every column. Programs never talk
 to each other, so the kernels run as written under TRITON_INTERPRET=1.
 
-W_hh is loaded once before the step loop and stays on chip for all T steps: in registers for the IEEE
-float32 dot (FMA), and for tensor-core dots wherever Triton places that operand (registers for mma.sync;
-shared memory, read by the tensor cores each step, for wgmma's B operand) -- never re-read from global.
+W_hh is loaded from global memory once, before the step loop, and stays on chip for all T steps, but in
+shared memory, not registers: Triton 3.6 stores the dot's W operand to shared memory before the loop and
+reads it into operand registers every step (``ttg.local_load`` inside the loop in the TTGIR for sm_90,
+float32 and bfloat16 alike; a 128 x 128 bfloat16 W is 32 KiB of shared-memory reads a step). The
+multi tier's on-chip path (a multiply-and-reduce, no tl.dot) is the one that keeps W in registers.
 
 Limits: H <= MAX_H (W_hh, [BLOCK_H, BLOCK_H], must fit in one program's registers), and
 H <= MAX_H_FP32_IEEE for float32 with TF32 off: ptxas spills the forward's IEEE dot at BLOCK_H = 128 in

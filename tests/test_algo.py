@@ -125,3 +125,20 @@ def test_last_choice_reports_what_ran():
     with torch.no_grad():  # another shape class (no gradients), decided separately
         algo.cuda_call(functional.rnn, x, hx, weights, timer=FakeTimer(triton=1.0, cudnn=2.0), **KW)
     assert algo.last_choice(x) == "triton"
+
+
+def test_cached_choice_is_a_constant_under_torch_compile():
+    rnn, x, hx, weights = _call()
+    with torch.no_grad():
+        algo.cuda_call(functional.rnn, x, hx, weights, timer=FakeTimer(triton=2.0, cudnn=1.0), **KW)
+
+    def call(x, hx, *weights):
+        return algo.cuda_call(functional.rnn, x, hx, list(weights), **KW)
+
+    compiled = torch.compile(call, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        got = compiled(x, hx, *weights)
+        out, h_n = rnn(x, hx)
+    assert got is not None  # the cached cuDNN choice, traced as a constant: no timing, no graph break
+    torch.testing.assert_close(got[0], out)
+    torch.testing.assert_close(got[1], h_n)
