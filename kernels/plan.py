@@ -138,19 +138,41 @@ def cudnn_step_s(hidden: int, batch: int, elem_bytes: int, tf32: bool = False) -
     return 2 * batch * hidden * hidden / (0.6 * peak) + 5e-6
 
 
-def table(sizes=((1, 128), (1, 512), (1, 2048), (16, 512), (64, 128), (64, 512), (64, 1024), (64, 2048),
-                 (256, 512), (256, 2048))) -> str:
-    """Markdown table of predictions (float32 IEEE and bfloat16) for the GPU grid's shapes, T = 1000."""
-    lines = ["| B | H | dtype | plan (BLOCK_N x rows, grid, on chip) | multi us/step | cuDNN est. us/step | ratio |",
-             "|---:|---:|---|---|---:|---:|---:|"]
-    for batch, hidden in sizes:
-        for name, elem, ieee in (("fp32", 4, True), ("bf16", 2, False)):
-            p = plan_multi(hidden, batch, elem, ieee, GPU["sms"])
-            ours = predict_step_s(p, hidden, batch, elem) * 1e6
-            theirs = cudnn_step_s(hidden, batch, elem) * 1e6
-            lines.append(f"| {batch} | {hidden} | {name} | {p.block_n} x {p.rows_per_group} rows/{p.block_b}, "
-                         f"{p.col_programs}x{p.groups}, {'W in regs' if p.w_on_chip else 'W streamed'} | "
-                         f"{ours:.1f} | {theirs:.1f} | {theirs / ours:.2f}x |")
+def single_step_s(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool) -> float:
+    """Predicted seconds per step of the single tier: one program per batch tile does the whole step alone
+    (dot on one SM, W read from shared memory every step, no barrier)."""
+    g = GPU
+    clock = g["clock_hz"]
+    tile = min(max(batch, 1), 16)
+    rate = g["fma_per_clk_sm"] if fp32_ieee else g["mma_fma_per_clk_sm"].get(elem_bytes, 512)
+    compute = tile * hidden * hidden / (rate * clock)
+    smem = hidden * hidden * elem_bytes / (128 * clock)  # 128 B/clk of shared-memory bandwidth per SM
+    return max(compute, smem) + 0.5e-6  # the dependent chain: dot, layout change, activation, store
+
+
+GRID = [(b, h, "fp32") for b in (1, 16, 64, 256) for h in (128, 256, 512, 1024, 2048)] + [
+    (64, h, "bf16") for h in (128, 256, 512, 1024, 2048)]
+
+
+def table(grid=GRID) -> str:
+    """Markdown: per case of the GPU benchmark grid (T = 1000), each tier's predicted microseconds per step
+    next to the cuDNN estimate; 'launcher' is the tier and geometry fastrnn runs."""
+    lines = ["| B | H | dtype | single us/step | multi persistent us/step | multi per-step us/step | geometry "
+             "(BLOCK_N x rows/tile, grid, W) | cuDNN est. us/step | predicted ratio |",
+             "|---:|---:|---|---:|---:|---:|---|---:|---:|"]
+    for batch, hidden, dtype in grid:
+        elem, ieee = (4, True) if dtype == "fp32" else (2, False)
+        single_ok = hidden <= (64 if ieee else 128)
+        single = single_step_s(hidden, batch, elem, ieee) * 1e6 if single_ok else None
+        p = plan_multi(hidden, batch, elem, ieee, GPU["sms"])
+        multi = predict_step_s(p, hidden, batch, elem) * 1e6
+        per_step = predict_step_s(p, hidden, batch, elem, persistent=False) * 1e6
+        theirs = cudnn_step_s(hidden, batch, elem) * 1e6
+        ours = single if single is not None else multi
+        lines.append(
+            f"| {batch} | {hidden} | {dtype} | {f'{single:.1f}' if single is not None else '-'} | {multi:.1f} | "
+            f"{per_step:.1f} | {p.block_n} x {p.rows_per_group}/{p.block_b}, {p.col_programs}x{p.groups}, "
+            f"{'regs' if p.w_on_chip else 'streamed'} | {theirs:.1f} | {theirs / ours:.2f}x |")
     return "\n".join(lines)
 
 
