@@ -55,6 +55,7 @@ INTERPRETER_SMS = 4
 _warned: set[str] = set()
 _table_cache: collections.OrderedDict = collections.OrderedDict()
 _occupancy_cache: dict = {}
+_persistent_failed: set = set()  # (kernel, grid, device) whose persistent launch timed out or was refused
 
 
 def interpreting() -> bool:
@@ -216,9 +217,12 @@ def _launch_multi(kernel, make_args: Callable, reset: Callable, p: MultiPlan, st
                                       dict(meta, PERSISTENT=True, **extra), grid, device)
         if p.programs > resident:
             persistent = False
-            _warn_once(f"per_step:{p.programs}", (
-                f"fastrnn: this call needs {p.programs} cooperating Triton programs, more than the "
-                f"{resident} this GPU runs at once; it launches one kernel per step (correct, slower)"))
+            _warn_once("per_step", (
+                f"fastrnn: a call needs {p.programs} cooperating Triton programs, more than the "
+                f"{resident} this GPU runs at once; such calls launch one kernel per step (correct, slower)"))
+    failed_key = (getattr(kernel, "__name__", str(kernel)), grid, str(device))
+    if persistent and forced == "auto" and failed_key in _persistent_failed:
+        persistent = False
     if persistent:
         chunk = max(1, (BARRIER_ABORT // 2) // max(p.col_programs, 1))
         try:
@@ -235,7 +239,9 @@ def _launch_multi(kernel, make_args: Callable, reset: Callable, p: MultiPlan, st
             return
         _warn_once("persistent_failed", (
             f"fastrnn: the persistent Triton launch could not run ({reason}: another persistent kernel, MPS "
-            "limits or a sanitizer?); that call and later ones like it were re-run one launch per step"))
+            "limits or a sanitizer?); that call was re-run one launch per step, and later ones of that "
+            "geometry launch per step from the start"))
+        _persistent_failed.add(failed_key)
         reset()
     for s in range(steps):
         kernel[grid](*make_args(s, 1, counters, error), PERSISTENT=False, **meta)
