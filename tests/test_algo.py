@@ -142,3 +142,24 @@ def test_cached_choice_is_a_constant_under_torch_compile():
     assert got is not None  # the cached cuDNN choice, traced as a constant: no timing, no graph break
     torch.testing.assert_close(got[0], out)
     torch.testing.assert_close(got[1], h_n)
+
+
+def test_cached_choice_is_exported():
+    rnn, x, hx, weights = _call()
+    with torch.no_grad():
+        algo.cuda_call(functional.rnn, x, hx, weights, timer=FakeTimer(triton=2.0, cudnn=1.0), **KW)
+
+    class Call(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weights = torch.nn.ParameterList(weights)
+
+        def forward(self, x, hx):
+            return algo.cuda_call(functional.rnn, x, hx, list(self.weights), **KW)
+
+    with torch.no_grad():
+        exported = torch.export.export(Call(), (x, hx))
+        got = exported.module()(x, hx)
+        out, _ = rnn(x, hx)
+    assert "rnn_tanh" in str(exported.graph)
+    torch.testing.assert_close(got[0], out)
