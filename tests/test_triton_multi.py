@@ -117,5 +117,5 @@ def test_streamed_tensor_core_path(multi_tier, monkeypatch, plan):
     """W streamed through tl.dot: what TF32 and 16-bit take (IEEE float32 takes the multiply-and-reduce)."""
     monkeypatch.setattr(multi_tier, "plan", lambda hidden, b, dtype, device: PLANS[plan](b))
     monkeypatch.setenv(multi_tier.MODE_ENV, "persistent" if "persistent" in plan else "per_step")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    _check(3, 5, packed=True, reverse=True, activation="tanh")
+    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=True):
+        _check(3, 5, packed=True, reverse=True, activation="tanh")
