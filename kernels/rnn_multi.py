@@ -152,11 +152,13 @@ def _rnn_fwd_multi_kernel(
             m_row = m_b & (o_b < n_t)
             o_state = o_b[None, :] * H + o_n[:, None]
             m_state = m_n[:, None] & m_b[None, :]
+            if PACKED:  # rows this step skips keep their state: issued before the matmul, used after it
+                b_old = tl.load(p_cur + o_state, mask=m_state, other=0.0)
             acc = _slice_times_rows(b_a, p_w, p_cur, b0, tl.minimum(n_t, g_hi), o_n, m_n, H, W_ON_CHIP, FP32_DOT,
                                     PRECISION, BLOCK_B, BLOCK_N, BLOCK_H, BLOCK_K)
             b_h = _activation(b_x + acc, ACTIVATION, TANH)
             if PACKED:
-                b_h = tl.where(m_row[None, :], b_h, tl.load(p_cur + o_state, mask=m_state, other=0.0))
+                b_h = tl.where(m_row[None, :], b_h, b_old)
             ns, nb0 = _next_tile(s, b0, g_lo, g_hi, BLOCK_B)
             b_x = _load_tile(p_xw, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
                              REVERSE, PACKED, BLOCK_B)
