@@ -24,6 +24,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from fastrnn.backends import forced_backend
+
 ALGO_ENV = "FASTRNN_CUDA_ALGO"
 ALGOS = ("auto", "triton", "cudnn")
 Timer = Callable[[Callable[[], object]], float]
@@ -169,7 +171,7 @@ def cuda_call(fastrnn_impl: Callable, input: Tensor, hx: Tensor, weights, timer:
     if not tracing and getattr(_inside, "active", False):
         return None
     forced = forced_algo()
-    if forced == "triton" or (forced == "auto" and os.environ.get("FASTRNN_BACKEND", "").strip()):
+    if forced == "triton" or (forced == "auto" and forced_backend()):
         _note(input, "triton", tracing)
         return None
     if forced == "auto":
