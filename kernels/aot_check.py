@@ -82,7 +82,7 @@ def _single_variants(quick: bool):
         _, pointer, fp32_dot, precision, tanh = MODES[mode]
         if mode == "fp32" and block_h > rnn_single.MAX_H_FP32_IEEE:
             continue  # the launcher sends these to the multi-program tier
-        for config in rnn_single.tile_candidates(configs, b_class):
+        for config in rnn_single.tile_candidates(configs, b_class, mode, block_h):
             block_b = config.kwargs["BLOCK_B"]
             common = dict(REVERSE=reverse, PACKED=packed, FP32_DOT=fp32_dot, PRECISION=precision, BLOCK_H=block_h,
                           BLOCK_B=block_b)

@@ -54,15 +54,30 @@ def batch_class(batch: int) -> int:
     return min(triton.next_power_of_2(max(batch, 1)), 16)
 
 
-def tile_candidates(configs: list, b_class: int) -> list:
+# (mode, BLOCK_H, BLOCK_B, num_warps) that ptxas (Triton 3.6, sm_90) compiles with a spill, so the autotuner
+# never times them; `python -m fastrnn.kernels.aot_check --no-spills` (full) checks the rest stays clean.
+SPILLING = {("tf32", 128, 16, 4), ("fp16", 128, 4, 8)}
+
+
+def mode_of(fp32_dot: bool, precision: str, dtype_name: str) -> str:
+    """aot_check's name for a dtype / precision: fp32, tf32, fp16 or bf16."""
+    if fp32_dot:
+        return "tf32" if precision == "tf32" else "fp32"
+    return "bf16" if "bfloat16" in dtype_name else "fp16"
+
+
+def tile_candidates(configs: list, b_class: int, mode: str = "", block_h: int = 0) -> list:
     """The configs worth timing for a batch class: the tile equal to the class below 16 rows, else the
-    16- and 32-row tiles."""
+    16- and 32-row tiles; never one that spills for this mode and BLOCK_H."""
     kept = [c for c in configs if c.kwargs["BLOCK_B"] == b_class or (b_class >= 16 and c.kwargs["BLOCK_B"] >= 16)]
-    return kept or configs[:1]
+    clean = [c for c in kept if (mode, block_h, c.kwargs["BLOCK_B"], c.num_warps) not in SPILLING]
+    return clean or kept or configs[:1]
 
 
 def _prune(configs, named_args, **kwargs):
-    return tile_candidates(configs, named_args["B_CLASS"])
+    mode = mode_of(kwargs.get("FP32_DOT", True), kwargs.get("PRECISION", "ieee"), str(named_args["p_xw"].dtype)
+                   if "p_xw" in named_args else str(named_args.get("p_dy").dtype))
+    return tile_candidates(configs, named_args["B_CLASS"], mode, kwargs.get("BLOCK_H", 0))
 
 
 _autotune = triton.autotune(configs=_configs(), key=["H", "B_CLASS", "FP32_DOT", "PRECISION", "PACKED"],
