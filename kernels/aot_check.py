@@ -130,10 +130,12 @@ def _multi_variants(quick: bool):
         yield rnn_multi._rnn_bwd_multi_kernel, mode, pointer, common, ints, p.num_warps
 
 
-def variants(quick: bool = False):
+def variants(quick: bool = False, only: str = ""):
     """(kernel, mode, pointer type, constexprs, runtime int values, num_warps) for every launch."""
-    yield from _single_variants(quick)
-    yield from _multi_variants(quick)
+    if only != "multi":
+        yield from _single_variants(quick)
+    if only != "single":
+        yield from _multi_variants(quick)
 
 
 def ptxas_usage(ptx: str, arch: int) -> tuple[int, int] | None:
@@ -162,6 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer dtypes, flags and batch classes (CI)")
     parser.add_argument("--no-spills", action="store_true", help="fail if any variant spills")
     parser.add_argument("--ttgir", default=None, help="write each variant's TTGIR into this folder")
+    parser.add_argument("--only", choices=("single", "multi"), default="", help="one tier's variants")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("aot_check: unset TRITON_INTERPRET to compile", file=sys.stderr)
@@ -173,7 +176,7 @@ def main(argv=None) -> int:
     print(f"aot_check: triton {triton.__version__} ({os.path.dirname(triton.__file__)}), sm_{args.arch}")
     target = GPUTarget("cuda", args.arch, 32)
     count, spilling = 0, []
-    for fn, mode, pointer, constexprs, ints, warps in variants(args.quick):
+    for fn, mode, pointer, constexprs, ints, warps in variants(args.quick, args.only):
         jit = _jit(fn)
         sig, consts, attrs = specialise(jit, pointer, constexprs, ints)
         kernel = triton.compile(ASTSource(jit, sig, consts, attrs), target=target, options={"num_warps": warps})

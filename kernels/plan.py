@@ -51,6 +51,15 @@ def _pow2(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
+# Streamed tl.dot tiles (BLOCK_N x BLOCK_B) that ptxas 3.6 allocates without spilling at BLOCK_K = 64
+# (16-bit) / 32 (TF32: operands twice as wide); 128 x 64 TF32 spilled at 8 warps.
+_DOT_TILE_LIMIT = {2: 8192, 4: 4096}
+
+
+def _block_k(block_h: int, elem_bytes: int) -> int:
+    return min(64 if elem_bytes == 2 else 32, block_h)
+
+
 def _on_chip_shape(block_n: int, block_h: int, batch: int) -> tuple[int, int] | None:
     """(num_warps, BLOCK_B) that hold a ``[block_n, block_h]`` W slice in registers without spilling.
 
@@ -91,12 +100,14 @@ def candidates(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: i
                 warps, block_b = shape
             else:
                 block_b = max(16, min(_pow2(batch), 64))
+                if block_n * block_b > _DOT_TILE_LIMIT[elem_bytes]:
+                    continue
                 warps = 8 if block_n * block_b >= 2048 else 4
             max_groups = max(1, min(sms // col_programs, math.ceil(batch / block_b)))
             rows = math.ceil(math.ceil(batch / max_groups) / block_b) * block_b
             groups = math.ceil(batch / rows)
-            plans.append(MultiPlan(block_n, block_b, block_h, min(64, block_h), rows, col_programs, groups, warps,
-                                   w_on_chip))
+            plans.append(MultiPlan(block_n, block_b, block_h, _block_k(block_h, elem_bytes), rows, col_programs,
+                                   groups, warps, w_on_chip))
     return plans
 
 
@@ -126,8 +137,11 @@ def plan_multi(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: i
     if not plans:  # W does not fit on chip even once (float32 H > ~2900): stream it in wide slices
         block_h = _pow2(hidden)
         block_n = max(16, _pow2(math.ceil(hidden / sms)))
-        return MultiPlan(block_n, min(_pow2(batch), 4 if fp32_ieee else 16), block_h, min(64, block_h), batch,
-                         math.ceil(hidden / block_n), 1, 4, False)
+        small = fp32_ieee or batch < 8  # the chunked multiply-and-reduce (see rnn_multi._slice_times_rows)
+        block_b = min(_pow2(batch), 4) if small else min(_pow2(batch), _DOT_TILE_LIMIT[elem_bytes] // block_n, 64)
+        warps = 8 if not small and block_n * block_b >= 2048 else 4
+        return MultiPlan(block_n, block_b, block_h, _block_k(block_h, elem_bytes), batch,
+                         math.ceil(hidden / block_n), 1, warps, False)
     return min(plans, key=lambda p: (predict_step_s(p, hidden, batch, elem_bytes), p.programs))
 
 

@@ -14,8 +14,9 @@ BLOCK_B]`` (columns x rows) throughout.
 
 W_ON_CHIP=True: the slice ``[BLOCK_N, H]`` is loaded once before the step loop and stays in registers for
 all T steps; each row of S is a broadcast multiply and a reduction over H (float32 FMA; the path for
-float32 without TF32 and for tiny batches). W_ON_CHIP=False: the slice streams in BLOCK_K chunks through
-tl.dot on the tensor cores (16-bit, TF32), served from L1/L2.
+float32 without TF32 and for tiny batches). W_ON_CHIP=False: the slice streams in BLOCK_K chunks, served
+from L1/L2, through tl.dot on the tensor cores (16-bit, TF32, tiles of 8+ rows) or else through the same
+multiply-and-reduce.
 
 Sync: the forward exchanges h through a double-buffered float32 ``[2, B, H]`` buffer (read slot s % 2,
 write the other); the backward needs no state buffer: each program owns its columns of dh (kept in a
@@ -73,9 +74,10 @@ def _slice_times_rows(b_a, p_a, p_s, b0, n_rows, o_n, m_n, H,
             b_s = tl.load(p_s + row * H + o_k, mask=o_k < tl.where(row < n_rows, H, 0), other=0.0, volatile=True)
             b_z = tl.sum(b_a.to(tl.float32) * b_s.to(tl.float32)[None, :], axis=1)
             acc = tl.where(o_j[None, :] == j, b_z[:, None], acc)
-    elif FP32_DOT and PRECISION == "ieee":
-        # An IEEE float32 tl.dot is an FMA dot whose operands replicate across threads (spills): stream
-        # the slice in chunks through the same multiply-and-reduce as the on-chip path.
+    elif (FP32_DOT and PRECISION == "ieee") or BLOCK_B < 8:
+        # An IEEE float32 tl.dot is an FMA dot whose operands replicate across threads (spills), and a
+        # tensor-core dot of fewer than 8 rows is mostly padding: stream the slice in chunks through the
+        # same multiply-and-reduce as the on-chip path.
         for k0 in range(0, H, BLOCK_K):
             o_k = k0 + tl.arange(0, BLOCK_K)
             m_k = o_k < H
