@@ -6,7 +6,7 @@
 # kernels forced, fastrnn[auto] what a user gets (the finder's pick, in the "ran" column). Everything lands
 # in $OUT/<gpu>-<date>/ (or benchmarks/results/ without $OUT); the table is printed last.
 # Each step has its own time limit so that the whole call stays under 10 minutes:
-# build ~1 min, GPU tests <= 170 s, Triton tests on CUDA <= 90 s, barrier <= 20 s, benchmark <= 190 s.
+# build ~1 min, GPU tests <= 160 s, Triton tests on CUDA <= 110 s, barrier <= 20 s, benchmark <= 160 s.
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,10 +22,10 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 $PY -m pip install --no-build-isolation --no-deps -q -e . || { echo "build failed"; exit 1; }
 
 echo "== GPU tests (parity against cuDNN, launch modes, escape, device guard, graphs, finder, compile, autocast)"
-timeout 170 $PY -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests/
+timeout 160 $PY -m pytest -q -p no:cacheprovider -m gpu --durations=10 tests/
 tests_rc=$?
 echo "== Triton kernel tests on CUDA tensors (the interpreter suite, both tiers and every multi-tier geometry)"
-timeout 90 $PY -m pytest -q -x -p no:cacheprovider tests/test_triton_interpreter.py tests/test_triton_multi.py \
+timeout 110 $PY -m pytest -q -x -p no:cacheprovider tests/test_triton_interpreter.py tests/test_triton_multi.py \
   || tests_rc=$?
 
 echo "== grid barrier"
@@ -35,7 +35,7 @@ echo "== performance model (kernels/plan.py) the benchmark should be read agains
 $PY -m fastrnn.kernels.plan
 
 echo "== benchmark (T=1000, B in 1..256, H in 128..2048 fp32, bf16 at B=64, packed; written after every case)"
-timeout 190 $PY -m benchmarks.run --preset gpu --skip "fastrnn[reference],nn.RNNCell loop,fastrnn[cpp],torch.nn.RNN (no cuDNN)" \
+timeout 160 $PY -m benchmarks.run --preset gpu --skip "fastrnn[reference],nn.RNNCell loop,fastrnn[cpp],torch.nn.RNN (no cuDNN)" \
   --out "$dir/bench" | grep -v "^|---" | sed 's/,L=1,uni,tanh//'
 echo "tests exit code: $tests_rc; results in $dir"
 exit $tests_rc
