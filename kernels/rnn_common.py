@@ -6,7 +6,8 @@ Activation modes (constexpr ``TANH``), chosen by the launcher:
                   bfloat16 / about one float16 rounding of the stored output; the state stays float32).
   TANH_PORTABLE   the interpreter (no libdevice or inline asm there): odd Taylor series below |z| = 1/16,
                   ``(1 - e) / (1 + e)`` with ``e = exp(-2|z|)`` above; <= ~3 ulp, never outside [-1, 1].
-relu is ``where(z < 0, 0, z)`` so that NaN stays NaN as in ``torch.relu``.
+relu is ``where(z < 0, 0, z)`` so that NaN stays NaN as in ``torch.relu``; its backward is torch's
+``threshold_backward``, ``where(y <= 0, 0, g)``.
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ def _activation(z, ACTIVATION: tl.constexpr, TANH: tl.constexpr):
 
 
 @triton.jit
-def _activation_grad(y, ACTIVATION: tl.constexpr):
+def _activation_backward(g, y, ACTIVATION: tl.constexpr):
+    """dz = g * act'(z) written with the output y. relu is torch's threshold_backward, a select and not a
+    product: 0 where y <= 0 even if g is inf or NaN, and g where y is NaN."""
     if ACTIVATION == 0:
-        return 1.0 - y * y
+        return g * (1.0 - y * y)
     else:
-        return (y > 0.0).to(tl.float32)
+        return tl.where(y <= 0.0, 0.0, g)
 
 
 @triton.jit

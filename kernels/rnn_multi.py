@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from fastrnn.kernels.rnn_common import (
     _activation,
-    _activation_grad,
+    _activation_backward,
     _grid_barrier,
     _matmul,
     _step_index,
@@ -221,7 +221,7 @@ def _rnn_bwd_multi_kernel(
                 b_dh = tl.where((o_b < n_p)[None, :], acc, b_dh)
             tl.store(p_dh + o_state, b_dh, mask=m_state)
             if s < T:
-                b_dz = (b_dy + b_dh) * _activation_grad(b_y, ACTIVATION)
+                b_dz = _activation_backward(b_dy + b_dh, b_y, ACTIVATION)
                 ns, nb0 = _next_tile(s, b0, g_lo, g_hi, BLOCK_B)
                 b_dy = _load_tile(p_dy, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
                                   ORDER, PACKED, BLOCK_B)

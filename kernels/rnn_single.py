@@ -30,7 +30,7 @@ import os
 
 import triton
 import triton.language as tl
-from fastrnn.kernels.rnn_common import _activation, _activation_grad, _matmul, _step_rows
+from fastrnn.kernels.rnn_common import _activation, _activation_backward, _matmul, _step_rows
 
 MAX_H = 128
 MAX_H_FP32_IEEE = 64
@@ -149,7 +149,7 @@ def _rnn_bwd_single_kernel(
         o_xy = (row0 + o_b)[:, None] * H + o_h[None, :]
         b_y = tl.load(p_y + o_xy, mask=m, other=0.0).to(tl.float32)
         b_dy = tl.load(p_dy + o_xy, mask=m, other=0.0).to(tl.float32)
-        b_dz = (b_dy + b_dh) * _activation_grad(b_y, ACTIVATION)
+        b_dz = _activation_backward(b_dy + b_dh, b_y, ACTIVATION)
         tl.store(p_dz + o_xy, b_dz.to(p_dz.dtype.element_ty), mask=m)
         b_new = tl.where(m_h[None, :], _matmul(b_dz.to(b_w.dtype), b_w, FP32_DOT, PRECISION), 0.0)
         b_dh = tl.where(m_row[:, None], b_new, b_dh)

@@ -164,3 +164,15 @@ def test_tanh_is_accurate_in_relative_terms_and_bounded(any_tier):
     assert y.abs().max() <= 1.0
     rel = ((y.double() - exact).abs() / exact.abs()).max()
     assert rel <= 4 * torch.finfo(torch.float32).eps, rel
+
+
+def test_relu_backward_passes_gradient_through_nan_like_torch(any_tier):
+    xw, h0, w, _ = _inputs(2, 2, 8, False, torch.float32, seed=7)
+    y = torch.relu(xw)
+    y[1, 0, 3] = float("nan")
+    dy, dh_n = torch.randn_like(y), torch.randn_like(h0)
+    dz, dh0 = triton_backend.bwd(dy, dh_n, y, w, None, False, "relu")
+    dz_ref, dh0_ref = rnn_recurrence_bwd_ref(dy.double(), dh_n.double(), y.double(), w.double(), None, False, "relu")
+    assert torch.equal(torch.isnan(dz), torch.isnan(dz_ref)) and torch.equal(torch.isnan(dh0), torch.isnan(dh0_ref))
+    finite = torch.isfinite(dz_ref)
+    torch.testing.assert_close(dz.double()[finite], dz_ref[finite], rtol=1e-5, atol=1e-5)
