@@ -84,8 +84,9 @@ def _run(module, make_input, flat, hx):
         out, h_n = module(make_input(leaf), hx_leaf) if hx is not None else module(make_input(leaf))
     out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
     gen = torch.Generator().manual_seed(1)
-    loss = (out * torch.randn(out.shape, generator=gen, dtype=out.dtype)).sum() + (
-        h_n * torch.randn(h_n.shape, generator=gen, dtype=h_n.dtype)
+    # drawn in float64 and cast, so a float32 run and its float64 oracle get the same upstream gradients
+    loss = (out * torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)).sum() + (
+        h_n * torch.randn(h_n.shape, generator=gen, dtype=torch.float64).to(h_n.dtype)
     ).sum()
     wrt = [leaf] + ([hx_leaf] if hx is not None else []) + list(module.parameters())
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
