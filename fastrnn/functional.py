@@ -34,6 +34,19 @@ def _recurrence_under_autocast(
     return y.to(low), h_n.to(low)
 
 
+@torch.jit.unused
+def _cuda_algorithm(
+    input: Tensor, hx: Tensor, weights: list[Tensor], has_biases: bool, num_layers: int, dropout: float,
+    training: bool, bidirectional: bool, nonlinearity: str, batch_sizes: Optional[Tensor],
+) -> Optional[tuple[Tensor, Tensor]]:
+    """Issue 9 (fastrnn.algo): cuDNN's result when the CUDA algorithm finder picks it for this call, else None."""
+    from fastrnn.algo import cuda_call
+
+    return cuda_call(rnn, input, hx, weights, has_biases=has_biases, num_layers=num_layers, dropout=dropout,
+                     training=training, bidirectional=bidirectional, nonlinearity=nonlinearity,
+                     batch_sizes=batch_sizes)
+
+
 def rnn(
     input: Tensor,
     hx: Tensor,
@@ -57,14 +70,12 @@ def rnn(
     Returns:
         output ``[L, N, D * H_out]`` (or packed ``[sum(batch_sizes), D * H_out]``) and h_n like ``hx``.
     """
-    if input.is_cuda:  # issue 9, fastrnn.algo: on CUDA the finder may run this whole call as torch's cuDNN RNN
-        from fastrnn.algo import cuda_call
-
-        found = cuda_call(rnn, input, hx, weights, has_biases=has_biases, num_layers=num_layers, dropout=dropout,
-                          training=training, bidirectional=bidirectional, nonlinearity=nonlinearity,
-                          batch_sizes=batch_sizes)
-        if found is not None:
-            return found
+    if not torch.jit.is_scripting():
+        if input.is_cuda:  # issue 9: the algorithm finder may run this whole call as torch's cuDNN RNN
+            found = _cuda_algorithm(input, hx, weights, has_biases, num_layers, dropout, training, bidirectional,
+                                    nonlinearity, batch_sizes)
+            if found is not None:
+                return found
     directions = 2 if bidirectional else 1
     per_direction = 4 if has_biases else 2
     layer_input = input
