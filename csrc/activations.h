@@ -32,10 +32,10 @@ FASTRNN_INLINE float bits_to_float(uint32_t b) {
   return f;
 }
 
-// exp(v) for v in [0, 19] (no overflow, no denormal results): v = n ln2 + r with |r| <= ln2 / 2, exp(r)
-// by Cephes' degree-6 polynomial, 2^n assembled from its exponent bits. n is rounded with the 1.5 * 2^23
-// trick so that the default (SSE2) clone needs no rounding instruction.
-FASTRNN_INLINE float exp_0_19(float v) {
+// exp(v) for v in [-86, 19]: v = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial, 2^n
+// assembled from its exponent bits (n in [-125, 28] keeps 2^n a normal float, so that is exact). n is rounded
+// with the 1.5 * 2^23 trick so that the default (SSE2) clone needs no rounding instruction.
+FASTRNN_INLINE float exp_bounded(float v) {
   const float n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (v - n * 0.693359375f) - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -62,7 +62,7 @@ FASTRNN_INLINE float tanh_float(float v) {
   q = q * u + -3.333333134651184e-1f;
   const float small = a + a * (u * q);
   // std::min keeps a NaN (it returns its first argument unless the second is smaller).
-  const float e = exp_0_19(2.0f * std::min(a, 9.5f));
+  const float e = exp_bounded(2.0f * std::min(a, 9.5f));
   const float large = 1.0f - 2.0f / (e + 1.0f);
   float y = a < 0.625f ? small : large;
   y = a >= 9.01084041595459f ? 1.0f : y;
