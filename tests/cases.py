@@ -48,3 +48,22 @@ INPUT_KINDS = [
     "t1_b1",
     "long_t_small_h",
 ]
+
+
+def recurrence_inputs(steps: int, batch: int, hidden: int, packed: bool, dtype: torch.dtype, seed: int,
+                      device=None):
+    """(xw, h0, w_hh, batch_sizes) for the recurrence op: padded [T, B, H] or packed rows with random lengths
+    (the longest equal to T). Drawn in float64 for float64, else in float32 and cast."""
+    gen = torch.Generator().manual_seed(seed)
+    draw = torch.float64 if dtype == torch.float64 else torch.float32
+    if packed:
+        lengths = sorted(torch.randint(1, steps + 1, (batch,), generator=gen).tolist(), reverse=True)
+        lengths[0] = steps
+        batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(steps)])
+        xw = torch.randn(int(batch_sizes.sum()), hidden, generator=gen, dtype=draw)
+    else:
+        batch_sizes = None
+        xw = torch.randn(steps, batch, hidden, generator=gen, dtype=draw)
+    h0 = torch.randn(batch, hidden, generator=gen, dtype=draw)
+    w = torch.randn(hidden, hidden, generator=gen, dtype=draw) / hidden**0.5
+    return [t.to(device=device, dtype=dtype) for t in (xw, h0, w)] + [batch_sizes]

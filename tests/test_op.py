@@ -8,23 +8,13 @@ from hypothesis import strategies as st
 from fastrnn.autograd import rnn_recurrence
 from fastrnn.backends import _BACKENDS
 from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
+from tests.cases import recurrence_inputs
 
 CPU_BACKENDS = ["cpp", "reference"]
 
 
 def _inputs(steps, batch, hidden, packed, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    if packed:
-        lengths = sorted(torch.randint(1, steps + 1, (batch,), generator=gen).tolist(), reverse=True)
-        lengths[0] = steps
-        batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(steps)])
-        xw = torch.randn(int(batch_sizes.sum()), hidden, generator=gen, dtype=dtype)
-    else:
-        batch_sizes = None
-        xw = torch.randn(steps, batch, hidden, generator=gen, dtype=dtype)
-    h0 = torch.randn(batch, hidden, generator=gen, dtype=dtype)
-    w = torch.randn(hidden, hidden, generator=gen, dtype=dtype) / hidden**0.5
-    return xw, h0, w, batch_sizes
+    return recurrence_inputs(steps, batch, hidden, packed, dtype, seed)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -11,6 +11,7 @@ import fastrnn
 from fastrnn.backends import _BACKENDS
 from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
 from fastrnn.testing import outputs_and_grads, parity_failures
+from tests.cases import recurrence_inputs
 
 triton_backend = _BACKENDS["triton"]
 pytestmark = pytest.mark.skipif(
@@ -27,18 +28,7 @@ def poisoned_outputs(monkeypatch):
 
 
 def _inputs(steps, batch, hidden, packed, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    if packed:
-        lengths = sorted(torch.randint(1, steps + 1, (batch,), generator=gen).tolist(), reverse=True)
-        lengths[0] = steps
-        batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(steps)])
-        xw = torch.randn(int(batch_sizes.sum()), hidden, generator=gen)
-    else:
-        batch_sizes = None
-        xw = torch.randn(steps, batch, hidden, generator=gen)
-    h0 = torch.randn(batch, hidden, generator=gen)
-    w = torch.randn(hidden, hidden, generator=gen) / hidden**0.5
-    return [t.to(device=DEVICE, dtype=dtype) for t in (xw, h0, w)] + [batch_sizes]
+    return recurrence_inputs(steps, batch, hidden, packed, dtype, seed, DEVICE)
 
 
 TIER_SHAPES = [

@@ -12,6 +12,7 @@ from fastrnn.kernels.plan import MultiPlan
 
 from fastrnn.backends import _BACKENDS
 from fastrnn.reference import rnn_recurrence_bwd_ref, rnn_recurrence_ref
+from tests.cases import recurrence_inputs
 
 triton_backend = _BACKENDS["triton"]
 pytestmark = pytest.mark.skipif(
@@ -43,18 +44,7 @@ PLANS = {
 
 
 def _inputs(steps, batch, packed, seed):
-    gen = torch.Generator().manual_seed(seed)
-    if packed:
-        lengths = sorted(torch.randint(1, steps + 1, (batch,), generator=gen).tolist(), reverse=True)
-        lengths[0] = steps
-        batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(steps)])
-        xw = torch.randn(int(batch_sizes.sum()), HIDDEN, generator=gen)
-    else:
-        batch_sizes = None
-        xw = torch.randn(steps, batch, HIDDEN, generator=gen)
-    h0 = torch.randn(batch, HIDDEN, generator=gen)
-    w = torch.randn(HIDDEN, HIDDEN, generator=gen) / HIDDEN**0.5
-    return [t.to(DEVICE) for t in (xw, h0, w)] + [batch_sizes]
+    return recurrence_inputs(steps, batch, HIDDEN, packed, torch.float32, seed, DEVICE)
 
 
 def _check(steps, batch, packed, reverse, activation):
