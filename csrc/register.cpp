@@ -87,7 +87,45 @@ PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssi
   END_HANDLE_TH_ERRORS
 }
 
+// fastrnn._C.rnn_forward_if_plain(input, hx, weights, has_biases, num_layers, bidirectional, activation,
+// batch_first, input_size, hidden_size) -> (output, h_n) or None: see rnn_cpu.h.
+PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 10 || !THPVariable_Check(args[0]) || (args[1] != Py_None && !THPVariable_Check(args[1])) ||
+      !PyList_Check(args[2])) {
+    Py_RETURN_NONE;
+  }
+  const Py_ssize_t count = PyList_GET_SIZE(args[2]);
+  std::vector<at::Tensor> weights;
+  weights.reserve(count);
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyObject* w = PyList_GET_ITEM(args[2], i);
+    if (!THPVariable_Check(w)) Py_RETURN_NONE;
+    weights.push_back(THPVariable_Unpack(w));
+  }
+  const long num_layers = PyLong_AsLong(args[4]);
+  const long activation = PyLong_AsLong(args[6]);
+  const long input_size = PyLong_AsLong(args[8]);
+  const long hidden_size = PyLong_AsLong(args[9]);
+  if (PyErr_Occurred()) return nullptr;
+  const at::Tensor hx = args[1] == Py_None ? at::Tensor() : THPVariable_Unpack(args[1]);
+  auto result = fastrnn::rnn_forward_if_plain(THPVariable_Unpack(args[0]), hx, weights,
+                                              PyObject_IsTrue(args[3]) == 1, num_layers,
+                                              PyObject_IsTrue(args[5]) == 1, activation,
+                                              PyObject_IsTrue(args[7]) == 1, input_size, hidden_size);
+  if (!result.has_value()) Py_RETURN_NONE;
+  PyObject* tuple = PyTuple_New(2);
+  if (tuple == nullptr) return nullptr;
+  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(*result))));
+  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(*result))));
+  return tuple;
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
+    {"rnn_forward_if_plain",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward_if_plain_py)),
+     METH_FASTCALL, "torch.nn.RNN's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},
     {"rnn_stack_forward",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_stack_forward_py)),
      METH_FASTCALL, "The whole RNN stack forward without autograd (see csrc/rnn_stack.cpp)."},

@@ -20,6 +20,34 @@
 #include "rnn_cpu.h"
 
 namespace fastrnn {
+
+// out[r, j] (+)= sum_k a[r, k] * w[j, k] for a [rows, K], w [H, K] (W as stored: no transpose). One dot
+// product per output; `omp simd reduction` lets the compiler reassociate the sum into vector lanes.
+template <typename T>
+FASTRNN_INLINE void rows_times_wt_impl(const T* __restrict a, int64_t rows, int64_t K,
+                                       const T* __restrict w, int64_t H, T* __restrict out,
+                                       bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* __restrict ar = a + r * K;
+    for (int64_t j = 0; j < H; ++j) {
+      const T* __restrict wj = w + j * K;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t k = 0; k < K; ++k) acc += ar[k] * wj[k];
+      out[r * H + j] = accumulate ? out[r * H + j] + acc : acc;
+    }
+  }
+}
+
+FASTRNN_CLONES void rows_times_wt(const float* a, int64_t rows, int64_t K, const float* w, int64_t H,
+                                  float* out, bool accumulate) {
+  rows_times_wt_impl(a, rows, K, w, H, out, accumulate);
+}
+FASTRNN_CLONES void rows_times_wt(const double* a, int64_t rows, int64_t K, const double* w,
+                                  int64_t H, double* out, bool accumulate) {
+  rows_times_wt_impl(a, rows, K, w, H, out, accumulate);
+}
+
 namespace {
 
 // out[r, :] = act(out[r, :] + bias), bias = b_ih + b_hh (either may be missing).
@@ -48,33 +76,6 @@ FASTRNN_CLONES void bias_activate(float* out, int64_t rows, int64_t H, const flo
 FASTRNN_CLONES void bias_activate(double* out, int64_t rows, int64_t H, const double* b_ih,
                                   const double* b_hh, int64_t act) {
   bias_activate_impl(out, rows, H, b_ih, b_hh, act);
-}
-
-// out[r, j] (+)= sum_k a[r, k] * w[j, k] for a [rows, K], w [H, K] (W as stored: no transpose). One dot
-// product per output; `omp simd reduction` lets the compiler reassociate the sum into vector lanes.
-template <typename T>
-FASTRNN_INLINE void rows_times_wt_impl(const T* __restrict a, int64_t rows, int64_t K,
-                                       const T* __restrict w, int64_t H, T* __restrict out,
-                                       bool accumulate) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* __restrict ar = a + r * K;
-    for (int64_t j = 0; j < H; ++j) {
-      const T* __restrict wj = w + j * K;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t k = 0; k < K; ++k) acc += ar[k] * wj[k];
-      out[r * H + j] = accumulate ? out[r * H + j] + acc : acc;
-    }
-  }
-}
-
-FASTRNN_CLONES void rows_times_wt(const float* a, int64_t rows, int64_t K, const float* w, int64_t H,
-                                  float* out, bool accumulate) {
-  rows_times_wt_impl(a, rows, K, w, H, out, accumulate);
-}
-FASTRNN_CLONES void rows_times_wt(const double* a, int64_t rows, int64_t K, const double* w,
-                                  int64_t H, double* out, bool accumulate) {
-  rows_times_wt_impl(a, rows, K, w, H, out, accumulate);
 }
 
 // For a few rows and below this many multiply-adds a BLAS call costs more than the arithmetic; with more

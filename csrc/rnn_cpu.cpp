@@ -168,7 +168,8 @@ void forward_rows(const Steps& s, int64_t lo, int64_t hi, const T* xw, const T* 
     const int64_t end = std::min(hi, s.sizes[t]);
     if (end <= lo) continue;
     T* out = y + (s.offsets[t] + lo) * H;
-    std::memcpy(out, xw + (s.offsets[t] + lo) * H, sizeof(T) * (end - lo) * H);
+    const T* in = xw + (s.offsets[t] + lo) * H;
+    if (in != out) std::memcpy(out, in, sizeof(T) * (end - lo) * H);  // xw == y: in place
     // Rows [lo, split) continue the chain of the neighbouring step; rows [split, end) start from h0.
     int64_t split = lo;
     const T* prev = nullptr;
@@ -283,6 +284,36 @@ bool is_small_step(int64_t rows, int64_t H) {
 
 }  // namespace
 
+template <typename T>
+void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t batch, const T* xw,
+                            const T* h0, const T* w, int64_t H, bool reverse, int64_t activation, T* y,
+                            T* hn) {
+  Steps s;
+  if (batch_sizes != nullptr) {
+    s.sizes.assign(batch_sizes, batch_sizes + steps);
+  } else {
+    s.sizes.assign(steps, batch);
+  }
+  s.offsets.resize(steps + 1, 0);
+  for (int64_t t = 0; t < steps; ++t) s.offsets[t + 1] = s.offsets[t] + s.sizes[t];
+  const bool small = is_small_step<T>(rows_per_thread(batch), H);
+  std::vector<T> wt;  // the axpy loop wants op(W) = W^T row by row
+  if (small) {
+    wt.resize(H * H);
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < H; ++j) wt[j * H + i] = w[i * H + j];
+  }
+  for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
+    forward_rows<T>(s, lo, hi, xw, h0, w, wt.data(), H, reverse, activation, small, y, hn);
+  });
+}
+
+template void recurrence_forward_raw<float>(const int64_t*, int64_t, int64_t, const float*, const float*,
+                                            const float*, int64_t, bool, int64_t, float*, float*);
+template void recurrence_forward_raw<double>(const int64_t*, int64_t, int64_t, const double*,
+                                             const double*, const double*, int64_t, bool, int64_t,
+                                             double*, double*);
+
 std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::Tensor& h0,
                                                const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes,
@@ -297,18 +328,17 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::T
   const auto h = h0.contiguous();
   const auto w = w_hh.contiguous();
   const int64_t H = w.size(0);
-  const Steps s = make_steps(x, batch_sizes);
   const int64_t batch = h.size(0);
+  at::Tensor bs;
+  if (batch_sizes.has_value()) bs = batch_sizes->contiguous();
+  const int64_t steps = bs.defined() ? bs.numel() : x.size(0);
   auto y = at::empty_like(x);               // [T, B, H] or [N, H]
   auto hn = at::empty({batch, H}, h.options());  // [B, H]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_rnn_fwd", [&] {
-    const bool small = is_small_step<scalar_t>(rows_per_thread(batch), H);
-    at::Tensor wt = small ? w.t().contiguous() : w;  // the axpy loop wants op(W) = W^T row by row
-    for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
-      forward_rows<scalar_t>(s, lo, hi, x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                             w.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), H, reverse,
-                             activation, small, y.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>());
-    });
+    recurrence_forward_raw<scalar_t>(bs.defined() ? bs.data_ptr<int64_t>() : nullptr, steps, batch,
+                                     x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                     w.data_ptr<scalar_t>(), H, reverse, activation,
+                                     y.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>());
   });
   return {y, hn};
 }

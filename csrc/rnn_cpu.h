@@ -26,6 +26,21 @@ std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::T
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation, bool need_dh0);
 
+// The forward recurrence on raw contiguous buffers (rnn_cpu.cpp): xw [T, B, H] or packed [N, H] (batch_sizes
+// nullptr when padded, else `steps` sizes), h0 [B, H], w [H, H]; writes y (shape of xw; may be xw itself,
+// then the recurrence runs in place) and hn [B, H]. Arguments are the caller's to check.
+template <typename T>
+void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t batch, const T* xw,
+                            const T* h0, const T* w, int64_t H, bool reverse, int64_t activation, T* y,
+                            T* hn);
+
+// out[r, j] (+)= sum_k a[r, k] * w[j, k] for a [rows, K], w [H, K] (rnn_cell.cpp): one vectorised dot per
+// output, for a few rows where a BLAS call costs more than the arithmetic.
+void rows_times_wt(const float* a, int64_t rows, int64_t K, const float* w, int64_t H, float* out,
+                   bool accumulate);
+void rows_times_wt(const double* a, int64_t rows, int64_t K, const double* w, int64_t H, double* out,
+                   bool accumulate);
+
 // The whole stack forward without autograd (rnn_stack.cpp). weights: per layer and direction
 // w_ih, w_hh[, b_ih, b_hh] in torch.nn.RNN order; hx [L * D, B, H]. Returns output and h_n [L * D, B, H].
 std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const at::Tensor& hx,
@@ -33,6 +48,15 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
                                                      const std::optional<at::Tensor>& batch_sizes,
                                                      bool has_biases, int64_t num_layers,
                                                      bool bidirectional, int64_t activation);
+
+// torch.nn.RNN.forward's eager inference call (rnn_stack.cpp) when it is plain: a [T, B, I] / batch-first /
+// unbatched [T, I] input, hx of the matching shape or undefined (zeros), CPU float32/float64 throughout,
+// shapes consistent with input_size and hidden_size, nothing recording gradients. Returns (output, h_n) as
+// torch.nn.RNN shapes them, or nullopt for any other call (the caller then runs torch's checks and path).
+std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
+    const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
+    int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
+    int64_t hidden_size);
 
 // One RNNCell step with its autograd (rnn_cell.cpp): h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh).
 at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,

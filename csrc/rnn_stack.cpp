@@ -1,48 +1,211 @@
 // A whole Elman RNN stack (layers x directions) forward in one C++ call, for calls that record no autograd
-// (inference, sampling, serving): per layer and direction one input-projection GEMM and the recurrence op's
-// CPU kernel, with no Python, no autograd.Function and no dispatcher per layer. Training calls go through
-// the differentiable per-layer op in Python instead (fastrnn.functional.rnn); both give the same numbers.
+// (inference, sampling, serving): per layer and direction the input projection is written straight into
+// the output buffer (biases folded in, no separate xw tensor, no ATen op for a small one) and the recurrence
+// then runs in place there; every h_n lands in one preallocated [L * D, B, H] tensor. No Python, no
+// autograd.Function and no dispatcher per layer: a tiny call (T = 5, B = 1, H = 8) is a few allocations and
+// loops. Training calls go through the differentiable per-layer op in Python instead
+// (fastrnn.functional.rnn); both give the same numbers.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "blas.h"
 #include "rnn_cpu.h"
 
 namespace fastrnn {
+namespace {
+
+// Below this many multiply-adds the projection is one vectorised dot per output; above, one BLAS GEMM.
+constexpr int64_t kSmallProjection = 64 * 64 * 8;
+
+// out[rows, H] = x[rows, I] W_ih^T + b_ih + b_hh (either bias may be nullptr).
+template <typename T>
+void project(const T* x, int64_t rows, int64_t I, const T* w_ih, const T* b_ih, const T* b_hh, int64_t H,
+             T* out) {
+  std::vector<T> bias;
+  if (b_ih != nullptr || b_hh != nullptr) {
+    bias.assign(H, T(0));
+    for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+  }
+  const bool small = rows * I * H <= kSmallProjection;
+  if (!small && !bias.empty()) {
+    for (int64_t r = 0; r < rows; ++r) std::copy(bias.begin(), bias.end(), out + r * H);
+  }
+  if (small) {
+    rows_times_wt(x, rows, I, w_ih, H, out, false);
+    if (!bias.empty()) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < H; ++j) out[r * H + j] += bias[j];
+    }
+  } else {
+    gemm_rowmajor<T>(rows, H, I, x, I, w_ih, I, true, bias.empty() ? T(0) : T(1), out, H);
+  }
+}
+
+bool any_requires_grad(const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights) {
+  if (input.requires_grad() || (hx.defined() && hx.requires_grad())) return true;
+  for (const auto& w : weights)
+    if (w.requires_grad()) return true;
+  return false;
+}
+
+// Why the stack does not take these arguments, or "" when it does. x: padded [T, B, I] or packed [N, I];
+// hx: [L * D, B, H] or undefined (zeros). Only cheap shape, dtype and device facts: every value is read
+// later by the kernels, and a refused call is the caller's to send down torch's path.
+std::string refusal(const at::Tensor& x, const at::Tensor& hx, const std::vector<at::Tensor>& weights,
+                    const std::optional<at::Tensor>& batch_sizes, bool has_biases, int64_t num_layers,
+                    int64_t directions, int64_t* batch_out, int64_t* hidden_out) {
+  if (!x.defined() || !x.device().is_cpu()) return "input must be a CPU tensor";
+  const auto dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return "input must be float32 or float64";
+  const int64_t per_direction = has_biases ? 4 : 2;
+  if (num_layers < 1 || static_cast<int64_t>(weights.size()) != num_layers * directions * per_direction)
+    return "wrong number of weights";
+  const int64_t H = weights[1].defined() ? weights[1].size(0) : -1;
+  int64_t batch = 0;
+  if (batch_sizes.has_value()) {
+    const auto& bs = *batch_sizes;
+    if (!bs.defined() || bs.dim() != 1 || bs.scalar_type() != at::kLong || !bs.device().is_cpu() ||
+        !bs.is_contiguous() || bs.numel() == 0 || x.dim() != 2)
+      return "batch_sizes must be a non-empty 1-D int64 CPU tensor with packed [N, I] input";
+    const int64_t* p = bs.data_ptr<int64_t>();
+    int64_t total = 0;
+    for (int64_t t = 0; t < bs.numel(); ++t) {
+      if (p[t] <= 0 || (t > 0 && p[t] > p[t - 1]) || p[t] > x.size(0) - total) return "bad batch_sizes";
+      total += p[t];
+    }
+    if (total != x.size(0)) return "batch_sizes do not sum to the rows of the input";
+    batch = p[0];
+  } else {
+    if (x.dim() != 3 || x.size(0) == 0 || x.size(1) == 0) return "input must be a non-empty [T, B, I]";
+    batch = x.size(1);
+  }
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    const int64_t in = layer == 0 ? x.size(-1) : directions * H;
+    for (int64_t d = 0; d < directions; ++d) {
+      const at::Tensor* w = weights.data() + (layer * directions + d) * per_direction;
+      for (int64_t i = 0; i < per_direction; ++i) {
+        if (!w[i].defined() || !w[i].device().is_cpu() || w[i].scalar_type() != dtype)
+          return "weights must be CPU tensors of the input's dtype";
+      }
+      if (w[0].dim() != 2 || w[0].size(0) != H || w[0].size(1) != in || w[1].dim() != 2 ||
+          w[1].size(0) != H || w[1].size(1) != H)
+        return "weight shapes do not match";
+      if (has_biases && (w[2].dim() != 1 || w[2].size(0) != H || w[3].dim() != 1 || w[3].size(0) != H))
+        return "bias shapes do not match";
+    }
+  }
+  if (hx.defined() && (!hx.device().is_cpu() || hx.scalar_type() != dtype || hx.dim() != 3 ||
+                       hx.size(0) != num_layers * directions || hx.size(1) != batch || hx.size(2) != H))
+    return "hx must be [L * D, B, H] on the CPU in the input's dtype";
+  *batch_out = batch;
+  *hidden_out = H;
+  return "";
+}
+
+// x: contiguous time-major [T, B, I] or packed [N, I]; hx contiguous [L * D, B, H] or undefined.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> stack_forward(const at::Tensor& x, const at::Tensor& hx,
+                                                 const std::vector<at::Tensor>& weights,
+                                                 const std::optional<at::Tensor>& batch_sizes,
+                                                 bool has_biases, int64_t num_layers, int64_t directions,
+                                                 int64_t activation, int64_t batch, int64_t H) {
+  const int64_t per_direction = has_biases ? 4 : 2;
+  const bool packed = batch_sizes.has_value();
+  const int64_t steps = packed ? batch_sizes->numel() : x.size(0);
+  const int64_t rows = packed ? x.size(0) : x.size(0) * x.size(1);
+  const int64_t* sizes = packed ? batch_sizes->data_ptr<int64_t>() : nullptr;
+  std::vector<T> zeros;
+  if (!hx.defined()) zeros.assign(batch * H, T(0));
+  at::Tensor h_n = at::empty({num_layers * directions, batch, H}, x.options());
+  at::Tensor layer_input = x;
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    std::vector<at::Tensor> outputs;
+    const int64_t in = layer_input.size(-1);
+    for (int64_t d = 0; d < directions; ++d) {
+      const int64_t k = layer * directions + d;
+      std::vector<at::Tensor> w(per_direction);
+      for (int64_t i = 0; i < per_direction; ++i) w[i] = weights[k * per_direction + i].contiguous();
+      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+      shape.back() = H;
+      at::Tensor y = at::empty(shape, x.options());
+      T* yp = y.data_ptr<T>();
+      project<T>(layer_input.data_ptr<T>(), rows, in, w[0].data_ptr<T>(),
+                 has_biases ? w[2].data_ptr<T>() : nullptr, has_biases ? w[3].data_ptr<T>() : nullptr, H, yp);
+      const T* h0 = hx.defined() ? hx.data_ptr<T>() + k * batch * H : zeros.data();
+      recurrence_forward_raw<T>(sizes, steps, batch, yp, h0, w[1].data_ptr<T>(), H, d == 1, activation, yp,
+                                h_n.data_ptr<T>() + k * batch * H);
+      outputs.push_back(std::move(y));
+    }
+    layer_input = directions == 1 ? outputs[0] : at::cat(outputs, -1);
+  }
+  return {layer_input, h_n};
+}
+
+std::tuple<at::Tensor, at::Tensor> dispatch_stack(const at::Tensor& x, const at::Tensor& hx,
+                                                  const std::vector<at::Tensor>& weights,
+                                                  const std::optional<at::Tensor>& batch_sizes,
+                                                  bool has_biases, int64_t num_layers, int64_t directions,
+                                                  int64_t activation, int64_t batch, int64_t H) {
+  c10::AutoGradMode no_grad(false);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor hc = hx.defined() ? hx.contiguous() : hx;
+  std::tuple<at::Tensor, at::Tensor> result;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_rnn_stack", [&] {
+    result = stack_forward<scalar_t>(xc, hc, weights, batch_sizes, has_biases, num_layers, directions,
+                                     activation, batch, H);
+  });
+  return result;
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const at::Tensor& hx,
                                                      const std::vector<at::Tensor>& weights,
                                                      const std::optional<at::Tensor>& batch_sizes,
                                                      bool has_biases, int64_t num_layers,
                                                      bool bidirectional, int64_t activation) {
+  TORCH_CHECK(activation == kTanh || activation == kRelu,
+              "fastrnn: activation must be 0 (tanh) or 1 (relu), got ", activation);
+  TORCH_CHECK(hx.defined(), "fastrnn: rnn_stack_forward needs hx");
   const int64_t directions = bidirectional ? 2 : 1;
-  const int64_t per_direction = has_biases ? 4 : 2;
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == num_layers * directions * per_direction,
-              "fastrnn: expected ", num_layers * directions * per_direction, " weights, got ",
-              weights.size());
-  TORCH_CHECK(hx.dim() == 3 && hx.size(0) == num_layers * directions,
-              "fastrnn: expected hx of shape [", num_layers * directions, ", B, H], got ", hx.sizes());
-  c10::AutoGradMode no_grad(false);
-  at::Tensor layer_input = input;  // [T, B, I] or packed [N, I]
-  std::vector<at::Tensor> finals;
-  finals.reserve(num_layers * directions);
-  for (int64_t layer = 0; layer < num_layers; ++layer) {
-    std::vector<at::Tensor> outputs;
-    for (int64_t direction = 0; direction < directions; ++direction) {
-      const int64_t k = layer * directions + direction;
-      const at::Tensor* w = weights.data() + k * per_direction;
-      const at::Tensor xw = has_biases ? at::linear(layer_input, w[0], w[2] + w[3])
-                                       : at::linear(layer_input, w[0]);
-      auto [y, h_n] = rnn_fwd_cpu(xw, hx[k], w[1], batch_sizes, direction == 1, activation);
-      outputs.push_back(std::move(y));
-      finals.push_back(std::move(h_n));
-    }
-    layer_input = directions == 1 ? outputs[0] : at::cat(outputs, -1);
-  }
-  return {layer_input, at::stack(finals)};
+  int64_t batch = 0, H = 0;
+  const std::string why =
+      refusal(input, hx, weights, batch_sizes, has_biases, num_layers, directions, &batch, &H);
+  TORCH_CHECK(why.empty(), "fastrnn: rnn_stack_forward: ", why);
+  TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad(input, hx, weights)),
+              "fastrnn: rnn_stack_forward records no autograd; call it without gradients");
+  return dispatch_stack(input, hx, weights, batch_sizes, has_biases, num_layers, directions, activation,
+                        batch, H);
+}
+
+std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
+    const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
+    int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
+    int64_t hidden_size) {
+  if ((activation != kTanh && activation != kRelu) || !input.defined()) return std::nullopt;
+  if (at::GradMode::is_enabled() && any_requires_grad(input, hx, weights)) return std::nullopt;
+  const bool batched = input.dim() == 3;
+  if (!batched && input.dim() != 2) return std::nullopt;
+  if (input.size(-1) != input_size || (hx.defined() && hx.dim() != input.dim())) return std::nullopt;
+  // Unbatched [T, I] is [T, 1, I] (and h [L * D, H] is [L * D, 1, H]) whatever batch_first says.
+  at::Tensor x = batched ? (batch_first ? input.transpose(0, 1) : input) : input.unsqueeze(1);
+  const at::Tensor h = hx.defined() && !batched ? hx.unsqueeze(1) : hx;
+  const int64_t directions = bidirectional ? 2 : 1;
+  int64_t batch = 0, H = 0;
+  if (!refusal(x, h, weights, std::nullopt, has_biases, num_layers, directions, &batch, &H).empty() ||
+      H != hidden_size)
+    return std::nullopt;
+  auto [output, h_n] =
+      dispatch_stack(x, h, weights, std::nullopt, has_biases, num_layers, directions, activation, batch, H);
+  if (!batched) return std::make_tuple(output.squeeze(1), h_n.squeeze(1));
+  if (batch_first) output = output.transpose(0, 1);
+  return std::make_tuple(output, h_n);
 }
 
 }  // namespace fastrnn

@@ -14,7 +14,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import functional
-from fastrnn.backends import fused_cell_takes, stack_forward_takes
+from fastrnn.backends import _eager_cpp_call, fused_cell_takes, stack_forward_takes
 
 
 def _fast_path_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
@@ -40,6 +40,16 @@ def _rnn_cell_op():
     except ImportError:
         return torch.ops.fastrnn.rnn_cell.default
     return rnn_cell
+
+
+@functools.cache
+def _forward_if_plain():
+    """The built extension's whole inference call (csrc/rnn_stack.cpp: ``rnn_forward_if_plain``), or None."""
+    try:
+        from fastrnn._C import rnn_forward_if_plain
+    except ImportError:
+        return None
+    return rnn_forward_if_plain
 
 
 @functools.cache
@@ -134,7 +144,11 @@ class RNN(nn.RNNBase):
         """Does nothing: fastrnn reads the parameters where they are at every call."""
 
     def _weights(self) -> list[Tensor]:
-        return [getattr(self, name) for name in self._flat_weights_names]
+        params = self._parameters
+        try:
+            return [params[name] for name in self._flat_weights_names]  # type: ignore[misc]
+        except KeyError:  # parametrized or replaced weights: the module's attribute is the weight in use
+            return [getattr(self, name) for name in self._flat_weights_names]
 
     @overload  # type: ignore[override]
     @torch._jit_internal._overload_method
@@ -147,6 +161,10 @@ class RNN(nn.RNNBase):
         pass
 
     def forward(self, input, hx=None):  # noqa: F811  (the overloads above type it for TorchScript)
+        if not torch.jit.is_scripting():
+            plain = self._plain_inference(input, hx)
+            if plain is not None:
+                return plain
         # Up to check_forward_args this is torch.nn.RNN.forward, so every check and message is torch's.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -218,6 +236,19 @@ class RNN(nn.RNNBase):
             output = output.squeeze(batch_dim)
             hidden = hidden.squeeze(1)
         return output, self.permute_hidden(hidden, unsorted_indices)
+
+    @torch.jit.unused
+    def _plain_inference(self, input: Tensor, hx: Optional[Tensor]) -> Optional[tuple[Tensor, Tensor]]:
+        """The whole call in one C++ call when it is a plain eager inference call on CPU tensors (issue 12:
+        a tiny call is otherwise mostly Python). The C++ side declines (None) anything that is not plainly
+        well-formed, and the call then takes torch's checks below, so errors stay torch's."""
+        if type(input) is not Tensor or (self.dropout != 0 and self.training) or not _eager_cpp_call(input):
+            return None
+        run = _forward_if_plain()
+        if run is None:
+            return None
+        return run(input, hx, self._weights(), self.bias, self.num_layers, self.bidirectional,
+                   0 if self.nonlinearity == "tanh" else 1, self.batch_first, self.input_size, self.hidden_size)
 
     @torch.jit.unused
     def _run(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
