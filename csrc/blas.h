@@ -41,18 +41,20 @@ inline bool have_fortran_gemm() {
   }
 }
 
-// C[m, n] = A[m, k] @ op(B) + beta * C, all row-major with leading dimensions lda, ldb, ldc.
-// op(B) is B[k, n] (trans_b false) or B[n, k]^T (trans_b true). beta is 0 or 1.
+// C[m, n] = op(A) @ op(B) + beta * C, all row-major with leading dimensions lda, ldb, ldc. op(A) is
+// A[m, k] (trans_a false) or A[k, m]^T (trans_a true); op(B) is B[k, n] (trans_b false) or B[n, k]^T
+// (trans_b true). beta is 0 or 1.
 template <typename T>
-void gemm_rowmajor(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-                   int64_t ldb, bool trans_b, T beta, T* c, int64_t ldc) {
+void gemm_rowmajor_ex(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                      int64_t ldb, bool trans_b, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) {
     return;
   }
   if (have_fortran_gemm<T>()) {
-    // Row-major C = A op(B) is column-major C^T = op(B)^T A^T.
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a row-major matrix read
+    // column-major is its transpose: the flags pass through unchanged, operands swap.
     const char tb = trans_b ? 'T' : 'N';
-    const char ta = 'N';
+    const char ta = trans_a ? 'T' : 'N';
     const int im = static_cast<int>(n), in = static_cast<int>(m), ik = static_cast<int>(k);
     const int ilda = static_cast<int>(ldb), ildb = static_cast<int>(lda), ildc = static_cast<int>(ldc);
     const T one = 1;
@@ -60,7 +62,8 @@ void gemm_rowmajor(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, con
     return;
   }
   auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto ta = at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
+  auto ta = trans_a ? at::from_blob(const_cast<T*>(a), {k, m}, {lda, 1}, opts).t()
+                    : at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, opts);
   auto tb = trans_b ? at::from_blob(const_cast<T*>(b), {n, k}, {ldb, 1}, opts).t()
                     : at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, opts);
   auto tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
@@ -69,6 +72,13 @@ void gemm_rowmajor(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, con
   } else {
     tc.addmm_(ta, tb);
   }
+}
+
+// C[m, n] = A[m, k] @ op(B) + beta * C (see gemm_rowmajor_ex).
+template <typename T>
+void gemm_rowmajor(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                   int64_t ldb, bool trans_b, T beta, T* c, int64_t ldc) {
+  gemm_rowmajor_ex<T>(false, m, n, k, a, lda, b, ldb, trans_b, beta, c, ldc);
 }
 
 }  // namespace fastrnn

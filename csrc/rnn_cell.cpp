@@ -13,7 +13,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
+#include <vector>
 
 #include "activations.h"
 #include "blas.h"
@@ -162,6 +164,75 @@ at::Tensor cell_forward(const at::Tensor& input, const at::Tensor& hx, const at:
   return activation == kTanh ? z.tanh_() : z.relu_();
 }
 
+// The step's gradients on raw pointers (CPU float32/float64, no graph to record). dz [N, H] first, then
+// every wanted gradient straight into its own buffer (nullptr: not wanted): dx = dz W_ih, dh = dz W_hh,
+// dW_ih = dz^T x, dW_hh = dz^T h, db = sum of dz's rows. A few rows run axpy loops (a BLAS call costs more
+// than the arithmetic there), more rows the BLAS.
+template <typename T>
+FASTRNN_INLINE void axpy(T a, const T* __restrict x, T* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+template <typename T>
+FASTRNN_INLINE void cell_backward_small_impl(int64_t N, int64_t I, int64_t H, const T* dz, const T* x,
+                                             const T* h, const T* w_ih, const T* w_hh, T* dx, T* dh,
+                                             T* dw_ih, T* dw_hh) {
+  for (int64_t r = 0; r < N; ++r) {
+    const T* dzr = dz + r * H;
+    if (dx != nullptr) {
+      std::fill(dx + r * I, dx + (r + 1) * I, T(0));
+      for (int64_t j = 0; j < H; ++j) axpy(dzr[j], w_ih + j * I, dx + r * I, I);
+    }
+    if (dh != nullptr) {
+      std::fill(dh + r * H, dh + (r + 1) * H, T(0));
+      for (int64_t j = 0; j < H; ++j) axpy(dzr[j], w_hh + j * H, dh + r * H, H);
+    }
+  }
+  if (dw_ih != nullptr) std::fill(dw_ih, dw_ih + H * I, T(0));
+  if (dw_hh != nullptr) std::fill(dw_hh, dw_hh + H * H, T(0));
+  for (int64_t j = 0; j < H; ++j) {
+    for (int64_t r = 0; r < N; ++r) {
+      const T g = dz[r * H + j];
+      if (dw_ih != nullptr) axpy(g, x + r * I, dw_ih + j * I, I);
+      if (dw_hh != nullptr) axpy(g, h + r * H, dw_hh + j * H, H);
+    }
+  }
+}
+
+FASTRNN_CLONES void cell_backward_small(int64_t N, int64_t I, int64_t H, const float* dz, const float* x,
+                                        const float* h, const float* w_ih, const float* w_hh, float* dx,
+                                        float* dh, float* dw_ih, float* dw_hh) {
+  cell_backward_small_impl(N, I, H, dz, x, h, w_ih, w_hh, dx, dh, dw_ih, dw_hh);
+}
+FASTRNN_CLONES void cell_backward_small(int64_t N, int64_t I, int64_t H, const double* dz, const double* x,
+                                        const double* h, const double* w_ih, const double* w_hh, double* dx,
+                                        double* dh, double* dw_ih, double* dw_hh) {
+  cell_backward_small_impl(N, I, H, dz, x, h, w_ih, w_hh, dx, dh, dw_ih, dw_hh);
+}
+
+template <typename T>
+void cell_backward_raw(int64_t N, int64_t I, int64_t H, const T* grad, const T* out, const T* x, const T* h,
+                       const T* w_ih, const T* w_hh, int64_t act, T* dx, T* dh, T* dw_ih, T* dw_hh, T* db) {
+  std::vector<T> dz(N * H);
+  for (int64_t i = 0; i < N * H; ++i) {
+    // tanh_backward and threshold_backward, as torch.nn.RNNCell's graph computes them.
+    dz[i] = act == kTanh ? grad[i] * (T(1) - out[i] * out[i]) : (out[i] <= T(0) ? T(0) : grad[i]);
+  }
+  if (N <= kSmallCellRows && N * H * std::max(I, H) <= kSmallCell) {
+    cell_backward_small(N, I, H, dz.data(), x, h, w_ih, w_hh, dx, dh, dw_ih, dw_hh);
+  } else {
+    if (dx != nullptr) gemm_rowmajor_ex<T>(false, N, I, H, dz.data(), H, w_ih, I, false, T(0), dx, I);
+    if (dh != nullptr) gemm_rowmajor_ex<T>(false, N, H, H, dz.data(), H, w_hh, H, false, T(0), dh, H);
+    if (dw_ih != nullptr) gemm_rowmajor_ex<T>(true, H, I, N, dz.data(), H, x, I, false, T(0), dw_ih, I);
+    if (dw_hh != nullptr) gemm_rowmajor_ex<T>(true, H, H, N, dz.data(), H, h, H, false, T(0), dw_hh, H);
+  }
+  if (db != nullptr) {
+    std::fill(db, db + H, T(0));
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t j = 0; j < H; ++j) db[j] += dz[r * H + j];
+  }
+}
+
 class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
@@ -187,15 +258,41 @@ class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
     if (!grad.defined()) {
       return result;
     }
-    const at::Tensor dz = ctx->saved_data["activation"].toInt() == kTanh
+    const int64_t activation = ctx->saved_data["activation"].toInt();
+    const bool want_b_ih = ctx->saved_data["has_b_ih"].toBool() && ctx->needs_input_grad(4);
+    const bool want_b_hh = ctx->saved_data["has_b_hh"].toBool() && ctx->needs_input_grad(5);
+    if (!at::GradMode::is_enabled() && cpu_fast_path(input, hx, w_ih, w_hh, std::nullopt, std::nullopt) &&
+        grad.device().is_cpu() && grad.scalar_type() == input.scalar_type() && grad.sizes() == out.sizes()) {
+      // No double backward to record: one pass on raw pointers instead of six ATen ops.
+      const int64_t N = input.size(0), I = input.size(1), H = w_hh.size(0);
+      const auto g = grad.contiguous(), o = out.contiguous(), x = input.contiguous(), h = hx.contiguous(),
+                 wi = w_ih.contiguous(), wh = w_hh.contiguous();
+      const auto maybe = [&](bool want, at::IntArrayRef shape) {
+        return want ? at::empty(shape, input.options()) : at::Tensor();
+      };
+      result[0] = maybe(ctx->needs_input_grad(0), {N, I});
+      result[1] = maybe(ctx->needs_input_grad(1), {N, H});
+      result[2] = maybe(ctx->needs_input_grad(2), {H, I});
+      result[3] = maybe(ctx->needs_input_grad(3), {H, H});
+      at::Tensor db = maybe(want_b_ih || want_b_hh, {H});
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastrnn_rnn_cell_backward", [&] {
+        const auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+        cell_backward_raw<scalar_t>(N, I, H, g.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(),
+                                    x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
+                                    wh.data_ptr<scalar_t>(), activation, ptr(result[0]), ptr(result[1]),
+                                    ptr(result[2]), ptr(result[3]), ptr(db));
+      });
+      if (want_b_ih) result[4] = db;
+      if (want_b_hh) result[5] = want_b_ih ? db.clone() : db;
+      return result;
+    }
+    const at::Tensor dz = activation == kTanh
                               ? at::tanh_backward(grad, out)
                               : at::threshold_backward(grad, out, 0);  // [N, H]
     if (ctx->needs_input_grad(0)) result[0] = dz.mm(w_ih);
     if (ctx->needs_input_grad(1)) result[1] = dz.mm(w_hh);
     if (ctx->needs_input_grad(2)) result[2] = dz.t().mm(input);
     if (ctx->needs_input_grad(3)) result[3] = dz.t().mm(hx);
-    const bool want_b_ih = ctx->saved_data["has_b_ih"].toBool() && ctx->needs_input_grad(4);
-    const bool want_b_hh = ctx->saved_data["has_b_hh"].toBool() && ctx->needs_input_grad(5);
     if (want_b_ih || want_b_hh) {
       const at::Tensor db = dz.sum(0);
       if (want_b_ih) result[4] = db;

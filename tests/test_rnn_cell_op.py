@@ -1,0 +1,119 @@
+"""The fused RNNCell step (csrc/rnn_cell.cpp, ``fastrnn::rnn_cell``) against torch.nn.RNNCell.
+
+Its backward has two forms: one pass on raw pointers when no graph is recorded (a plain ``backward()``), and
+differentiable ATen ops under ``create_graph=True`` (double backward). Both are checked here across the
+loop / BLAS switch (a few rows and small sizes run loops), every subset of inputs that need gradients, and
+float64 / float32.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn.testing import parity_failures
+
+SIZES = [(1, 5, 7), (1, 32, 32), (3, 8, 64), (4, 64, 64), (5, 16, 16), (32, 32, 32), (2, 300, 100), (32, 128, 256)]
+
+
+def _cells(inp, hidden, bias, nonlinearity, dtype):
+    torch.manual_seed(inp * 100 + hidden)
+    ref = torch.nn.RNNCell(inp, hidden, bias, nonlinearity, dtype=dtype)
+    return ref, fastrnn.RNNCell.from_torch(ref)
+
+
+def _grads(cell, x, h, wanted, create_graph=False):
+    """Output and the gradients of a weighted sum of it with respect to ``wanted`` (names)."""
+    x = x.clone().requires_grad_("input" in wanted)
+    h = h.clone().requires_grad_("hx" in wanted)
+    params = dict(cell.named_parameters())
+    for name, p in params.items():
+        p.requires_grad_(name in wanted)
+    out = cell(x, h)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    leaves = {"input": x, "hx": h, **params}
+    names = [n for n in wanted if n in leaves]
+    grads = torch.autograd.grad((out * weight).sum(), [leaves[n] for n in names], create_graph=create_graph)
+    return {"output": out.detach(), **{f"grad_{n}": g.detach() for n, g in zip(names, grads)}}
+
+
+ALL = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+@pytest.mark.parametrize("batch,inp,hidden", SIZES)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_cell_gradients_equal_torchs_across_kernel_paths(batch, inp, hidden, nonlinearity):
+    ref, ours = _cells(inp, hidden, True, nonlinearity, torch.float64)
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, inp, generator=gen, dtype=torch.float64)
+    h = torch.randn(batch, hidden, generator=gen, dtype=torch.float64)
+    want = _grads(ref, x, h, ALL)
+    for create_graph in (False, True):  # raw-pointer backward, then the differentiable ATen one
+        got = _grads(ours, x, h, ALL, create_graph)
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-11, atol=1e-11, msg=key)
+    got32 = _grads(ours.float(), x.float(), h.float(), ALL)
+    want32 = _grads(ref.float(), x.float(), h.float(), ALL)
+    assert parity_failures(got32, want32, want) == []
+
+
+@pytest.mark.parametrize("wanted", [w for n in (1, 2) for w in itertools.combinations(ALL, n)],
+                         ids=lambda w: "+".join(w))
+@pytest.mark.parametrize("batch,inp,hidden", [(1, 5, 7), (32, 32, 32)])
+def test_cell_computes_the_gradients_asked_for(wanted, batch, inp, hidden):
+    ref, ours = _cells(inp, hidden, True, "tanh", torch.float64)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(batch, inp, generator=gen, dtype=torch.float64)
+    h = torch.randn(batch, hidden, generator=gen, dtype=torch.float64)
+    want, got = _grads(ref, x, h, wanted), _grads(ours, x, h, wanted)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-11, atol=1e-11, msg=key)
+
+
+def test_cell_without_bias_and_bias_gradients_are_separate_tensors():
+    ref, ours = _cells(6, 9, False, "tanh", torch.float64)
+    x, h = torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 9, dtype=torch.float64)
+    want, got = _grads(ref, x, h, ALL), _grads(ours, x, h, ALL)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-11, atol=1e-11)
+    _, ours = _cells(6, 9, True, "tanh", torch.float64)
+    ours(x, h).sum().backward()
+    assert ours.bias_ih.grad.data_ptr() != ours.bias_hh.grad.data_ptr()
+    torch.testing.assert_close(ours.bias_ih.grad, ours.bias_hh.grad)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_cell_gradcheck_and_gradgradcheck(nonlinearity):
+    _, ours = _cells(4, 5, True, nonlinearity, torch.float64)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+
+    def f(x, h, *weights):
+        return torch.func.functional_call(ours, dict(zip(["weight_ih", "weight_hh", "bias_ih", "bias_hh"], weights)),
+                                          (x, h))
+
+    weights = [p.detach().clone().requires_grad_(True) for p in ours.parameters()]
+    assert torch.autograd.gradcheck(f, (x, h, *weights))
+    assert torch.autograd.gradgradcheck(f, (x, h, *weights))
+
+
+def test_cell_loop_training_matches_torch():
+    """The course's loop: many steps, then one backward through all of them."""
+    ref, ours = _cells(8, 16, True, "tanh", torch.float64)
+    xs = torch.randn(20, 3, 8, dtype=torch.float64)
+    results = []
+    for cell in (ref, ours):
+        cell.zero_grad()
+        h = torch.zeros(3, 16, dtype=torch.float64)
+        total = 0
+        for x in xs:
+            h = cell(x, h)
+            total = total + h.sum()
+        total.backward()
+        results.append([h.detach()] + [p.grad for p in cell.parameters()])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
