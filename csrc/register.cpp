@@ -122,7 +122,40 @@ PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_
   END_HANDLE_TH_ERRORS
 }
 
+// fastrnn._C.rnn_cell_if_plain(input, hx, parameters, activation) -> h' or None, `parameters` being the
+// module's _parameters dict (a name missing from it, as under a parametrization, declines the call).
+PyObject* rnn_cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 4 || !THPVariable_Check(args[0]) || (args[1] != Py_None && !THPVariable_Check(args[1])) ||
+      !PyDict_Check(args[2])) {
+    Py_RETURN_NONE;
+  }
+  PyObject* found[4];
+  const char* names[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  for (int i = 0; i < 4; ++i) {
+    found[i] = PyDict_GetItemString(args[2], names[i]);  // borrowed
+    if (found[i] == nullptr || (found[i] != Py_None && !THPVariable_Check(found[i])) ||
+        (i < 2 && found[i] == Py_None)) {
+      Py_RETURN_NONE;
+    }
+  }
+  const long activation = PyLong_AsLong(args[3]);
+  if (PyErr_Occurred()) return nullptr;
+  std::optional<at::Tensor> biases[2];
+  for (int i = 0; i < 2; ++i) {
+    if (found[2 + i] != Py_None) biases[i] = THPVariable_Unpack(found[2 + i]);
+  }
+  auto result = fastrnn::rnn_cell_if_plain(
+      THPVariable_Unpack(args[0]), args[1] == Py_None ? at::Tensor() : THPVariable_Unpack(args[1]),
+      THPVariable_Unpack(found[0]), THPVariable_Unpack(found[1]), biases[0], biases[1], activation);
+  if (!result.has_value()) Py_RETURN_NONE;
+  return THPVariable_Wrap(std::move(*result));
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
+    {"rnn_cell_if_plain", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_cell_if_plain_py)),
+     METH_FASTCALL, "torch.nn.RNNCell's plain eager call in one C++ call, or None (see rnn_cpu.h)."},
     {"rnn_forward_if_plain",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward_if_plain_py)),
      METH_FASTCALL, "torch.nn.RNN's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},

@@ -321,6 +321,28 @@ at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, cons
   return RnnCellFunction::apply(input, hx, w_ih, w_hh, b_ih, b_hh, activation);
 }
 
+std::optional<at::Tensor> rnn_cell_if_plain(const at::Tensor& input, const at::Tensor& hx,
+                                            const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                            const std::optional<at::Tensor>& b_ih,
+                                            const std::optional<at::Tensor>& b_hh, int64_t activation) {
+  if (activation != kTanh && activation != kRelu) return std::nullopt;
+  if (!input.defined() || !w_ih.defined() || !w_hh.defined() || w_ih.dim() != 2 || w_hh.dim() != 2)
+    return std::nullopt;
+  const bool batched = input.dim() == 2;
+  if ((!batched && input.dim() != 1) || (hx.defined() && hx.dim() != input.dim())) return std::nullopt;
+  const int64_t H = w_hh.size(0);
+  const int64_t N = batched ? input.size(0) : 1;
+  if (w_hh.size(1) != H || w_ih.size(0) != H || w_ih.size(1) != input.size(-1) ||
+      (hx.defined() && (hx.size(-1) != H || (batched && hx.size(0) != N))))
+    return std::nullopt;
+  const at::Tensor& h_or_input = hx.defined() ? hx : input;
+  if (!cpu_fast_path(input, h_or_input, w_ih, w_hh, b_ih, b_hh)) return std::nullopt;
+  const at::Tensor x = batched ? input : input.unsqueeze(0);
+  const at::Tensor h = !hx.defined() ? at::zeros({N, H}, input.options()) : batched ? hx : hx.unsqueeze(0);
+  at::Tensor out = rnn_cell_autograd(x, h, w_ih, w_hh, b_ih, b_hh, activation);
+  return batched ? out : out.squeeze(0);
+}
+
 }  // namespace fastrnn
 
 TORCH_LIBRARY_FRAGMENT(fastrnn, m) {

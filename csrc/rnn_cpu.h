@@ -63,4 +63,12 @@ at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, cons
                              const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                              const std::optional<at::Tensor>& b_hh, int64_t activation);
 
+// torch.nn.RNNCell.forward's eager call when it is plain (rnn_cell.cpp): input [N, I] or [I], hx of the
+// same rank or undefined (zeros), CPU float32/float64 throughout, shapes consistent, biases [H] or absent.
+// Returns h' shaped like torch's (with the op's autograd), or nullopt for any other call.
+std::optional<at::Tensor> rnn_cell_if_plain(const at::Tensor& input, const at::Tensor& hx,
+                                            const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                            const std::optional<at::Tensor>& b_ih,
+                                            const std::optional<at::Tensor>& b_hh, int64_t activation);
+
 }  // namespace fastrnn

@@ -53,6 +53,16 @@ def _forward_if_plain():
 
 
 @functools.cache
+def _cell_if_plain():
+    """The built extension's whole RNNCell call (csrc/rnn_cell.cpp: ``rnn_cell_if_plain``), or None."""
+    try:
+        from fastrnn._C import rnn_cell_if_plain
+    except ImportError:
+        return None
+    return rnn_cell_if_plain
+
+
+@functools.cache
 def _stack_forward():
     """The built extension's no-autograd stack forward (csrc/rnn_stack.cpp), else the differentiable path."""
     try:
@@ -341,8 +351,13 @@ class RNNCell(nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if not torch.jit.is_scripting():
-            if type(input) is not Tensor and _is_fx_proxy(input):
-                return _fx_leaf_cell(self, input, hx)
+            if type(input) is not Tensor:
+                if _is_fx_proxy(input):
+                    return _fx_leaf_cell(self, input, hx)
+            else:
+                plain = self._plain_step(input, hx)
+                if plain is not None:
+                    return plain
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -364,6 +379,19 @@ class RNNCell(nn.RNNCellBase):
         else:
             ret = self._step(input, hx)
         return ret if is_batched else ret.squeeze(0)
+
+    @torch.jit.unused
+    def _plain_step(self, input: Tensor, hx: Optional[Tensor]) -> Optional[Tensor]:
+        """The whole call in one C++ call when it is a plain eager call on CPU tensors (issue 12: reading four
+        parameters through nn.Module.__getattr__ alone cost more than the step). The C++ side declines (None)
+        anything not plainly well-formed, and the call then takes torch's checks below."""
+        if not _eager_cpp_call(input):
+            return None
+        run = _cell_if_plain()
+        if run is None:
+            return None
+        activation = 0 if self.nonlinearity == "tanh" else 1 if self.nonlinearity == "relu" else -1
+        return run(input, hx, self._parameters, activation)
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: Tensor) -> Tensor:

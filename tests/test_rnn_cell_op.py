@@ -117,3 +117,57 @@ def test_cell_loop_training_matches_torch():
         results.append([h.detach()] + [p.grad for p in cell.parameters()])
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
+
+
+cell_if_plain = pytest.importorskip("fastrnn._C").rnn_cell_if_plain
+
+
+def test_module_takes_the_one_call_entry_for_plain_calls(monkeypatch):
+    from fastrnn import modules
+
+    taken = []
+
+    def spy(*args):
+        result = cell_if_plain(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(modules, "_cell_if_plain", lambda: spy)
+    ref, ours = _cells(5, 7, True, "relu", torch.float64)
+    x, h = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
+    for args in ((x, h), (x,), (x[0], h[0]), (x[0],)):
+        torch.testing.assert_close(ours(*args), ref(*args), rtol=1e-12, atol=1e-12)
+    assert taken == [True] * 4
+    ours.nonlinearity = "gelu"  # torch raises at call time; so must we, with torch's error
+    with pytest.raises(RuntimeError, match="Unknown nonlinearity: gelu"):
+        ours(x, h)
+    assert taken == [True] * 4 + [False]
+
+
+def _declined_cell_calls():
+    cell = fastrnn.RNNCell(3, 5, dtype=torch.float64)
+    x, h = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    params = dict(cell._parameters)
+    return {
+        "input size": (torch.randn(2, 4, dtype=torch.float64), h, params, 0),
+        "3-D input": (x[None], None, params, 0),
+        "hx rank": (x, h[0], params, 0),
+        "hx rank unbatched": (x[0], h, params, 0),
+        "hx batch": (x, h[:1], params, 0),
+        "hx size": (x, h[:, :4], params, 0),
+        "hx dtype": (x, h.float(), params, 0),
+        "input dtype": (x.float(), h, params, 0),
+        "integer input": (x.long(), None, params, 0),
+        "half input": (x.half(), None, params, 0),
+        "meta input": (x.to("meta"), None, params, 0),
+        "activation": (x, h, params, -1),
+        "parametrized weight": (x, h, {k: v for k, v in params.items() if k != "weight_hh"}, 0),
+        "bias shape": (x, h, {**params, "bias_ih": params["bias_ih"][:4]}, 0),
+        "bias dtype": (x, h, {**params, "bias_hh": params["bias_hh"].float()}, 0),
+        "weight shape": (x, h, {**params, "weight_ih": params["weight_ih"][:, :2]}, 0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_declined_cell_calls()))
+def test_cell_entry_declines_what_torch_must_check(name):
+    assert cell_if_plain(*_declined_cell_calls()[name]) is None
