@@ -314,6 +314,24 @@ template void recurrence_forward_raw<double>(const int64_t*, int64_t, int64_t, c
                                              const double*, const double*, int64_t, bool, int64_t,
                                              double*, double*);
 
+template <typename T>
+void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
+                             bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh) {
+  Steps s;
+  s.sizes.assign(steps, batch);
+  s.offsets.resize(steps + 1, 0);
+  for (int64_t t = 0; t < steps; ++t) s.offsets[t + 1] = s.offsets[t] + s.sizes[t];
+  const bool small = is_small_step<T>(rows_per_thread(batch), H);
+  for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
+    backward_rows<T>(s, lo, hi, dy, y, w, H, reverse, activation, small, need_dh0, dz, dh);
+  });
+}
+
+template void recurrence_backward_raw<float>(int64_t, int64_t, const float*, const float*, const float*, int64_t,
+                                             bool, int64_t, bool, float*, float*);
+template void recurrence_backward_raw<double>(int64_t, int64_t, const double*, const double*, const double*,
+                                              int64_t, bool, int64_t, bool, double*, double*);
+
 std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::Tensor& h0,
                                                const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes,

@@ -34,6 +34,12 @@ void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t b
                             const T* h0, const T* w, int64_t H, bool reverse, int64_t activation, T* y,
                             T* hn);
 
+// The backward recurrence on raw contiguous padded buffers (rnn_cpu.cpp): dy and y [T, B, H], w [H, H];
+// dh holds dh_n [B, H] on entry and dh0 on return (without need_dh0: no meaningful values); writes dz.
+template <typename T>
+void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
+                             bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh);
+
 // out[r, j] (+)= sum_k a[r, k] * w[j, k] for a [rows, K], w [H, K] (rnn_cell.cpp): one vectorised dot per
 // output, for a few rows where a BLAS call costs more than the arithmetic.
 void rows_times_wt(const float* a, int64_t rows, int64_t K, const float* w, int64_t H, float* out,

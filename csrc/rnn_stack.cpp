@@ -6,7 +6,9 @@
 // loops. Training calls go through the differentiable per-layer op in Python instead
 // (fastrnn.functional.rnn); both give the same numbers.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
+#include <torch/autograd.h>
 
 #include <algorithm>
 #include <optional>
@@ -114,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor> stack_forward(const at::Tensor& x, const at::
                                                  const std::vector<at::Tensor>& weights,
                                                  const std::optional<at::Tensor>& batch_sizes,
                                                  bool has_biases, int64_t num_layers, int64_t directions,
-                                                 int64_t activation, int64_t batch, int64_t H) {
+                                                 int64_t activation, int64_t batch, int64_t H,
+                                                 std::vector<at::Tensor>* keep) {
   const int64_t per_direction = has_biases ? 4 : 2;
   const bool packed = batch_sizes.has_value();
   const int64_t steps = packed ? batch_sizes->numel() : x.size(0);
@@ -127,6 +130,7 @@ std::tuple<at::Tensor, at::Tensor> stack_forward(const at::Tensor& x, const at::
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     std::vector<at::Tensor> outputs;
     const int64_t in = layer_input.size(-1);
+    if (keep != nullptr) keep->push_back(layer_input);
     for (int64_t d = 0; d < directions; ++d) {
       const int64_t k = layer * directions + d;
       std::vector<at::Tensor> w(per_direction);
@@ -140,6 +144,7 @@ std::tuple<at::Tensor, at::Tensor> stack_forward(const at::Tensor& x, const at::
       const T* h0 = hx.defined() ? hx.data_ptr<T>() + k * batch * H : zeros.data();
       recurrence_forward_raw<T>(sizes, steps, batch, yp, h0, w[1].data_ptr<T>(), H, d == 1, activation, yp,
                                 h_n.data_ptr<T>() + k * batch * H);
+      if (keep != nullptr) keep->push_back(y);
       outputs.push_back(std::move(y));
     }
     layer_input = directions == 1 ? outputs[0] : at::cat(outputs, -1);
@@ -151,17 +156,202 @@ std::tuple<at::Tensor, at::Tensor> dispatch_stack(const at::Tensor& x, const at:
                                                   const std::vector<at::Tensor>& weights,
                                                   const std::optional<at::Tensor>& batch_sizes,
                                                   bool has_biases, int64_t num_layers, int64_t directions,
-                                                  int64_t activation, int64_t batch, int64_t H) {
+                                                  int64_t activation, int64_t batch, int64_t H,
+                                                  std::vector<at::Tensor>* keep = nullptr) {
   c10::AutoGradMode no_grad(false);
   const at::Tensor xc = x.contiguous();
   const at::Tensor hc = hx.defined() ? hx.contiguous() : hx;
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_rnn_stack", [&] {
     result = stack_forward<scalar_t>(xc, hc, weights, batch_sizes, has_biases, num_layers, directions,
-                                     activation, batch, H);
+                                     activation, batch, H, keep);
   });
   return result;
 }
+
+// out [H, H] = sum over steps of dz_t^T h_{t-1} (h_{-1} = h0; reversed: h_{t+1}, h_T = h0). Two GEMMs, no copy.
+template <typename T>
+void recurrent_weight_grad(int64_t steps, int64_t batch, int64_t H, const T* dz, const T* y, const T* h0,
+                           bool reverse, T* out) {
+  const int64_t step = batch * H;
+  const T* dz_first = dz + (reverse ? (steps - 1) * step : 0);
+  gemm_rowmajor_ex<T>(true, H, H, batch, dz_first, H, h0, H, false, T(0), out, H);
+  if (steps > 1) {
+    const T* later = reverse ? dz : dz + step;
+    const T* prev = reverse ? y + step : y;
+    gemm_rowmajor_ex<T>(true, H, H, (steps - 1) * batch, later, H, prev, H, false, T(1), out, H);
+  }
+}
+
+// The stack's gradients on raw pointers, layer by layer from the top. saved: per layer its input
+// [T, B, in] then y [T, B, H] per direction (stack_forward's `keep`). grads: x, hx, then each weight
+// (undefined where not wanted).
+template <typename T>
+void stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn, const at::Tensor& hx,
+                    const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& saved,
+                    bool has_biases, int64_t num_layers, int64_t directions, int64_t activation,
+                    const std::vector<bool>& wanted, std::vector<at::Tensor>& grads) {
+  const int64_t per_direction = has_biases ? 4 : 2;
+  const at::Tensor& x0 = saved[0];
+  const int64_t steps = x0.size(0), batch = x0.size(1), H = weights[1].size(0), rows = steps * batch;
+  const auto options = x0.options();
+  // dY: the gradient of the current layer's output [T, B, D * H]; zeros where the caller sent none.
+  at::Tensor dY = grad_output.defined() ? grad_output.contiguous() : at::zeros({steps, batch, directions * H}, options);
+  const at::Tensor dhn = grad_hn.defined() ? grad_hn.contiguous() : at::Tensor();
+  const T* h0_all = hx.data_ptr<T>();
+  at::Tensor dhx = wanted[1] ? at::empty(hx.sizes(), options) : at::Tensor();
+  std::vector<T> dy_d, dz(rows * H), dh(batch * H);
+  for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
+    const at::Tensor& x_l = saved[layer * (1 + directions)];
+    const int64_t in = x_l.size(-1);
+    const bool want_dx = layer > 0 || wanted[0];
+    at::Tensor dx = want_dx ? at::empty({steps, batch, in}, options) : at::Tensor();
+    for (int64_t d = 0; d < directions; ++d) {
+      const int64_t k = layer * directions + d;
+      const T* y = saved[layer * (1 + directions) + 1 + d].data_ptr<T>();
+      const at::Tensor* w = weights.data() + k * per_direction;
+      const T* dy = dY.data_ptr<T>();
+      if (directions > 1) {  // this direction's half of every row
+        dy_d.resize(rows * H);
+        for (int64_t r = 0; r < rows; ++r)
+          std::copy(dy + r * directions * H + d * H, dy + r * directions * H + (d + 1) * H, dy_d.data() + r * H);
+        dy = dy_d.data();
+      }
+      if (dhn.defined()) {
+        std::copy(dhn.data_ptr<T>() + k * batch * H, dhn.data_ptr<T>() + (k + 1) * batch * H, dh.begin());
+      } else {
+        std::fill(dh.begin(), dh.end(), T(0));
+      }
+      const bool reverse = d == 1;
+      const T* h0 = h0_all + k * batch * H;
+      recurrence_backward_raw<T>(steps, batch, dy, y, w[1].data_ptr<T>(), H, reverse, activation, wanted[1],
+                                 dz.data(), dh.data());
+      if (wanted[1]) std::copy(dh.begin(), dh.end(), dhx.data_ptr<T>() + k * batch * H);
+      const int64_t g = 2 + k * per_direction;  // this direction's w_ih in grads
+      if (wanted[g]) {
+        grads[g] = at::empty({H, in}, options);
+        gemm_rowmajor_ex<T>(true, H, in, rows, dz.data(), H, x_l.data_ptr<T>(), in, false, T(0),
+                            grads[g].data_ptr<T>(), in);
+      }
+      if (wanted[g + 1]) {
+        grads[g + 1] = at::empty({H, H}, options);
+        recurrent_weight_grad<T>(steps, batch, H, dz.data(), y, h0, reverse, grads[g + 1].data_ptr<T>());
+      }
+      if (has_biases && (wanted[g + 2] || wanted[g + 3])) {
+        at::Tensor db = at::zeros({H}, options);
+        T* b = db.data_ptr<T>();
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t j = 0; j < H; ++j) b[j] += dz[r * H + j];
+        if (wanted[g + 2]) grads[g + 2] = db;
+        if (wanted[g + 3]) grads[g + 3] = wanted[g + 2] ? db.clone() : db;
+      }
+      if (want_dx) {
+        gemm_rowmajor_ex<T>(false, rows, in, H, dz.data(), H, w[0].data_ptr<T>(), in, false, d == 0 ? T(0) : T(1),
+                            dx.data_ptr<T>(), in);
+      }
+    }
+    if (layer > 0) dY = dx;
+    else if (wanted[0]) grads[0] = dx;
+  }
+  if (wanted[1]) grads[1] = dhx;
+}
+
+// The same stack with every step recorded by autograd: at::linear and the fastrnn::recurrence op (whose
+// autograd is registered from Python). A create_graph backward differentiates through this recomputation,
+// so gradients of any order follow the per-layer path's.
+std::tuple<at::Tensor, at::Tensor> differentiable_stack(const at::Tensor& x, const at::Tensor& hx,
+                                                        const std::vector<at::Tensor>& weights, bool has_biases,
+                                                        int64_t num_layers, int64_t directions,
+                                                        int64_t activation) {
+  static const auto recurrence =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastrnn::recurrence", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const std::optional<at::Tensor>&, bool, int64_t)>();
+  const int64_t per_direction = has_biases ? 4 : 2;
+  at::Tensor layer_input = x;
+  std::vector<at::Tensor> finals;
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    std::vector<at::Tensor> outputs;
+    for (int64_t d = 0; d < directions; ++d) {
+      const int64_t k = layer * directions + d;
+      const at::Tensor* w = weights.data() + k * per_direction;
+      const at::Tensor xw = has_biases ? at::linear(layer_input, w[0], w[2] + w[3]) : at::linear(layer_input, w[0]);
+      auto [y, h_n] = recurrence.call(xw, hx[k], w[1], std::nullopt, d == 1, activation);
+      outputs.push_back(y);
+      finals.push_back(h_n);
+    }
+    layer_input = directions == 1 ? outputs[0] : at::cat(outputs, -1);
+  }
+  return {layer_input, at::stack(finals)};
+}
+
+// The plain training call: stack_forward, keeping each layer's input and outputs, and stack_backward.
+class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& hx, at::TensorList weight_list,
+                                                bool has_biases, int64_t num_layers, int64_t directions,
+                                                int64_t activation, int64_t batch, int64_t H) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const std::vector<at::Tensor> weights = weight_list.vec();
+    std::vector<at::Tensor> keep;
+    auto [output, h_n] =
+        dispatch_stack(x, hx, weights, std::nullopt, has_biases, num_layers, directions, activation, batch, H, &keep);
+    std::vector<at::Tensor> to_save{x, hx};
+    to_save.insert(to_save.end(), weights.begin(), weights.end());
+    to_save.insert(to_save.end(), keep.begin(), keep.end());
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["shape"] = std::vector<int64_t>{has_biases, num_layers, directions, activation};
+    // The caller may edit the output in place before backward, as torch's: the saved top y stays apart.
+    if (directions == 1) output = output.clone();
+    return {output, h_n};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();  // once: non-reentrant checkpointing unpacks once
+    const auto shape = ctx->saved_data["shape"].toIntVector();
+    const bool has_biases = shape[0] != 0;
+    const int64_t num_layers = shape[1], directions = shape[2], activation = shape[3];
+    const int64_t count = num_layers * directions * (has_biases ? 4 : 2);
+    const at::Tensor &x = saved[0], &hx = saved[1];
+    const std::vector<at::Tensor> weights(saved.begin() + 2, saved.begin() + 2 + count);
+    std::vector<bool> wanted(2 + count);
+    for (int64_t i = 0; i < 2 + count; ++i) wanted[i] = ctx->needs_input_grad(i);
+    torch::autograd::variable_list result(2 + count + 7);
+    if (at::GradMode::is_enabled()) {  // create_graph: differentiate a recorded recomputation
+      std::vector<at::Tensor> inputs, outputs, grad_outputs;
+      std::vector<int64_t> where;
+      for (int64_t i = 0; i < 2 + count; ++i) {
+        if (wanted[i]) {
+          inputs.push_back(i == 0 ? x : i == 1 ? hx : weights[i - 2]);
+          where.push_back(i);
+        }
+      }
+      auto [output, h_n] = differentiable_stack(x, hx, weights, has_biases, num_layers, directions, activation);
+      for (auto [out, grad] : {std::pair{output, grads[0]}, std::pair{h_n, grads[1]}}) {
+        if (grad.defined()) {
+          outputs.push_back(out);
+          grad_outputs.push_back(grad);
+        }
+      }
+      if (outputs.empty() || inputs.empty()) return result;
+      auto found = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true,
+                                         /*create_graph=*/true, /*allow_unused=*/true);
+      for (size_t j = 0; j < where.size(); ++j) result[where[j]] = found[j];
+      return result;
+    }
+    const std::vector<at::Tensor> layers(saved.begin() + 2 + count, saved.end());  // contiguous already
+    std::vector<at::Tensor> dense(count);
+    for (int64_t i = 0; i < count; ++i) dense[i] = weights[i].contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_rnn_stack_backward", [&] {
+      stack_backward<scalar_t>(grads[0], grads[1], hx.contiguous(), dense, layers, has_biases, num_layers,
+                               directions, activation, wanted, result);
+    });
+    return result;
+  }
+};
 
 }  // namespace
 
@@ -189,7 +379,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
     int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
     int64_t hidden_size) {
   if ((activation != kTanh && activation != kRelu) || !input.defined()) return std::nullopt;
-  if (at::GradMode::is_enabled() && any_requires_grad(input, hx, weights)) return std::nullopt;
+  const bool record = at::GradMode::is_enabled() && any_requires_grad(input, hx, weights);
   const bool batched = input.dim() == 3;
   if (!batched && input.dim() != 2) return std::nullopt;
   if (input.size(-1) != input_size || (hx.defined() && hx.dim() != input.dim())) return std::nullopt;
@@ -201,8 +391,17 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
   if (!refusal(x, h, weights, std::nullopt, has_biases, num_layers, directions, &batch, &H).empty() ||
       H != hidden_size)
     return std::nullopt;
-  auto [output, h_n] =
-      dispatch_stack(x, h, weights, std::nullopt, has_biases, num_layers, directions, activation, batch, H);
+  at::Tensor output, h_n;
+  if (record) {
+    // A missing hx is zeros that need no gradient; the view ops around the Function are recorded as usual.
+    const at::Tensor h0 = h.defined() ? h : at::zeros({num_layers * directions, batch, H}, x.options());
+    auto outputs = RnnStackFunction::apply(x, h0, at::TensorList(weights), has_biases, num_layers, directions, activation, batch, H);
+    output = outputs[0];
+    h_n = outputs[1];
+  } else {
+    std::tie(output, h_n) =
+        dispatch_stack(x, h, weights, std::nullopt, has_biases, num_layers, directions, activation, batch, H);
+  }
   if (!batched) return std::make_tuple(output.squeeze(1), h_n.squeeze(1));
   if (batch_first) output = output.transpose(0, 1);
   return std::make_tuple(output, h_n);

@@ -175,7 +175,7 @@ def _eager_cpp_call(input: Tensor) -> bool:
         or torch._C._len_torch_dispatch_stack() > 0  # a dispatch mode (FlopCounterMode, ...) sees ops only
     ):
         return False
-    return load_cpp_ops() is None
+    return _BACKENDS["cpp"].unavailable_reason() is None
 
 
 def fused_cell_takes(input: Tensor) -> bool:

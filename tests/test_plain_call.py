@@ -1,0 +1,324 @@
+"""The one-C++-call entry of fastrnn.RNN (csrc/rnn_stack.cpp, ``fastrnn._C.rnn_forward_if_plain``).
+
+A plain eager call of ``fastrnn.RNN`` on CPU tensors (padded, batch-first or unbatched input, no dropout
+to draw) runs whole in C++ (issue 12): without gradients as a plain stack, with gradients as one C++
+autograd node for the whole stack whose backward runs on raw pointers (or, under ``create_graph``,
+differentiates a recorded recomputation through the per-layer op). These tests check that it is taken where
+it should be, equals torch.nn.RNN there in float64 (outputs and every gradient, across both projection
+paths: the dot loop and the BLAS GEMM), and declines (returns None) every call that torch's checks must see.
+"""
+
+import re
+
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn.utils import parametrize
+
+import fastrnn
+from fastrnn import modules
+
+plain = pytest.importorskip("fastrnn._C").rnn_forward_if_plain
+
+
+@pytest.fixture
+def plain_calls(monkeypatch):
+    """Counts the module's calls of the C++ entry that returned a result."""
+    taken = []
+
+    def spy(*args):
+        result = plain(*args)
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(modules, "_forward_if_plain", lambda: spy)
+    return taken
+
+
+def _args(rnn, x, hx):
+    return (x, hx, rnn._weights(), rnn.bias, rnn.num_layers, rnn.bidirectional,
+            0 if rnn.nonlinearity == "tanh" else 1, rnn.batch_first, rnn.input_size, rnn.hidden_size)
+
+
+@pytest.mark.parametrize("steps,batch,hidden", [(5, 1, 8), (3, 2, 33), (50, 4, 64), (20, 64, 96), (7, 3, 300)])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
+def test_plain_call_equals_torch_across_projection_paths(plain_calls, steps, batch, hidden, bias, layout):
+    """Projections of up to 32K multiply-adds run a dot loop, larger ones the BLAS (both with and without
+    biases); the recurrence then runs in place in the output buffer."""
+    gen = torch.Generator().manual_seed(steps * 1000 + hidden)
+    ref = torch.nn.RNN(6, hidden, num_layers=2, bias=bias, batch_first=layout == "batch_first",
+                       dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    shape = {"time_major": (steps, batch, 6), "batch_first": (batch, steps, 6), "unbatched": (steps, 6)}[layout]
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    hx_shape = (2, hidden) if layout == "unbatched" else (2, batch, hidden)
+    hx = torch.randn(*hx_shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        for args in ((x,), (x, hx)):
+            got, want = ours(*args), ref(*args)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape
+                torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    assert plain_calls == [True, True]
+
+
+@pytest.mark.parametrize("config", [dict(bidirectional=True), dict(nonlinearity="relu"),
+                                    dict(num_layers=3, bidirectional=True, nonlinearity="relu")],
+                         ids=["bi", "relu", "L3-bi-relu"])
+def test_plain_call_equals_torch_for_each_configuration(plain_calls, config):
+    gen = torch.Generator().manual_seed(5)
+    ref = torch.nn.RNN(4, 9, dtype=torch.float64, **config)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(6, 3, 4, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        for g, w in zip(ours(x), ref(x)):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    assert plain_calls == [True]
+
+
+def test_plain_call_takes_non_contiguous_tensors_and_float32(plain_calls):
+    ref = torch.nn.RNN(3, 5, 2, bidirectional=True)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(6, 8, 3)[:, ::2]
+    hx = torch.randn(4, 5, 4).transpose(1, 2)
+    with torch.no_grad():
+        got, want = ours(x, hx), ref(x, hx)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert plain_calls == [True]
+
+
+def test_weights_in_use_are_the_modules_own(plain_calls):
+    """The call reads the weights the module would use: parametrized ones and functional_call's."""
+
+    class Halved(torch.nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    ref = torch.nn.RNN(3, 5, dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    params = {name: torch.zeros_like(p) for name, p in ours.named_parameters()}
+    with torch.no_grad():
+        assert torch.equal(functional_call(ours, params, (x,))[0], torch.zeros(4, 2, 5, dtype=torch.float64))
+    parametrize.register_parametrization(ref, "weight_hh_l0", Halved())
+    parametrize.register_parametrization(ours, "weight_hh_l0", Halved())
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-12, atol=1e-12)
+    assert plain_calls == [True, True]
+
+
+def _declined_calls():
+    rnn = fastrnn.RNN(3, 5, 2, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    hx = torch.zeros(2, 2, 5, dtype=torch.float64)
+    weights = rnn._weights()
+    base = _args(rnn, x, hx)
+
+    def replace(i, value):
+        return base[:i] + (value,) + base[i + 1:]
+
+    return {
+        "input_size": replace(0, torch.randn(4, 2, 4, dtype=torch.float64)),
+        "4-D input": replace(0, x[None]),
+        "empty sequence": replace(0, x[:0]),
+        "empty batch": replace(0, x[:, :0]),
+        "hx dims": replace(1, hx[0]),
+        "hx layers": replace(1, hx[:1]),
+        "hx batch": replace(1, hx[:, :1]),
+        "hx dtype": replace(1, hx.float()),
+        "input dtype": replace(0, x.float()),
+        "integer input": replace(0, x.long()),
+        "half input": replace(0, x.half()),
+        "meta input": replace(0, x.to("meta")),
+        "weight count": replace(2, weights[:-1]),
+        "weight shape": replace(2, [weights[0][:, :2]] + weights[1:]),
+        "weight dtype": replace(2, [weights[0].float()] + weights[1:]),
+        "hidden_size": base[:9] + (6,),
+        "activation": replace(6, 2),
+    }
+
+
+@pytest.mark.parametrize("name", list(_declined_calls()))
+def test_entry_declines_what_torch_must_check(name):
+    with torch.no_grad():
+        assert plain(*_declined_calls()[name]) is None
+
+
+def test_entry_records_gradients_only_when_something_needs_them():
+    rnn = fastrnn.RNN(3, 5, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    output, h_n = plain(*_args(rnn, x, None))
+    assert output.grad_fn is not None and h_n.grad_fn is not None
+    with torch.no_grad():
+        assert plain(*_args(rnn, x, None))[0].grad_fn is None
+    rnn.requires_grad_(False)
+    assert plain(*_args(rnn, x, None))[0].grad_fn is None
+    x.requires_grad_(True)
+    assert plain(*_args(rnn, x, None))[0].grad_fn is not None
+
+
+def test_module_errors_stay_torchs_on_declined_calls(plain_calls):
+    ours, ref = fastrnn.RNN(3, 5), torch.nn.RNN(3, 5)
+    with torch.no_grad():
+        for bad in (torch.randn(4, 2, 4), torch.randn(4, 2, 3, 1)):
+            with pytest.raises(Exception) as want:
+                ref(bad)
+            with pytest.raises(type(want.value), match=re.escape(str(want.value))):
+                ours(bad)
+    assert plain_calls == [False, False]
+
+
+def test_dropout_in_training_does_not_take_the_entry(plain_calls):
+    ours = fastrnn.RNN(3, 5, 2, dropout=0.5)
+    x = torch.randn(4, 2, 3)
+    ours(x)[0].sum().backward()  # training-mode dropout: the per-layer path draws the masks
+    ours.eval()
+    ours(x)[0].sum().backward()
+    assert plain_calls == [True]
+
+
+WANTED = ["all", "input", "hx", "weights", "bias_hh_l0"]
+
+
+def _training_results(module, x, hx, wanted):
+    """Outputs and the gradients of a weighted sum of both outputs with respect to ``wanted``."""
+    x = x.clone().requires_grad_(wanted in ("all", "input"))
+    if hx is not None:
+        hx = hx.clone().requires_grad_(wanted in ("all", "hx"))
+    params = dict(module.named_parameters())
+    for name, p in params.items():
+        p.requires_grad_(wanted in ("all", "weights") or name == wanted)
+    output, h_n = module(x, hx) if hx is not None else module(x)
+    loss = (output * torch.linspace(-1, 1, output.numel(), dtype=output.dtype).reshape(output.shape)).sum()
+    loss = loss + (h_n * torch.linspace(1, 2, h_n.numel(), dtype=h_n.dtype).reshape(h_n.shape)).sum()
+    leaves = {"input": x, "hx": hx, **params}
+    names = [n for n, t in leaves.items() if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names])
+    return {"output": output.detach(), "h_n": h_n.detach(), **{f"grad_{n}": g for n, g in zip(names, grads)}}
+
+
+CONFIGS = {"L1": dict(), "L2-bi-relu": dict(num_layers=2, bidirectional=True, nonlinearity="relu"),
+           "L3-nobias": dict(num_layers=3, bias=False), "bi-batch_first": dict(bidirectional=True, batch_first=True)}
+TRAINING_CASES = [
+    pytest.param(wanted, config, layout, with_hx, id=f"{wanted}-{name}-{layout}-{'hx' if with_hx else 'no_hx'}")
+    for wanted in WANTED
+    for name, config in CONFIGS.items()
+    for layout in ("batched", "unbatched")
+    for with_hx in (True, False)
+    if not (wanted == "hx" and not with_hx) and not (wanted == "bias_hh_l0" and config.get("bias") is False)
+]
+
+
+@pytest.mark.parametrize("wanted,config,layout,with_hx", TRAINING_CASES)
+def test_training_call_gradients_equal_torchs(plain_calls, wanted, config, layout, with_hx):
+    gen = torch.Generator().manual_seed(11)
+    ref = torch.nn.RNN(4, 6, dtype=torch.float64, **config)
+    ours = fastrnn.RNN.from_torch(ref)
+    layers = ref.num_layers * (2 if ref.bidirectional else 1)
+    if layout == "batched":
+        x = torch.randn(*((3, 5) if ref.batch_first else (5, 3)), 4, generator=gen, dtype=torch.float64)
+        hx = torch.randn(layers, 3, 6, generator=gen, dtype=torch.float64)
+    else:
+        x = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+        hx = torch.randn(layers, 6, generator=gen, dtype=torch.float64)
+    hx = hx if with_hx else None
+    want, got = _training_results(ref, x, hx, wanted), _training_results(ours, x, hx, wanted)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-11, atol=1e-11, msg=key)
+    assert plain_calls == [True]
+
+
+@pytest.mark.parametrize("steps,batch,hidden", [(5, 1, 8), (50, 4, 64), (20, 64, 96), (3, 2, 300)])
+def test_training_call_across_kernel_paths_float64_and_float32(steps, batch, hidden):
+    from fastrnn.testing import parity_failures
+
+    gen = torch.Generator().manual_seed(hidden)
+    ref = torch.nn.RNN(6, hidden, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(steps, batch, 6, generator=gen, dtype=torch.float64)
+    hx = torch.randn(4, batch, hidden, generator=gen, dtype=torch.float64)
+    want, got = _training_results(ref, x, hx, "all"), _training_results(ours, x, hx, "all")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-10, msg=key)
+    got32 = _training_results(ours.float(), x.float(), hx.float(), "all")
+    want32 = _training_results(ref.float(), x.float(), hx.float(), "all")
+    assert parity_failures(got32, want32, want) == []
+
+
+def test_training_call_takes_non_contiguous_weights_and_state(plain_calls):
+    ref = torch.nn.RNN(3, 5, 2, dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    for module in (ref, ours):
+        module.weight_hh_l1 = torch.nn.Parameter(module.weight_hh_l1.detach().t().contiguous().t())
+    assert not ours.weight_hh_l1.is_contiguous()
+    x = torch.randn(6, 8, 3, dtype=torch.float64)[:, ::2]
+    hx = torch.randn(2, 5, 4, dtype=torch.float64).transpose(1, 2)
+    want, got = _training_results(ref, x, hx, "all"), _training_results(ours, x, hx, "all")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-11, atol=1e-11, msg=key)
+    assert plain_calls == [True]
+
+
+@pytest.mark.parametrize("config", [dict(), dict(num_layers=2, bidirectional=True)], ids=["L1", "L2-bi"])
+def test_second_order_gradients_equal_torchs(plain_calls, config):
+    """create_graph: the node differentiates a recorded recomputation, so grad-of-grad is torch's."""
+    gen = torch.Generator().manual_seed(2)
+    ref = torch.nn.RNN(3, 4, dtype=torch.float64, **config)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64)
+    results = []
+    for module in (ref, ours):
+        xg = x.clone().requires_grad_(True)
+        output, h_n = module(xg)
+        params = list(module.parameters())
+        first = torch.autograd.grad(output.pow(2).sum() + h_n.sum(), [xg, *params], create_graph=True)
+        penalty = sum(g.pow(2).sum() for g in first)
+        results.append(torch.autograd.grad(penalty, [xg, *params]))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert plain_calls == [True]
+
+
+def test_output_edited_in_place_and_only_one_output_used(plain_calls):
+    ref = torch.nn.RNN(3, 4, dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    grads = []
+    for module in (ref, ours):
+        module.zero_grad()
+        output, h_n = module(x)
+        output.mul_(2)  # torch's output is its own tensor: editing it before backward is fine
+        output.sum().backward()
+        module(x)[1].sum().backward()  # h_n alone
+        grads.append([p.grad.clone() for p in module.parameters()])
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
+    assert plain_calls == [True, True]
+
+
+def test_saved_tensors_are_unpacked_once_and_checkpointing_works(plain_calls):
+    """Non-reentrant checkpointing allows one unpack of each saved tensor per backward."""
+    ours = fastrnn.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    unpacked, ids = [], iter(range(10**6))
+
+    def pack(t):
+        return next(ids), t
+
+    def unpack(packed):
+        unpacked.append(packed[0])
+        return packed[1]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        output, _ = ours(x)
+    output.sum().backward()
+    assert len(unpacked) == len(set(unpacked)) > 0
+    want = x.grad.clone()
+    x.grad = None
+    out_ckpt = torch.utils.checkpoint.checkpoint(lambda t: ours(t)[0], x, use_reentrant=False)
+    out_ckpt.sum().backward()
+    torch.testing.assert_close(x.grad, want)
