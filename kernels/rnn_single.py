@@ -24,9 +24,9 @@ Two ways to hold A for all T steps (``W_IN_REGS``, chosen by the launcher with p
              element a thread holds and row (64 at H = 128, 8 warps) and moves only the state through
              shared memory: cross-warp partial sums and the state's change of layout, at most 15 ld.shared
              a thread and 5-9 bar.sync a step for one-row tiles (22-36 for four rows). ptxas: 26-128
-             registers over the variants the autotuner can pick, no spills except REGS_SPILLING (a value
-             stored before the loop and loaded after it); 4 warps at BLOCK_H = 128, not picked, would
-             take 163-168 (float32) / 186-210 (bfloat16).
+             registers over the variants the autotuner can pick, no spills; REGS_SPILLING lists the five
+             configs it never times (a value stored before the loop and loaded after it). 4 warps at
+             BLOCK_H = 128, not picked, would take 163-168 (float32) / 186-210 (bfloat16) registers.
   tl.dot     (W_IN_REGS=False; 16-bit and TF32 with tiles of 8+ rows): the tensor cores, with A in shared
              memory. Triton 3.6 picks mma.sync here (``nvidia_mma versionMajor = 2`` in the TTGIR), stores A
              to shared memory before the loop and reloads it into operand registers every step
@@ -55,9 +55,9 @@ def _interpreting() -> bool:
 
 
 def _configs() -> list[triton.Config]:
-    # ptxas register use of the IEEE float32 dot swings with the warp count (aot_check prints it), so the
-    # warp count and batch tile are tuned per (H, batch class, dtype) on the GPU. Tiles below 16 rows serve
-    # small batches: B = 1 no longer computes 16 rows. The interpreter takes one config per batch tile.
+    # ptxas register use swings with the warp count (aot_check prints it), so the warp count and batch tile
+    # are tuned per (H, batch class, dtype, path) on the GPU among tile_candidates. Tiles below 16 rows
+    # serve small batches: B = 1 never computes 16 rows. The interpreter takes one config per batch tile.
     if _interpreting():
         return [triton.Config({"BLOCK_B": b}, num_warps=4) for b in BATCH_TILES]
     small = [triton.Config({"BLOCK_B": b}, num_warps=w) for b in BATCH_TILES[:-1] for w in (4, 8)]
@@ -77,9 +77,12 @@ def batch_class(batch: int) -> int:
 # never times them; `python -m fastrnn.kernels.aot_check --no-spills` (full) checks the rest stays clean.
 # tl.dot path:
 SPILLING = {("tf32", 128, 16, 4), ("fp16", 128, 4, 8)}
-# Register path: the bfloat16 backward, one-row tile, H = 64, 8 warps, B = 1, padded input: 64 registers and
-# one value spilled across the step loop (8 bytes stored before it, 4 loaded after it; nothing in the loop).
-REGS_SPILLING = {("bf16", 64, 1, 8)}
+# Register path, each for some packed / reverse / B specialisations only: ptxas keeps a value that lives
+# across the step loop on the stack (stored before the loop, loaded after it, never inside: SASS) and stops
+# at 48-64 registers even with --maxrregcount 128. bfloat16 backward H 64 1 row 8 warps; float32 / TF32
+# (the same code) backward H 128 1 row 16 warps; 16-bit forward H 32 4 rows 8 warps.
+REGS_SPILLING = {("bf16", 64, 1, 8), ("fp32", 128, 1, 16), ("tf32", 128, 1, 16), ("fp16", 32, 4, 8),
+                 ("bf16", 32, 4, 8)}
 
 
 def mode_of(fp32_dot: bool, precision: str, dtype_name: str) -> str:

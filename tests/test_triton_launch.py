@@ -64,22 +64,21 @@ def test_single_tier_path_choice():
 
 
 def test_register_path_tiles_on_the_gpu(monkeypatch):
-    """The autotuner's register-path candidates (GPU configs): one-row tiles and min(class, 4)-row tiles, in
-    8 and 16 warps at BLOCK_H = 128 (4 and 8 below); the dot path never takes 16 warps."""
+    """The autotuner's register-path candidates (GPU configs): one-row and min(class, 4)-row tiles in 8 and 16
+    warps at BLOCK_H = 128 (4 and 8 below), less REGS_SPILLING; the dot path never takes 16 warps."""
     from fastrnn.kernels import rnn_single
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     configs = rnn_single._configs()
     for b_class in (1, 2, 4, 8, 16):
-        for block_h in (16, 64, 128):
-            regs = rnn_single.tile_candidates(configs, b_class, "fp32", block_h, regs=True)
-            assert {c.kwargs["BLOCK_B"] for c in regs} == {1, min(b_class, 4)}
-            assert {c.num_warps for c in regs} == ({8, 16} if block_h == 128 else {4, 8})
-            for mode, spill_h, spill_b, spill_warps in rnn_single.REGS_SPILLING:
-                for c in rnn_single.tile_candidates(configs, b_class, mode, spill_h, regs=True):
-                    assert (c.kwargs["BLOCK_B"], c.num_warps) != (spill_b, spill_warps)
-            dot = rnn_single.tile_candidates(configs, b_class, "bf16", block_h, regs=False)
-            assert dot and all(c.num_warps <= 8 for c in dot)
+        for block_h in (16, 32, 64, 128):
+            for mode in ("fp32", "tf32", "fp16", "bf16"):
+                regs = rnn_single.tile_candidates(configs, b_class, mode, block_h, regs=True)
+                expected = {(b, w) for b in (1, min(b_class, 4)) for w in ((8, 16) if block_h == 128 else (4, 8))
+                            if (mode, block_h, b, w) not in rnn_single.REGS_SPILLING}
+                assert {(c.kwargs["BLOCK_B"], c.num_warps) for c in regs} == expected
+                dot = rnn_single.tile_candidates(configs, b_class, mode, block_h, regs=False)
+                assert dot and all(c.num_warps <= 8 for c in dot)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     interpreted = rnn_single._configs()
     for b_class, tile in ((1, 1), (2, 2), (4, 4), (8, 4), (16, 4)):
