@@ -12,6 +12,10 @@ num_warps. Must run without TRITON_INTERPRET=1.
 
 ``--no-spills`` fails if any variant spills: every single-tier autotune config the pruned candidate list
 can pick, and every multi-tier geometry kernels.plan can pick, persistent and per step.
+
+Whatever the flags, the run fails if a single-tier variant with W_IN_REGS=True has any ``ttg.local_alloc``
+or ``ttg.local_load`` in its TTGIR: that path promises W_hh in registers for all steps, and Triton would
+otherwise stage it through shared memory silently (as it does for tl.dot's operands).
 """
 
 from __future__ import annotations
@@ -80,12 +84,11 @@ def _single_variants(quick: bool):
     modes = ("fp32", "bf16") if quick else tuple(MODES)
     for mode, block_h, (packed, reverse), b_class in itertools.product(modes, (16, 32, 64, 128), flags, classes):
         _, pointer, fp32_dot, precision, tanh = MODES[mode]
-        if mode == "fp32" and block_h > rnn_single.MAX_H_FP32_IEEE:
-            continue  # the launcher sends these to the multi-program tier
-        for config in rnn_single.tile_candidates(configs, b_class, mode, block_h):
+        regs = rnn_single.w_in_regs(b_class, mode)
+        for config in rnn_single.tile_candidates(configs, b_class, mode, block_h, regs):
             block_b = config.kwargs["BLOCK_B"]
-            common = dict(REVERSE=reverse, PACKED=packed, FP32_DOT=fp32_dot, PRECISION=precision, BLOCK_H=block_h,
-                          BLOCK_B=block_b)
+            common = dict(REVERSE=reverse, PACKED=packed, W_IN_REGS=regs, FP32_DOT=fp32_dot, PRECISION=precision,
+                          BLOCK_H=block_h, BLOCK_B=block_b)
             ints = dict(H=block_h, B=b_class, B_CLASS=b_class, T=1000)
             yield (rnn_single._rnn_fwd_single_kernel, mode, pointer, dict(common, ACTIVATION=0, TANH=tanh), ints,
                    config.num_warps)
@@ -96,17 +99,18 @@ def multi_plans(quick: bool) -> list[tuple[str, object, int, int]]:
     """(mode, plan, H, B) for every distinct geometry kernels.plan picks over the shapes the multi tier
     serves (H past the single tier up to 4096, batches 1..256)."""
     from fastrnn.kernels import plan as planner
+    from fastrnn.kernels import rnn_single
 
     seen, found = set(), []
-    hiddens = (160, 512, 2048, 4096) if quick else (65, 128, 160, 256, 300, 512, 1024, 2048, 3000, 4096)
+    hiddens = (160, 512, 2048, 4096) if quick else (129, 160, 256, 300, 512, 1024, 2048, 3000, 4096)
     batches = (1, 3, 64, 256) if quick else (1, 2, 3, 4, 8, 16, 32, 64, 128, 256)
     for mode, hidden, batch in itertools.product(MODES, hiddens, batches):
         if quick and mode in ("fp16", "tf32"):
             continue
         _, _, fp32_dot, precision, _ = MODES[mode]
         elem = 4 if MODES[mode][0] == "float32" else 2
-        if hidden <= (64 if precision == "ieee" and fp32_dot else 128):
-            continue
+        if hidden <= rnn_single.MAX_H:
+            continue  # the launcher sends these to the single tier
         p = planner.plan_multi(hidden, batch, elem, fp32_dot and precision == "ieee", planner.GPU["sms"])
         # rows per group, grid and H are runtime values: one compile per set of constexprs (and H % 16)
         key = (mode, p.block_n, p.block_b, p.block_h, p.block_k, p.num_warps, p.w_on_chip, hidden % 16 == 0)
@@ -175,7 +179,7 @@ def main(argv=None) -> int:
 
     print(f"aot_check: triton {triton.__version__} ({os.path.dirname(triton.__file__)}), sm_{args.arch}")
     target = GPUTarget("cuda", args.arch, 32)
-    count, spilling = 0, []
+    count, spilling, staged = 0, [], []
     for fn, mode, pointer, constexprs, ints, warps in variants(args.quick, args.only):
         jit = _jit(fn)
         sig, consts, attrs = specialise(jit, pointer, constexprs, ints)
@@ -191,13 +195,17 @@ def main(argv=None) -> int:
                 f.write(f"// {name}\n" + kernel.asm["ttgir"])
         if usage and usage[1] > 0:
             spilling.append(name)
+        if constexprs.get("W_IN_REGS") and re.search(r"ttg\.local_(alloc|load)", kernel.asm["ttgir"]):
+            staged.append(name)
         count += 1
     print(f"compiled {count} kernel variants for sm_{args.arch} with triton {triton.__version__}; "
-          f"variants that spill: {len(spilling)}")
+          f"variants that spill: {len(spilling)}; W_IN_REGS variants staging through shared memory: "
+          f"{len(staged)}")
+    if staged:
+        print("W_IN_REGS but shared memory:\n" + "\n".join(staged), file=sys.stderr)
     if args.no_spills and spilling:
         print("\n".join(spilling), file=sys.stderr)
-        return 1
-    return 0
+    return 1 if staged or (args.no_spills and spilling) else 0
 
 
 if __name__ == "__main__":

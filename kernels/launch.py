@@ -2,8 +2,9 @@
 its escape, packed-step tables.
 
 Tiers (H = hidden size):
-  single   H <= rnn_single.MAX_H (MAX_H_FP32_IEEE for float32 without TF32): one program per batch tile,
-           W_hh on chip, all steps in one launch.
+  single   H <= rnn_single.MAX_H: one program per batch tile, W_hh on chip, all steps in one launch; W in
+           registers (IEEE float32, batch classes <= 4) or behind tl.dot on the tensor cores (16-bit / TF32
+           tiles of 8+ rows): ``single_path``.
   multi    larger H: grid (column slices x batch groups) from kernels.plan; one persistent launch with one
            grid barrier per step when the whole grid fits on the GPU at once (cooperative launch where
            Triton has it, occupancy checked), otherwise -- and under TRITON_INTERPRET=1 -- one launch per
@@ -39,10 +40,11 @@ from fastrnn.kernels.rnn_common import (
 from fastrnn.kernels.rnn_multi import _rnn_bwd_multi_kernel, _rnn_fwd_multi_kernel
 from fastrnn.kernels.rnn_single import (
     MAX_H,
-    MAX_H_FP32_IEEE,
     _rnn_bwd_single_kernel,
     _rnn_fwd_single_kernel,
     batch_class,
+    mode_of,
+    w_in_regs,
 )
 from torch import Tensor
 
@@ -127,9 +129,13 @@ def _tanh_mode(dtype: torch.dtype) -> int:
 
 
 def tier(hidden: int, dtype: torch.dtype) -> str:
+    return "single" if hidden <= MAX_H else "multi"
+
+
+def single_path(batch: int, dtype: torch.dtype) -> str:
+    """The single tier's hold on W_hh: "regs" (multiply-and-reduce) or "dot" (tl.dot via shared memory)."""
     fp32_dot, precision = _dot_mode(dtype)
-    limit = MAX_H_FP32_IEEE if fp32_dot and precision == "ieee" else MAX_H
-    return "single" if hidden <= limit else "multi"
+    return "regs" if w_in_regs(batch_class(batch), mode_of(fp32_dot, precision, str(dtype))) else "dot"
 
 
 def _sm_count(device: torch.device) -> int:
@@ -267,7 +273,8 @@ def rnn_fwd_triton(
             h_n = _alloc_like(h0)  # [B, H]
             _rnn_fwd_single_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
                 xw, h0, w_hh.t().contiguous(), y, h_n, *tables, steps, batch, hidden, batch_class(batch),
-                BLOCK_H=max(16, triton.next_power_of_2(hidden)), TANH=tanh, **flags,
+                BLOCK_H=max(16, triton.next_power_of_2(hidden)), TANH=tanh,
+                W_IN_REGS=single_path(batch, w_hh.dtype) == "regs", **flags,
             )
             return y, h_n
         p = plan(hidden, batch, w_hh.dtype, xw.device)
@@ -304,7 +311,8 @@ def rnn_bwd_triton(
             dh0 = _alloc_like(dh_n)  # [B, H]
             _rnn_bwd_single_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
                 dy, dh_n, y, w_hh, dz, dh0, *tables, steps, batch, hidden, batch_class(batch),
-                BLOCK_H=max(16, triton.next_power_of_2(hidden)), **flags,
+                BLOCK_H=max(16, triton.next_power_of_2(hidden)),
+                W_IN_REGS=single_path(batch, w_hh.dtype) == "regs", **flags,
             )
             return dz, dh0
         p = plan(hidden, batch, w_hh.dtype, y.device)

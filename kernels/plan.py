@@ -1,4 +1,5 @@
-"""Launch geometry of the multi-program tier and the performance model that picks it (no torch, no GPU).
+"""Launch geometry of the multi-program tier, the single tier's choice of path, and the performance model
+behind both (no torch, no GPU).
 
 The model predicts one recurrence step (forward; the backward's step does the same work) on an H100/H200
 from FLOPs, bytes and syncs, with the figures in ``GPU``. The planner keeps the candidate geometry with
@@ -146,6 +147,19 @@ def plan_multi(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool, sms: i
     return min(plans, key=lambda p: (predict_step_s(p, hidden, batch, elem_bytes), p.programs))
 
 
+# The single tier's register path takes tiles of at most this many rows (one multiply-and-reduce per row,
+# unrolled); the launcher sends batch classes up to it there in every dtype.
+REGS_MAX_TILE = 4
+
+
+def single_w_in_regs(batch_class: int, fp32_ieee: bool) -> bool:
+    """Whether the single tier keeps W in registers (multiply-and-reduce) rather than in shared memory behind
+    tl.dot: always for IEEE float32 (its tl.dot is an FMA dot anyway, through shared memory, and spilled
+    at H = 128), and for batch classes up to REGS_MAX_TILE rows in 16-bit and TF32, where a tensor-core
+    dot of 1..4 rows is mostly padding. Tiles of 8+ rows in 16-bit / TF32 keep the tensor cores."""
+    return fp32_ieee or batch_class <= REGS_MAX_TILE
+
+
 def cudnn_step_s(hidden: int, batch: int, elem_bytes: int, tf32: bool = False) -> float:
     """An estimate of cuDNN's per-step time for the same step (no GPU measurement yet): a GEMM per step at
     60% of peak plus ~5 us of launch and pointwise work (cuDNN's persistent kernels cover only small H)."""
@@ -154,15 +168,25 @@ def cudnn_step_s(hidden: int, batch: int, elem_bytes: int, tf32: bool = False) -
 
 
 def single_step_s(hidden: int, batch: int, elem_bytes: int, fp32_ieee: bool) -> float:
-    """Predicted seconds per step of the single tier: one program per batch tile does the whole step alone
-    (dot on one SM, W read from shared memory every step, no barrier)."""
+    """Predicted seconds per step of the single tier: programs of one batch tile each do the whole step
+    alone, no barrier. Register path (plan.single_w_in_regs): one-row tiles while the batch fits on the SMs,
+    else REGS_MAX_TILE rows; FMA at 128 a clock per SM over the rows an SM holds, no W traffic, and per row
+    one cross-warp reduction (GPU["row_reduce_s"]) after the first. tl.dot path: the tile's dot on the
+    tensor cores and W read from shared memory every step (128 B a clock per SM). Both add the dependent
+    chain: state exchange through shared memory, activation, store (0.5 us)."""
     g = GPU
     clock = g["clock_hz"]
-    tile = min(max(batch, 1), 16)
-    rate = g["fma_per_clk_sm"] if fp32_ieee else g["mma_fma_per_clk_sm"].get(elem_bytes, 512)
-    compute = tile * hidden * hidden / (rate * clock)
+    batch = max(batch, 1)
+    b_class = min(_pow2(batch), 16)
+    if single_w_in_regs(b_class, fp32_ieee):
+        tile = 1 if batch <= g["sms"] else REGS_MAX_TILE
+        rows_per_sm = tile * math.ceil(math.ceil(batch / tile) / g["sms"])
+        compute = rows_per_sm * hidden * hidden / (g["fma_per_clk_sm"] * clock)
+        return compute + (tile - 1) * g["row_reduce_s"] + 0.5e-6
+    tile = min(batch, 16)
+    compute = tile * hidden * hidden / (g["mma_fma_per_clk_sm"].get(elem_bytes, 512) * clock)
     smem = hidden * hidden * elem_bytes / (128 * clock)  # 128 B/clk of shared-memory bandwidth per SM
-    return max(compute, smem) + 0.5e-6  # the dependent chain: dot, layout change, activation, store
+    return max(compute, smem) + 0.5e-6
 
 
 GRID = [(b, h, "fp32") for b in (1, 16, 64, 256) for h in (128, 256, 512, 1024, 2048)] + [
@@ -177,7 +201,7 @@ def table(grid=GRID) -> str:
              "|---:|---:|---|---:|---:|---:|---|---:|---:|"]
     for batch, hidden, dtype in grid:
         elem, ieee = (4, True) if dtype == "fp32" else (2, False)
-        single_ok = hidden <= (64 if ieee else 128)
+        single_ok = hidden <= 128
         single = single_step_s(hidden, batch, elem, ieee) * 1e6 if single_ok else None
         p = plan_multi(hidden, batch, elem, ieee, GPU["sms"])
         multi = predict_step_s(p, hidden, batch, elem) * 1e6

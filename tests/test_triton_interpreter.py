@@ -31,20 +31,44 @@ def _inputs(steps, batch, hidden, packed, dtype, seed):
     return recurrence_inputs(steps, batch, hidden, packed, dtype, seed, DEVICE)
 
 
+# The single tier's two holds on W_hh run the same shapes: "regs" (multiply-and-reduce; in the interpreter
+# tiles of min(batch class, 4) rows: B = 1, 2 one tile, B = 3 one partial tile of 4, B = 5 and 20 several)
+# and "dot" (tl.dot, tiles of the batch class). The launcher's own choice is in test_triton_launch.py.
 TIER_SHAPES = [
-    pytest.param(4, 3, 8, id="single-H8"),
-    pytest.param(5, 20, 40, id="single-H40-two-batch-tiles"),
-    pytest.param(3, 2, 64, id="single-H64-fp32-limit"),
-    pytest.param(3, 3, 65, id="multi-H65-per-step"),
-    pytest.param(3, 18, 96 + 64, id="multi-H160-two-batch-tiles"),
+    pytest.param(4, 1, 8, "regs", id="single-regs-H8-B1"),
+    pytest.param(4, 3, 8, "regs", id="single-regs-H8-B3-partial-tile"),
+    pytest.param(4, 3, 8, "dot", id="single-dot-H8-B3"),
+    pytest.param(5, 2, 40, "regs", id="single-regs-H40-B2"),
+    pytest.param(5, 5, 40, "regs", id="single-regs-H40-B5-two-tiles"),
+    pytest.param(5, 20, 40, "regs", id="single-regs-H40-B20-five-tiles"),
+    pytest.param(5, 20, 40, "dot", id="single-dot-H40-two-batch-tiles"),
+    pytest.param(3, 2, 64, "dot", id="single-dot-H64"),
+    pytest.param(3, 3, 128, "regs", id="single-regs-H128-B3"),
+    pytest.param(3, 3, 65, "multi", id="multi-H65-per-step"),
+    pytest.param(3, 18, 96 + 64, "multi", id="multi-H160-two-batch-tiles"),
 ]
+
+
+@pytest.fixture
+def route(monkeypatch):
+    """Forces the single tier's path ("regs" or "dot") or the multi tier ("multi")."""
+    from fastrnn.kernels import launch
+
+    def force(path):
+        if path == "multi":
+            monkeypatch.setattr(launch, "tier", lambda hidden, dtype: "multi")
+        else:
+            monkeypatch.setattr(launch, "single_path", lambda batch, dtype: path)
+
+    return force
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("steps,batch,hidden", TIER_SHAPES)
-def test_kernels_match_reference(steps, batch, hidden, packed, reverse, activation):
+@pytest.mark.parametrize("steps,batch,hidden,path", TIER_SHAPES)
+def test_kernels_match_reference(route, steps, batch, hidden, path, packed, reverse, activation):
+    route(path)
     xw, h0, w, batch_sizes = _inputs(steps, batch, hidden, packed, torch.float32, seed=hidden + batch)
     y, h_n = triton_backend.fwd(xw, h0, w, batch_sizes, reverse, activation)
     ref = [t.double() for t in (xw, h0, w)]
@@ -60,11 +84,13 @@ def test_kernels_match_reference(steps, batch, hidden, packed, reverse, activati
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("hidden", [16, 128, 130])
-def test_half_precision_kernels_within_rounding(dtype, hidden):
-    if DEVICE.type == "cpu" and dtype == torch.bfloat16:
+@pytest.mark.parametrize("hidden,batch", [(16, 3), (128, 3), (128, 9), (130, 3)],
+                         ids=["H16-regs", "H128-regs", "H128-dot", "H130-multi"])
+def test_half_precision_kernels_within_rounding(dtype, hidden, batch):
+    """The launcher's own path: 16-bit batches of <= 4 rows hold W in registers, 9 rows go to tl.dot."""
+    if DEVICE.type == "cpu" and dtype == torch.bfloat16 and batch > 4:
         pytest.skip("Triton's interpreter computes bfloat16 tl.dot wrongly; checked on GPU in gpu_check.sh")
-    xw, h0, w, batch_sizes = _inputs(4, 3, hidden, False, dtype, seed=7)
+    xw, h0, w, batch_sizes = _inputs(4, batch, hidden, False, dtype, seed=7)
     y, h_n = triton_backend.fwd(xw, h0, w, None, False, "tanh")
     assert y.dtype == dtype and h_n.dtype == dtype
     y_ref, _ = rnn_recurrence_ref(xw.double(), h0.double(), w.double())
@@ -106,12 +132,9 @@ def test_triton_is_bitwise_deterministic(use_backend):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-@pytest.fixture(params=["single", "multi"])
-def any_tier(request, monkeypatch):
-    from fastrnn.kernels import launch
-
-    if request.param == "multi":
-        monkeypatch.setattr(launch, "tier", lambda hidden, dtype: "multi")
+@pytest.fixture(params=["single-regs", "single-dot", "multi"])
+def any_tier(request, route):
+    route(request.param.removeprefix("single-"))
     return request.param
 
 

@@ -46,3 +46,41 @@ def test_batch_classes_and_tiles():
     assert {c.kwargs["BLOCK_B"] for c in rnn_single.tile_candidates(configs, 1)} == {1}
     assert {c.kwargs["BLOCK_B"] for c in rnn_single.tile_candidates(configs, 4)} == {4}
     assert min(c.kwargs["BLOCK_B"] for c in rnn_single.tile_candidates(configs, 16)) == 16
+
+
+def test_single_tier_path_choice():
+    """W_hh in registers for IEEE float32 at every batch and for batch classes up to 4 rows in 16-bit / TF32;
+    tl.dot (tensor cores) for 16-bit / TF32 tiles of 8+ rows. float32 runs the single tier up to H = 128."""
+    from fastrnn.kernels import launch
+
+    for batch in (1, 2, 3, 4, 5, 16, 1000):
+        assert launch.single_path(batch, torch.float32) == "regs"
+        expected = "regs" if batch <= 4 else "dot"
+        assert launch.single_path(batch, torch.bfloat16) == expected
+        assert launch.single_path(batch, torch.float16) == expected
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=True):
+            assert launch.single_path(batch, torch.float32) == expected
+    assert launch.tier(128, torch.float32) == "single" and launch.tier(129, torch.float32) == "multi"
+
+
+def test_register_path_tiles_on_the_gpu(monkeypatch):
+    """The autotuner's register-path candidates (GPU configs): one-row and min(class, 4)-row tiles in 8 and 16
+    warps at BLOCK_H = 128 (4 and 8 below), less REGS_SPILLING; the dot path never takes 16 warps."""
+    from fastrnn.kernels import rnn_single
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    configs = rnn_single._configs()
+    for b_class in (1, 2, 4, 8, 16):
+        for block_h in (16, 32, 64, 128):
+            for mode in ("fp32", "tf32", "fp16", "bf16"):
+                regs = rnn_single.tile_candidates(configs, b_class, mode, block_h, regs=True)
+                expected = {(b, w) for b in (1, min(b_class, 4)) for w in ((8, 16) if block_h == 128 else (4, 8))
+                            if (mode, block_h, b, w) not in rnn_single.REGS_SPILLING}
+                assert {(c.kwargs["BLOCK_B"], c.num_warps) for c in regs} == expected
+                dot = rnn_single.tile_candidates(configs, b_class, mode, block_h, regs=False)
+                assert dot and all(c.num_warps <= 8 for c in dot)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreted = rnn_single._configs()
+    for b_class, tile in ((1, 1), (2, 2), (4, 4), (8, 4), (16, 4)):
+        chosen = rnn_single.tile_candidates(interpreted, b_class, "fp32", 64, regs=True)
+        assert [c.kwargs["BLOCK_B"] for c in chosen] == [tile]
