@@ -322,3 +322,20 @@ def test_saved_tensors_are_unpacked_once_and_checkpointing_works(plain_calls):
     out_ckpt = torch.utils.checkpoint.checkpoint(lambda t: ours(t)[0], x, use_reentrant=False)
     out_ckpt.sum().backward()
     torch.testing.assert_close(x.grad, want)
+
+
+def test_training_through_a_parametrized_weight(plain_calls):
+    class Halved(torch.nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    ref = torch.nn.RNN(3, 5, 2, dtype=torch.float64)
+    ours = fastrnn.RNN.from_torch(ref)
+    for module in (ref, ours):
+        parametrize.register_parametrization(module, "weight_hh_l1", Halved())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    want, got = _training_results(ref, x, None, "all"), _training_results(ours, x, None, "all")
+    assert got.keys() == want.keys() and "grad_parametrizations.weight_hh_l1.original" in got
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-11, atol=1e-11, msg=key)
+    assert plain_calls == [True]
