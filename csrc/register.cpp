@@ -11,6 +11,15 @@
 
 namespace {
 
+// (output, h_n) as a Python tuple of two new tensors.
+PyObject* wrap_pair(at::Tensor first, at::Tensor second) {
+  PyObject* tuple = PyTuple_New(2);
+  if (tuple == nullptr) return nullptr;
+  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(first)));  // steals the new references
+  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(second)));
+  return tuple;
+}
+
 // fastrnn._C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, activation): the same as
 // torch.ops.fastrnn.rnn_cell, minus the generic op call's argument boxing (a few microseconds, which is
 // most of a small cell step). Eager RNNCell calls this; TorchScript and tracers see the op.
@@ -79,11 +88,7 @@ PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssi
   auto [output, h_n] = fastrnn::rnn_stack_forward(
       THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), weights, batch_sizes,
       PyObject_IsTrue(args[4]) == 1, num_layers, PyObject_IsTrue(args[6]) == 1, activation);
-  PyObject* result = PyTuple_New(2);
-  if (result == nullptr) return nullptr;
-  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::move(output)));  // steals the new references
-  PyTuple_SET_ITEM(result, 1, THPVariable_Wrap(std::move(h_n)));
-  return result;
+  return wrap_pair(std::move(output), std::move(h_n));
   END_HANDLE_TH_ERRORS
 }
 
@@ -114,11 +119,7 @@ PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_
                                               PyObject_IsTrue(args[5]) == 1, activation,
                                               PyObject_IsTrue(args[7]) == 1, input_size, hidden_size);
   if (!result.has_value()) Py_RETURN_NONE;
-  PyObject* tuple = PyTuple_New(2);
-  if (tuple == nullptr) return nullptr;
-  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(*result))));
-  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(*result))));
-  return tuple;
+  return wrap_pair(std::move(std::get<0>(*result)), std::move(std::get<1>(*result)));
   END_HANDLE_TH_ERRORS
 }
 

@@ -30,3 +30,24 @@ def use_backend(monkeypatch):
         monkeypatch.setenv("FASTRNN_BACKEND", name)
 
     return force
+
+
+@pytest.fixture
+def entry_calls(monkeypatch):
+    """``entry_calls(name)`` watches one of fastrnn.modules' cached getters of a C++ entry (``_forward_if_plain``,
+    ``_cell_if_plain``) and returns a list that gets, per call of the entry, whether it took the call."""
+    from fastrnn import modules
+
+    def watch(name: str) -> list[bool]:
+        entry = getattr(modules, name)()
+        taken: list[bool] = []
+
+        def spy(*args):
+            result = entry(*args)
+            taken.append(result is not None)
+            return result
+
+        monkeypatch.setattr(modules, name, lambda: spy)
+        return taken
+
+    return watch

@@ -122,17 +122,8 @@ def test_cell_loop_training_matches_torch():
 cell_if_plain = pytest.importorskip("fastrnn._C").rnn_cell_if_plain
 
 
-def test_module_takes_the_one_call_entry_for_plain_calls(monkeypatch):
-    from fastrnn import modules
-
-    taken = []
-
-    def spy(*args):
-        result = cell_if_plain(*args)
-        taken.append(result is not None)
-        return result
-
-    monkeypatch.setattr(modules, "_cell_if_plain", lambda: spy)
+def test_module_takes_the_one_call_entry_for_plain_calls(entry_calls):
+    taken = entry_calls("_cell_if_plain")
     ref, ours = _cells(5, 7, True, "relu", torch.float64)
     x, h = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
     for args in ((x, h), (x,), (x[0], h[0]), (x[0],)):
