@@ -360,18 +360,23 @@ struct LstmShape {
   bool proj;
 };
 
+// ws == nullptr (inference): nothing is saved; each step's gates live in a [rows, W] scratch that stays in
+// L1, and cn carries the running cell state (rows that have not started yet still hold c0 there).
 template <typename T>
 void lstm_forward_rows(const GatedSteps& s, int64_t lo, int64_t hi, const T* xw, const T* h0,
                        const T* c0, const StepWeight<T>& w, const StepWeight<T>& wr,
                        const LstmShape& d, bool reverse, T* y, T* ws, T* hn, T* cn) {
   const int64_t nsteps = static_cast<int64_t>(s.sizes.size());
   const int64_t H = d.H, P = d.P, W = d.W;
+  const bool save = ws != nullptr;
+  std::vector<T> scratch(save ? 0 : (hi - lo) * W);  // [rows, W]
+  if (!save) std::memcpy(cn + lo * H, c0 + lo * H, sizeof(T) * (hi - lo) * H);
   for (int64_t i = 0; i < nsteps; ++i) {
     const int64_t t = reverse ? nsteps - 1 - i : i;
     const int64_t end = std::min(hi, s.sizes[t]);
     if (end <= lo) continue;
     const PrevRows p = prev_rows(s, i, t, lo, end, reverse);
-    T* out = ws + (s.offsets[t] + lo) * W;
+    T* out = save ? ws + (s.offsets[t] + lo) * W : scratch.data();
     for (int64_t r = lo; r < end; ++r)
       std::memcpy(out + (r - lo) * W, xw + (s.offsets[t] + r) * 4 * H, sizeof(T) * 4 * H);
     const T* prev = p.prev >= 0 ? y + (s.offsets[p.prev] + lo) * P : nullptr;
@@ -379,21 +384,26 @@ void lstm_forward_rows(const GatedSteps& s, int64_t lo, int64_t hi, const T* xw,
     w.apply(h0 + p.split * P, P, end - p.split, out + (p.split - lo) * W, W, true);
     for (int64_t r = lo; r < end; ++r) {
       const int64_t row = s.offsets[t] + r;
-      const T* c_prev = r < p.split ? ws + (s.offsets[p.prev] + r) * W + 4 * H : c0 + r * H;
-      T* u = d.proj ? ws + row * W + 5 * H : y + row * P;
-      lstm_fwd_row(ws + row * W, c_prev, H, u);
+      T* gates = out + (r - lo) * W;
+      T* u = d.proj ? gates + 5 * H : y + row * P;
+      if (save) {
+        lstm_fwd_row(gates, r < p.split ? ws + (s.offsets[p.prev] + r) * W + 4 * H : c0 + r * H, H, u);
+      } else {
+        lstm_fwd_row(gates, cn + r * H, H, u);
+        std::memcpy(cn + r * H, gates + 4 * H, sizeof(T) * H);
+      }
     }
     if (d.proj) wr.apply(out + 5 * H, W, end - lo, y + (s.offsets[t] + lo) * P, P, false);
   }
   for (int64_t r = lo; r < hi; ++r) {
     if (nsteps == 0) {
       std::memcpy(hn + r * P, h0 + r * P, sizeof(T) * P);
-      std::memcpy(cn + r * H, c0 + r * H, sizeof(T) * H);
+      if (save) std::memcpy(cn + r * H, c0 + r * H, sizeof(T) * H);
       continue;
     }
     const int64_t row = s.offsets[last_step_of_row(s, r, reverse)] + r;
     std::memcpy(hn + r * P, y + row * P, sizeof(T) * P);
-    std::memcpy(cn + r * H, ws + row * W + 4 * H, sizeof(T) * H);
+    if (save) std::memcpy(cn + r * H, ws + row * W + 4 * H, sizeof(T) * H);
   }
 }
 
@@ -565,9 +575,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
 
 // xw [T, B, 4H] or [N, 4H]; h0 [B, P]; c0 [B, H]; w_hh [4H, P]; w_hr [P, H]. Returns y (P a row), h_n,
 // c_n and ws (5H a row, 6H with w_hr).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_impl(
     const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse,
+    bool save) {
   check_float_cpu(xw, {&h0, &c0, &w_hh}, "LSTM");
   TORCH_CHECK(h0.dim() == 2 && c0.dim() == 2 && c0.size(0) == h0.size(0),
               "fastrnn: h0 and c0 must be [B, P] and [B, H], got ", h0.sizes(), " and ", c0.sizes());
@@ -591,7 +602,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_cpu(
   const GatedSteps s = gated_steps(x, batch_sizes);
   const int64_t batch = h.size(0);
   auto y = with_width(x, P);
-  auto ws = with_width(x, (proj ? 6 : 5) * H);
+  auto ws = save ? with_width(x, (proj ? 6 : 5) * H) : at::empty({0}, x.options());
   auto hn = at::empty({batch, P}, h.options());
   auto cn = at::empty({batch, H}, c.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_lstm_fwd", [&] {
@@ -611,11 +622,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_cpu(
     for_gated_row_chunks(batch, [&](int64_t lo, int64_t hi) {
       lstm_forward_rows<scalar_t>(s, lo, hi, x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
                                   c.data_ptr<scalar_t>(), sw, swr, d, reverse, y.data_ptr<scalar_t>(),
-                                  ws.data_ptr<scalar_t>(), hn.data_ptr<scalar_t>(),
+                                  save ? ws.data_ptr<scalar_t>() : nullptr, hn.data_ptr<scalar_t>(),
                                   cn.data_ptr<scalar_t>());
     });
   });
   return {y, hn, cn, ws};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_cpu(
+    const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+  return lstm_fwd_impl(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse, true);
+}
+
+// Inference: lstm_fwd without the workspace (nothing for a backward), so no [T, B, 5H] array is allocated,
+// faulted in and written.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
+    const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+  auto [y, hn, cn, ws] = lstm_fwd_impl(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse, false);
+  return {y, hn, cn};
 }
 
 // Returns da (4H a row), the per-step gradient of h' (P a row; empty without w_hr), dh0 [B, P]
@@ -722,6 +748,9 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
   m.def(
       "lstm_bwd(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor ws, Tensor c0, Tensor w_hh, Tensor? w_hr, "
       "Tensor? batch_sizes, bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lstm_infer(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? batch_sizes, "
+      "bool reverse) -> (Tensor, Tensor, Tensor)");
   // Test and timing hooks: the step matmul alone, and the switch between its two register kernels.
   m.def("_gated_step_mm(Tensor a, Tensor b, Tensor? init, int kernel) -> Tensor");
   m.def("_gated_zmm_kernel(bool enable) -> bool", &fastrnn::gated_zmm_kernel);
@@ -732,5 +761,6 @@ TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("gru_fwd", &fastrnn::gru_fwd_cpu);
   m.impl("gru_bwd", &fastrnn::gru_bwd_cpu);
   m.impl("lstm_fwd", &fastrnn::lstm_fwd_cpu);
+  m.impl("lstm_infer", &fastrnn::lstm_infer_cpu);
   m.impl("lstm_bwd", &fastrnn::lstm_bwd_cpu);
 }

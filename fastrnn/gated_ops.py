@@ -56,6 +56,10 @@ def _register_cpp_fakes() -> None:
         return (xw.new_empty(*lead, h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
                 xw.new_empty(*lead, saved))
 
+    @torch.library.register_fake("fastrnn::lstm_infer")
+    def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        return xw.new_empty(*xw.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+
     @torch.library.register_fake("fastrnn::lstm_bwd")
     def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
         dh_all = dy.new_empty(dy.shape) if w_hr is not None else dy.new_empty(0)
@@ -104,6 +108,13 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
     if _use_cpp(xw):
         return torch.ops.fastrnn.lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
+def lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    """``lstm_fwd`` without the workspace: for calls that nothing will differentiate."""
+    if _use_cpp(xw):
+        return torch.ops.fastrnn.lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
 
 
 def lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
@@ -368,6 +379,11 @@ def _traced(xw: Tensor) -> bool:
     return torch.compiler.is_compiling() or type(xw) is not Tensor
 
 
+def _differentiated(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will record this call: otherwise the op need not save anything for a backward."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def gru_recurrence(
     xw: Tensor,
     h0: Tensor,
@@ -420,4 +436,6 @@ def lstm_recurrence(
     if _traced(xw):
         y, h_n, c_n, _ = lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         return y, h_n, c_n
+    if not _differentiated(xw, h0, c0, w_hh, w_hr):
+        return lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return LSTMRecurrenceFunction.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)

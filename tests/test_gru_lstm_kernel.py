@@ -4,7 +4,9 @@ off, against the float64 reference, on shapes that cross the kernels' size limit
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
+import fastrnn
 from fastrnn import gated_reference as ref
 
 KERNELS = {0: "portable", 1: "avx512"}
@@ -109,3 +111,42 @@ def test_ops_match_float64_reference_with_either_kernel(ops, zmm, packed, batch,
                 torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4, msg="gru " + name)
     finally:
         ops._gated_zmm_kernel(was_on)
+
+
+@pytest.mark.parametrize("zmm", [False, True], ids=["avx512-off", "avx512-on"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_lstm_infer_equals_lstm_fwd(ops, zmm, dtype):
+    """The inference op (no workspace; the cell state carried in c_n) gives lstm_fwd's outputs bit for bit."""
+    was_on = ops._gated_zmm_kernel(zmm)
+    try:
+        for batch, hidden, proj in ((1, 5, 0), (6, 20, 0), (9, 33, 7), (20, 70, 0)):
+            for packed in (False, True):
+                xw, h0, c0, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + hidden)
+                w_hr = None
+                if proj:
+                    w_hr = torch.randn(proj, hidden, dtype=dtype) * hidden**-0.5
+                    h0, w = h0[:, :proj].contiguous(), torch.randn(4 * hidden, proj, dtype=dtype) * proj**-0.5
+                for reverse in (False, True):
+                    want = ops.lstm_fwd(xw, h0, c0, w, w_hr, batch_sizes, reverse)[:3]
+                    got = ops.lstm_infer(xw, h0, c0, w, w_hr, batch_sizes, reverse)
+                    for name, g, r in zip(("y", "h_n", "c_n"), got, want):
+                        assert torch.equal(g, r), (name, batch, hidden, proj, packed, reverse)
+    finally:
+        ops._gated_zmm_kernel(was_on)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_lstm_module_inference_equals_training_forward(ops, packed):
+    """Under no_grad the module takes the inference op; its outputs are the training forward's, bit for bit."""
+    torch.manual_seed(0)
+    lstm = fastrnn.LSTM(6, 12, num_layers=2, bidirectional=True)
+    x = torch.randn(9, 5, 6)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([9, 7, 7, 3, 1]))
+    out, (h, c) = lstm(x)
+    with torch.no_grad():
+        out_i, (h_i, c_i) = lstm(x)
+    for name, a, b in (("output", out, out_i), ("h_n", h, h_i), ("c_n", c, c_i)):
+        a = a.data if packed and name == "output" else a
+        b = b.data if packed and name == "output" else b
+        assert torch.equal(a.detach(), b), name
