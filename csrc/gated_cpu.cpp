@@ -360,12 +360,24 @@ struct LstmShape {
   bool proj;
 };
 
+// The layer input and its weight when the op makes each step's x W_ih^T + bias itself (AVX-512 kernel only):
+// the [T, B, 4H] projection is then never written out and read back.
+template <typename T>
+struct InputProjection {
+  const T* x;     // [T, B, I] or [N, I]
+  int64_t I;
+  const T* wt;    // W_ih^T [I, 4H]
+  const T* bias;  // [4H] or nullptr
+};
+
 // ws == nullptr (inference): nothing is saved; each step's gates live in a [rows, W] scratch that stays in
 // L1, and cn carries the running cell state (rows that have not started yet still hold c0 there).
+// xp != nullptr: xw is not used; each step's input rows are projected by the step kernel.
 template <typename T>
 void lstm_forward_rows(const GatedSteps& s, int64_t lo, int64_t hi, const T* xw, const T* h0,
                        const T* c0, const StepWeight<T>& w, const StepWeight<T>& wr,
-                       const LstmShape& d, bool reverse, T* y, T* ws, T* hn, T* cn) {
+                       const LstmShape& d, bool reverse, T* y, T* ws, T* hn, T* cn,
+                       const InputProjection<T>* xp = nullptr) {
   const int64_t nsteps = static_cast<int64_t>(s.sizes.size());
   const int64_t H = d.H, P = d.P, W = d.W;
   const bool save = ws != nullptr;
@@ -377,8 +389,16 @@ void lstm_forward_rows(const GatedSteps& s, int64_t lo, int64_t hi, const T* xw,
     if (end <= lo) continue;
     const PrevRows p = prev_rows(s, i, t, lo, end, reverse);
     T* out = save ? ws + (s.offsets[t] + lo) * W : scratch.data();
-    for (int64_t r = lo; r < end; ++r)
-      std::memcpy(out + (r - lo) * W, xw + (s.offsets[t] + r) * 4 * H, sizeof(T) * 4 * H);
+    if (xp != nullptr) {
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+      // Every row starts from the bias (row stride 0).
+      zmm_step_mm(xp->x + (s.offsets[t] + lo) * xp->I, xp->I, end - lo, xp->wt, xp->I, 4 * H, xp->bias,
+                  0, out, W);
+#endif
+    } else {
+      for (int64_t r = lo; r < end; ++r)
+        std::memcpy(out + (r - lo) * W, xw + (s.offsets[t] + r) * 4 * H, sizeof(T) * 4 * H);
+    }
     const T* prev = p.prev >= 0 ? y + (s.offsets[p.prev] + lo) * P : nullptr;
     w.apply(prev, P, p.split - lo, out, W, true);
     w.apply(h0 + p.split * P, P, end - p.split, out + (p.split - lo) * W, W, true);
@@ -575,10 +595,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
 
 // xw [T, B, 4H] or [N, 4H]; h0 [B, P]; c0 [B, H]; w_hh [4H, P]; w_hr [P, H]. Returns y (P a row), h_n,
 // c_n and ws (5H a row, 6H with w_hr).
+// w_ih (inference only): xw is the layer input x [T, B, I] or [N, I], to be projected by w_ih [4H, I] and
+// bias [4H] here.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_impl(
     const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse,
-    bool save) {
+    bool save, const std::optional<at::Tensor>& w_ih = std::nullopt,
+    const std::optional<at::Tensor>& bias = std::nullopt) {
   check_float_cpu(xw, {&h0, &c0, &w_hh}, "LSTM");
   TORCH_CHECK(h0.dim() == 2 && c0.dim() == 2 && c0.size(0) == h0.size(0),
               "fastrnn: h0 and c0 must be [B, P] and [B, H], got ", h0.sizes(), " and ", c0.sizes());
@@ -593,14 +616,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_impl(
   } else {
     TORCH_CHECK(P == H, "fastrnn: without w_hr, h0 and c0 must have the same features");
   }
-  check_layout(xw, 4 * H, h0.size(0), batch_sizes, "xw");
-  const auto x = xw.contiguous();
+  const int64_t batch = h0.size(0);
+  const int64_t I = w_ih.has_value() ? w_ih->size(-1) : 0;
+  TORCH_CHECK(!bias.has_value() || w_ih.has_value(), "fastrnn: a bias needs w_ih");
+  if (w_ih.has_value()) {
+    check_float_cpu(xw, {&*w_ih}, "LSTM");
+    TORCH_CHECK(w_ih->dim() == 2 && w_ih->size(0) == 4 * H, "fastrnn: w_ih must be [4H, I] = [", 4 * H,
+                ", I], got ", w_ih->sizes());
+    if (bias.has_value()) {
+      check_float_cpu(xw, {&*bias}, "LSTM");
+      TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "fastrnn: bias must be [", 4 * H, "], got ",
+                  bias->sizes());
+    }
+    check_layout(xw, I, batch, batch_sizes, "x");
+  } else {
+    check_layout(xw, 4 * H, batch, batch_sizes, "xw");
+  }
+  // The step kernel projects the input itself where it runs both matmuls; otherwise one GEMM does, first.
+  bool fuse = false;
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "fastrnn_lstm_fuse", [&] {
+    const int64_t rows = gated_rows_per_thread(batch);
+    fuse = w_ih.has_value() && zmm_kernel_on() && gated_small<scalar_t>(rows, I, 4 * H) &&
+           gated_small<scalar_t>(rows, P, 4 * H);
+  });
+  const auto x = w_ih.has_value() && !fuse ? at::linear(xw, *w_ih, bias).contiguous() : xw.contiguous();
   const auto h = h0.contiguous();
   const auto c = c0.contiguous();
   const auto w = w_hh.contiguous();
   const auto wr = proj ? w_hr->contiguous() : at::Tensor();
   const GatedSteps s = gated_steps(x, batch_sizes);
-  const int64_t batch = h.size(0);
   auto y = with_width(x, P);
   auto ws = save ? with_width(x, (proj ? 6 : 5) * H) : at::empty({0}, x.options());
   auto hn = at::empty({batch, P}, h.options());
@@ -619,11 +663,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_impl(
       swr.w = wr.data_ptr<scalar_t>();
     }
     const LstmShape d{H, P, (proj ? 6 : 5) * H, proj};
+    at::Tensor wt, b;
+    InputProjection<scalar_t> xp{};
+    if (fuse) {
+      wt = w_ih->t().contiguous();  // [I, 4H]
+      b = bias.has_value() ? bias->contiguous() : at::Tensor();
+      xp = {x.data_ptr<scalar_t>(), I, wt.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr};
+    }
     for_gated_row_chunks(batch, [&](int64_t lo, int64_t hi) {
       lstm_forward_rows<scalar_t>(s, lo, hi, x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
                                   c.data_ptr<scalar_t>(), sw, swr, d, reverse, y.data_ptr<scalar_t>(),
                                   save ? ws.data_ptr<scalar_t>() : nullptr, hn.data_ptr<scalar_t>(),
-                                  cn.data_ptr<scalar_t>());
+                                  cn.data_ptr<scalar_t>(), fuse ? &xp : nullptr);
     });
   });
   return {y, hn, cn, ws};
@@ -636,11 +687,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_cpu(
 }
 
 // Inference: lstm_fwd without the workspace (nothing for a backward), so no [T, B, 5H] array is allocated,
-// faulted in and written.
+// faulted in and written. With w_ih, x is the layer input and the op adds x W_ih^T + bias itself.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
-    const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse) {
-  auto [y, hn, cn, ws] = lstm_fwd_impl(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse, false);
+    const at::Tensor& x, const std::optional<at::Tensor>& w_ih, const std::optional<at::Tensor>& bias,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+  auto [y, hn, cn, ws] = lstm_fwd_impl(x, h0, c0, w_hh, w_hr, batch_sizes, reverse, false, w_ih, bias);
   return {y, hn, cn};
 }
 
@@ -749,8 +801,8 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
       "lstm_bwd(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor ws, Tensor c0, Tensor w_hh, Tensor? w_hr, "
       "Tensor? batch_sizes, bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "lstm_infer(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? batch_sizes, "
-      "bool reverse) -> (Tensor, Tensor, Tensor)");
+      "lstm_infer(Tensor x, Tensor? w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
+      "Tensor? batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor)");
   // Test and timing hooks: the step matmul alone, and the switch between its two register kernels.
   m.def("_gated_step_mm(Tensor a, Tensor b, Tensor? init, int kernel) -> Tensor");
   m.def("_gated_zmm_kernel(bool enable) -> bool", &fastrnn::gated_zmm_kernel);

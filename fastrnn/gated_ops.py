@@ -17,6 +17,7 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fastrnn import gated_reference as ref
@@ -57,8 +58,8 @@ def _register_cpp_fakes() -> None:
                 xw.new_empty(*lead, saved))
 
     @torch.library.register_fake("fastrnn::lstm_infer")
-    def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        return xw.new_empty(*xw.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+    def _(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        return x.new_empty(*x.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 
     @torch.library.register_fake("fastrnn::lstm_bwd")
     def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
@@ -113,7 +114,7 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
 def lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
     """``lstm_fwd`` without the workspace: for calls that nothing will differentiate."""
     if _use_cpp(xw):
-        return torch.ops.fastrnn.lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+        return torch.ops.fastrnn.lstm_infer(xw, None, None, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
 
 
@@ -382,6 +383,26 @@ def _traced(xw: Tensor) -> bool:
 def _differentiated(*tensors: Optional[Tensor]) -> bool:
     """Whether autograd will record this call: otherwise the op need not save anything for a backward."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def lstm_layer(
+    x: Tensor,
+    w_ih: Tensor,
+    bias: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer and direction: ``lstm_recurrence(F.linear(x, w_ih, bias), ...)``. A call that nothing
+    will differentiate runs as one C++ op, which makes each step's input projection itself where it can."""
+    tensors = (x, w_ih, bias, h0, c0, w_hh, w_hr)
+    if (not torch._C._are_functorch_transforms_active() and not _traced(x) and not _differentiated(*tensors)
+            and _use_cpp(x)):
+        return torch.ops.fastrnn.lstm_infer(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
 
 def gru_recurrence(
