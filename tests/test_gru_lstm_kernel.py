@@ -165,19 +165,52 @@ def test_lstm_infer_projects_the_input(ops, zmm, dtype):
         ops._gated_zmm_kernel(was_on)
 
 
+@pytest.mark.parametrize("zmm", [False, True], ids=["avx512-off", "avx512-on"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_gru_infer_equals_gru_fwd_and_projects_the_input(ops, zmm, dtype):
+    """gru_infer(xw): gru_fwd's y and h_n bit for bit; gru_infer(x, w_ih, bias): against the float64 reference."""
+    was_on = ops._gated_zmm_kernel(zmm)
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
+    try:
+        for batch, inputs, hidden in ((1, 3, 5), (6, 17, 20), (9, 40, 33), (20, 70, 70)):
+            for packed in (False, True):
+                xw, h0, _, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + inputs)
+                xw, w = xw[..., : 3 * hidden].contiguous(), w[: 3 * hidden].contiguous()
+                x = torch.randn(*xw.shape[:-1], inputs, dtype=dtype)
+                w_ih = torch.randn(3 * hidden, inputs, dtype=dtype) * inputs**-0.5
+                biases = ((None, None), (torch.randn(hidden, dtype=dtype), torch.randn(3 * hidden, dtype=dtype)))
+                for b_hn, bias in biases:
+                    for reverse in (False, True):
+                        want = ops.gru_fwd(xw, h0, w, b_hn, batch_sizes, reverse)[:2]
+                        got = ops.gru_infer(xw, None, None, h0, w, b_hn, batch_sizes, reverse)
+                        for name, g, r in zip(("y", "h_n"), got, want):
+                            assert torch.equal(g, r), (name, batch, hidden, packed, reverse)
+                        got = ops.gru_infer(x, w_ih, bias, h0, w, b_hn, batch_sizes, reverse)
+                        d = [t.double() if t is not None else None for t in (x, w_ih, bias, h0, w, b_hn)]
+                        want = ref.gru_recurrence_ref(torch.nn.functional.linear(*d[:3]), *d[3:], batch_sizes, reverse)
+                        for name, g, r in zip(("y", "h_n"), got, want):
+                            torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol,
+                                                       msg=f"{name} B={batch} I={inputs} H={hidden}")
+    finally:
+        ops._gated_zmm_kernel(was_on)
+
+
+@pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_lstm_module_inference_equals_training_forward(ops, packed):
+def test_module_inference_equals_training_forward(ops, cls, packed):
     """Under no_grad the module takes the inference op; its outputs are the training forward's (up to the
     rounding of the input projection, which the inference op's step kernel makes in its own order)."""
     torch.manual_seed(0)
-    lstm = fastrnn.LSTM(6, 12, num_layers=2, bidirectional=True)
+    module = cls(6, 12, num_layers=2, bidirectional=True)
     x = torch.randn(9, 5, 6)
     if packed:
         x = pack_padded_sequence(x, torch.tensor([9, 7, 7, 3, 1]))
-    out, (h, c) = lstm(x)
+    out, state = module(x)
     with torch.no_grad():
-        out_i, (h_i, c_i) = lstm(x)
-    for name, a, b in (("output", out, out_i), ("h_n", h, h_i), ("c_n", c, c_i)):
-        a = a.data if packed and name == "output" else a
-        b = b.data if packed and name == "output" else b
+        out_i, state_i = module(x)
+    if packed:
+        out, out_i = out.data, out_i.data
+    pairs = [("output", out, out_i)]
+    pairs += list(zip(("h_n", "c_n"), state, state_i)) if cls is fastrnn.LSTM else [("h_n", state, state_i)]
+    for name, a, b in pairs:
         torch.testing.assert_close(b, a.detach(), rtol=1e-5, atol=1e-6, msg=name)
