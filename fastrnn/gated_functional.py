@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastrnn.gated_ops import gru_recurrence, lstm_recurrence
+from fastrnn.gated_ops import gru_layer, gru_recurrence, lstm_layer, lstm_recurrence
 
 
 def _gru_input_bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
@@ -77,7 +77,7 @@ def gru(
     def layer(x: Tensor, k: int, reverse: bool) -> Tensor:
         w = weights[k * per : (k + 1) * per]
         bias, b_hn = _gru_input_bias(w[2], w[3]) if has_biases else (None, None)
-        y, h_n = gru_recurrence(F.linear(x, w[0], bias), hx[k], w[1], b_hn, batch_sizes, reverse)
+        y, h_n = gru_layer(x, w[0], bias, hx[k], w[1], b_hn, batch_sizes, reverse)
         finals.append(h_n)
         return y
 
@@ -120,7 +120,7 @@ def lstm(
         w = weights[k * per : (k + 1) * per]
         bias = w[2] + w[3] if has_biases else None
         w_hr = w[-1] if proj_size > 0 else None
-        y, h_n, c_n = lstm_recurrence(F.linear(x, w[0], bias), h0s[k], c0s[k], w[1], w_hr, batch_sizes, reverse)
+        y, h_n, c_n = lstm_layer(x, w[0], bias, h0s[k], c0s[k], w[1], w_hr, batch_sizes, reverse)
         h_finals.append(h_n)
         c_finals.append(c_n)
         return y

@@ -17,6 +17,7 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fastrnn import gated_reference as ref
@@ -56,6 +57,14 @@ def _register_cpp_fakes() -> None:
         return (xw.new_empty(*lead, h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
                 xw.new_empty(*lead, saved))
 
+    @torch.library.register_fake("fastrnn::gru_infer")
+    def _(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
+        return x.new_empty(*x.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape)
+
+    @torch.library.register_fake("fastrnn::lstm_infer")
+    def _(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        return x.new_empty(*x.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+
     @torch.library.register_fake("fastrnn::lstm_bwd")
     def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
         dh_all = dy.new_empty(dy.shape) if w_hr is not None else dy.new_empty(0)
@@ -94,6 +103,13 @@ def gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse):
     return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)
 
 
+def gru_infer(xw, h0, w_hh, b_hn, batch_sizes, reverse):
+    """``gru_fwd`` without the workspace: for calls that nothing will differentiate."""
+    if _use_cpp(xw):
+        return torch.ops.fastrnn.gru_infer(xw, None, None, h0, w_hh, b_hn, batch_sizes, reverse)
+    return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)[:2]
+
+
 def gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
     if _use_cpp(y):
         return torch.ops.fastrnn.gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
@@ -104,6 +120,13 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
     if _use_cpp(xw):
         return torch.ops.fastrnn.lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
+def lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    """``lstm_fwd`` without the workspace: for calls that nothing will differentiate."""
+    if _use_cpp(xw):
+        return torch.ops.fastrnn.lstm_infer(xw, None, None, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
 
 
 def lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
@@ -368,6 +391,51 @@ def _traced(xw: Tensor) -> bool:
     return torch.compiler.is_compiling() or type(xw) is not Tensor
 
 
+def _differentiated(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will record this call: otherwise the op need not save anything for a backward."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _infers(x: Tensor, *tensors: Optional[Tensor]) -> bool:
+    """Whether a layer call runs as one C++ inference op: eager, not differentiated, the C++ backend."""
+    return (not torch._C._are_functorch_transforms_active() and not _traced(x) and not _differentiated(x, *tensors)
+            and _use_cpp(x))
+
+
+def gru_layer(
+    x: Tensor,
+    w_ih: Tensor,
+    bias: Optional[Tensor],
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer and direction: ``gru_recurrence(F.linear(x, w_ih, bias), ...)``, as :func:`lstm_layer`."""
+    if _infers(x, w_ih, bias, h0, w_hh, b_hn):
+        return torch.ops.fastrnn.gru_infer(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
+    return gru_recurrence(F.linear(x, w_ih, bias), h0, w_hh, b_hn, batch_sizes, reverse)
+
+
+def lstm_layer(
+    x: Tensor,
+    w_ih: Tensor,
+    bias: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer and direction: ``lstm_recurrence(F.linear(x, w_ih, bias), ...)``. A call that nothing
+    will differentiate runs as one C++ op, which makes each step's input projection itself where it can."""
+    if _infers(x, w_ih, bias, h0, c0, w_hh, w_hr):
+        return torch.ops.fastrnn.lstm_infer(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
 def gru_recurrence(
     xw: Tensor,
     h0: Tensor,
@@ -392,6 +460,8 @@ def gru_recurrence(
     if _traced(xw):
         y, h_n, _ = gru_recurrence_op(xw, h0, w_hh, b_hn, batch_sizes, reverse)
         return y, h_n
+    if not _differentiated(xw, h0, w_hh, b_hn):
+        return gru_infer(xw, h0, w_hh, b_hn, batch_sizes, reverse)
     return GRURecurrenceFunction.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
 
 
@@ -420,4 +490,6 @@ def lstm_recurrence(
     if _traced(xw):
         y, h_n, c_n, _ = lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         return y, h_n, c_n
+    if not _differentiated(xw, h0, c0, w_hh, w_hr):
+        return lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return LSTMRecurrenceFunction.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)

@@ -79,6 +79,15 @@ def test_opcheck_cpp_ops(packed):
     y, h_n, c_n, ws = torch.ops.fastrnn.lstm_fwd(xw, h0, c0, w, w_hr, batch_sizes, False)
     torch.library.opcheck(torch.ops.fastrnn.lstm_bwd.default,
                           (torch.randn_like(y), h_n, c_n, ws, c0, w, w_hr, batch_sizes, False, True))
+    # The inference ops, in their projected-input (x, w_ih, bias) and xw forms.
+    x = torch.randn(*xw.shape[:-1], 5, dtype=xw.dtype)
+    w_ih, bias = torch.randn(xw.size(-1), 5, dtype=xw.dtype), torch.randn(xw.size(-1), dtype=xw.dtype)
+    torch.library.opcheck(torch.ops.fastrnn.lstm_infer.default, (x, w_ih, bias, h0, c0, w, w_hr, batch_sizes, True))
+    torch.library.opcheck(torch.ops.fastrnn.lstm_infer.default, (xw, None, None, h0, c0, w, w_hr, batch_sizes, False))
+    xw, h0, w, b, batch_sizes = _gru_inputs(packed, requires_grad=False)
+    w_ih, bias = torch.randn(xw.size(-1), 5, dtype=xw.dtype), torch.randn(xw.size(-1), dtype=xw.dtype)
+    torch.library.opcheck(torch.ops.fastrnn.gru_infer.default, (x, w_ih, bias, h0, w, b, batch_sizes, True))
+    torch.library.opcheck(torch.ops.fastrnn.gru_infer.default, (xw, None, None, h0, w, b, batch_sizes, False))
 
 
 class Tagger(nn.Module):
