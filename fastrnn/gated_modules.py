@@ -19,12 +19,19 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import gated_functional
+from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy
 
 _FAST_DTYPES = (torch.float32, torch.float64)
 
 
 def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor], batch_sizes: Optional[Tensor]) -> bool:
-    """Whether fastrnn's op runs this call (see the module docstring); otherwise torch's implementation."""
+    """Whether fastrnn's op runs this call (see the module docstring); otherwise torch's implementation.
+
+    torch.jit.trace and both ONNX exporters get torch's implementation, so they record what they record for
+    torch.nn.GRU / LSTM (aten::gru / aten::lstm, the standard ONNX GRU / LSTM ops): a trace or an exported
+    model then runs without fastrnn, exactly as torch's would."""
+    if torch._C._get_tracing_state() is not None or _exporting_onnx():
+        return False
     device, dtype = input.device, input.dtype
     if device.type != "cpu" or dtype not in _FAST_DTYPES or torch.is_autocast_enabled("cpu"):
         return False
@@ -107,6 +114,8 @@ class GRU(_GatedBase):
     def forward(
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
+        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
+            return _fx_leaf(self, input, hx)
         # Up to check_forward_args this is torch.nn.GRU.forward, so every check and message is torch's.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -194,6 +203,8 @@ class LSTM(_GatedBase):
     def forward(
         self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, Tensor]] = None
     ) -> tuple[Union[Tensor, PackedSequence], tuple[Tensor, Tensor]]:
+        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
+            return _fx_leaf(self, input, hx)
         # Up to check_forward_args this is torch.nn.LSTM.forward, so every check and message is torch's.
         orig_input = input
         batch_sizes = None
@@ -316,6 +327,8 @@ class GRUCell(_GatedCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
+            return _fx_leaf(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -347,6 +360,8 @@ class LSTMCell(_GatedCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
+            return _fx_leaf(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:

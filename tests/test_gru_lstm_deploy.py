@@ -1,0 +1,108 @@
+"""GRU and LSTM go where torch's go: ONNX (both exporters, run in onnxruntime), torch.jit.trace (saved and
+loaded, also in a process without fastrnn) and torch.fx (one call_module leaf). Under a tracer or an exporter
+the modules run torch's implementation, so each test runs the same code on torch's module and compares."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import fastrnn
+from tests.test_deploy import _export, _ops, _run_ort
+
+pytest.importorskip("onnxruntime")
+
+CLASSES = {"GRU": (nn.GRU, fastrnn.GRU), "LSTM": (nn.LSTM, fastrnn.LSTM)}
+CONFIGS = [pytest.param(dict(), id="L1"), pytest.param(dict(num_layers=2, bidirectional=True), id="L2-bi")]
+
+
+class Model(nn.Module):
+    """The recurrent layer and a linear head; returns the head's output and the last hidden state."""
+
+    def __init__(self, cls, **config):
+        super().__init__()
+        self.rnn = cls(4, 6, **config)
+        self.head = nn.Linear(6 * (2 if config.get("bidirectional") else 1), 3)
+
+    def forward(self, x):
+        out, state = self.rnn(x)
+        h_n = state[0] if isinstance(state, tuple) else state
+        return self.head(out), h_n
+
+
+def _pair(name, **config):
+    torch_cls, our_cls = CLASSES[name]
+    torch.manual_seed(0)
+    ref = Model(torch_cls, **config).eval()
+    ours = Model(our_cls, **config).eval()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript_exporter", "dynamo_exporter"])
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("name", CLASSES)
+def test_onnx_export_runs_in_onnxruntime_like_torch(name, config, dynamo):
+    ref, ours = _pair(name, **config)
+    args = (torch.randn(5, 3, 4),)
+    exported = {}
+    for label, model in (("torch", ref), ("fastrnn", ours)):
+        model_bytes = _export(model, args, dynamo)
+        exported[label] = _ops(model_bytes)
+        for got, want in zip(_run_ort(model_bytes, args), model(*args)):
+            torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-5)
+    assert exported["fastrnn"] == exported["torch"]
+    if not dynamo:
+        assert name in exported["fastrnn"]  # the standard ONNX GRU / LSTM op
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("name", CLASSES)
+def test_trace_equals_eager_and_loads_without_fastrnn(tmp_path, name, config):
+    ref, ours = _pair(name, **config)
+    x = torch.randn(5, 3, 4)
+    traced = torch.jit.trace(ours, (x,))
+    other = torch.randn(7, 2, 4)  # a trace of torch's implementation is not specialised to one length
+    for args in ((x,), (other,)):
+        for got, want in zip(traced(*args), ref(*args)):
+            torch.testing.assert_close(got, want)
+    path = tmp_path / "model.pt"
+    traced.save(str(path))
+    torch.save([other, [t.detach() for t in ref(other)]], tmp_path / "io.pt")
+    code = (
+        "import torch\n"
+        f"m = torch.jit.load({str(path)!r})\n"
+        f"x, want = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "for g, w in zip(m(x), want): torch.testing.assert_close(g, w)\n"
+        "import sys; assert 'fastrnn' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_fx_symbolic_trace_keeps_gated_modules_as_leaves():
+    class Net(nn.Module):
+        def __init__(self, gru, lstm, gru_cell, lstm_cell):
+            super().__init__()
+            self.gru, self.lstm, self.gru_cell, self.lstm_cell = gru, lstm, gru_cell, lstm_cell
+
+        def forward(self, x):
+            out, h_n = self.gru(x)
+            out, (h, c) = self.lstm(out)
+            h1 = self.gru_cell(out[-1], h_n[0])
+            h2, _ = self.lstm_cell(h1, (h[0], c[0]))
+            return h2
+
+    torch.manual_seed(0)
+    ref = Net(nn.GRU(4, 6), nn.LSTM(6, 6), nn.GRUCell(6, 6), nn.LSTMCell(6, 6))
+    ours = Net(fastrnn.GRU(4, 6), fastrnn.LSTM(6, 6), fastrnn.GRUCell(6, 6), fastrnn.LSTMCell(6, 6))
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 4)
+    for net in (ref, ours):
+        graph = torch.fx.symbolic_trace(net)
+        modules = [n.target for n in graph.graph.nodes if n.op == "call_module"]
+        assert modules == ["gru", "lstm", "gru_cell", "lstm_cell"]
+        torch.testing.assert_close(graph(x), ref(x))
