@@ -10,9 +10,8 @@ until fused GPU kernels for these cells exist) runs torch's own implementation, 
 it gives torch's result (cuDNN on CUDA) or raises torch's exact error.
 """
 
-from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, overload
 
 import torch
 from torch import _VF, Tensor, nn
@@ -20,6 +19,30 @@ from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import gated_functional
 from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy
+
+
+@torch.jit.unused
+def _fx_leaf_gru(module: nn.Module, input: Tensor, hx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return _fx_leaf(module, input, hx)
+
+
+@torch.jit.unused
+def _fx_leaf_gru_cell(module: nn.Module, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+    return _fx_leaf(module, input, hx)
+
+
+@torch.jit.unused
+def _fx_leaf_lstm_cell(
+    module: nn.Module, input: Tensor, hx: Optional[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    return _fx_leaf(module, input, hx)
+
+
+@torch.jit.unused
+def _fx_leaf_lstm(
+    module: nn.Module, input: Tensor, hx: Optional[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    return _fx_leaf(module, input, hx)
 
 _FAST_DTYPES = (torch.float32, torch.float64)
 
@@ -111,11 +134,20 @@ class GRU(_GatedBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
-    def forward(
-        self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
-    ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
-        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
-            return _fx_leaf(self, input, hx)
+    @overload  # type: ignore[override]
+    @torch._jit_internal._overload_method
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tensor] = None) -> tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811  (the overloads above type it for TorchScript)
+        if not torch.jit.is_scripting():
+            if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx
+                return _fx_leaf_gru(self, input, hx)
         # Up to check_forward_args this is torch.nn.GRU.forward, so every check and message is torch's.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -124,7 +156,10 @@ class GRU(_GatedBase):
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = batch_sizes[0]
-            if hx is not None:
+            if hx is None:  # per branch as in torch: TorchScript types max_batch_size per branch
+                hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                                 dtype=input.dtype, device=input.device)
+            else:
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             batch_sizes = None
@@ -144,12 +179,36 @@ class GRU(_GatedBase):
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
             sorted_indices = None
             unsorted_indices = None
-        if hx is None:
-            hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                             dtype=input.dtype, device=input.device)
+            if hx is None:
+                hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                                 dtype=input.dtype, device=input.device)
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
-        weights = self._weights()
+        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
+            if batch_sizes is None:
+                result = _VF.gru(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+                                 self.training, self.bidirectional, self.batch_first)
+            else:
+                result = _VF.gru(input, batch_sizes, hx, self._flat_weights, self.bias, self.num_layers,
+                                 self.dropout, self.training, self.bidirectional)
+            output, hidden = result[0], result[1]
+        else:
+            output, hidden = self._run(input, hx, batch_sizes)
 
+        if isinstance(orig_input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+                hidden, unsorted_indices
+            )
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+    @torch.jit.unused
+    def _run(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """The eager computation on checked arguments: fastrnn's op where it takes the call, else torch's."""
+        weights = self._weights()
         if _fast_path_takes(input, [hx], weights, batch_sizes):
             if batch_sizes is None and self.batch_first:
                 input = input.transpose(0, 1)
@@ -165,15 +224,7 @@ class GRU(_GatedBase):
         else:
             output, hidden = _VF.gru(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
                                      self.training, self.bidirectional)
-
-        if isinstance(orig_input, PackedSequence):
-            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
-                hidden, unsorted_indices
-            )
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+        return output, hidden
 
 
 class LSTM(_GatedBase):
@@ -200,11 +251,24 @@ class LSTM(_GatedBase):
     check_forward_args = nn.LSTM.check_forward_args
     permute_hidden = nn.LSTM.permute_hidden
 
+    @overload  # type: ignore[override]
+    @torch._jit_internal._overload_method
     def forward(
-        self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, Tensor]] = None
-    ) -> tuple[Union[Tensor, PackedSequence], tuple[Tensor, Tensor]]:
-        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
-            return _fx_leaf(self, input, hx)
+        self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(
+        self, input: PackedSequence, hx: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
+        pass
+
+    def forward(self, input, hx=None):  # noqa: F811  (the overloads above type it for TorchScript)
+        if not torch.jit.is_scripting():
+            if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx
+                return _fx_leaf_lstm(self, input, hx)
         # Up to check_forward_args this is torch.nn.LSTM.forward, so every check and message is torch's.
         orig_input = input
         batch_sizes = None
@@ -212,11 +276,16 @@ class LSTM(_GatedBase):
         batch_dim = 0 if self.batch_first else 1
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        layers = self.num_layers * num_directions
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = batch_sizes[0]
-            if hx is not None:
+            if hx is None:  # per branch as in torch: TorchScript types max_batch_size per branch
+                hx = (torch.zeros(layers, max_batch_size, real_hidden_size, dtype=input.dtype, device=input.device),
+                      torch.zeros(layers, max_batch_size, self.hidden_size, dtype=input.dtype, device=input.device))
+            else:
                 hx = self.permute_hidden(hx, sorted_indices)
+            # torch checks packed LSTM input only inside _VF.lstm, with its own messages.
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -226,7 +295,10 @@ class LSTM(_GatedBase):
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
             sorted_indices = None
             unsorted_indices = None
-            if hx is not None:
+            if hx is None:
+                hx = (torch.zeros(layers, max_batch_size, real_hidden_size, dtype=input.dtype, device=input.device),
+                      torch.zeros(layers, max_batch_size, self.hidden_size, dtype=input.dtype, device=input.device))
+            else:
                 if is_batched:
                     if hx[0].dim() != 3 or hx[1].dim() != 3:
                         raise RuntimeError(
@@ -240,23 +312,41 @@ class LSTM(_GatedBase):
                             f"also be 2-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
                         )
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-        if hx is None:
-            layers = self.num_layers * num_directions
-            h_zeros = torch.zeros(layers, max_batch_size, real_hidden_size, dtype=input.dtype, device=input.device)
-            c_zeros = torch.zeros(layers, max_batch_size, self.hidden_size, dtype=input.dtype, device=input.device)
-            hx = (h_zeros, c_zeros)
+            self.check_forward_args(input, hx, batch_sizes)
+
+        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
+            if batch_sizes is None:
+                result = _VF.lstm(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+                                  self.training, self.bidirectional, self.batch_first)
+            else:
+                result = _VF.lstm(input, batch_sizes, hx, self._flat_weights, self.bias, self.num_layers,
+                                  self.dropout, self.training, self.bidirectional)
+            output, hidden = result[0], (result[1], result[2])
+        else:
+            output, hidden = self._run(input, hx, batch_sizes)
+
+        if isinstance(orig_input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+                hidden, unsorted_indices
+            )
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+    @torch.jit.unused
+    def _run(
+        self, input: Tensor, hx: tuple[Tensor, Tensor], batch_sizes: Optional[Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The eager computation: fastrnn's op where it takes the call, else torch's."""
         weights = self._weights()
         fast = _fast_path_takes(input, list(hx), weights, batch_sizes)
-        if batch_sizes is None:
-            self.check_forward_args(input, hx, batch_sizes)
-        elif fast:
-            # torch checks packed LSTM input only in _VF.lstm, with its own messages: a call that would fail
-            # the Python checks goes there.
+        if fast and batch_sizes is not None:
+            # A packed call that would fail torch's Python checks goes to _VF.lstm, which raises torch's error.
             try:
                 self.check_forward_args(input, hx, batch_sizes)
             except RuntimeError:
                 fast = False
-
         if fast:
             if batch_sizes is None and self.batch_first:
                 input = input.transpose(0, 1)
@@ -267,23 +357,14 @@ class LSTM(_GatedBase):
             )
             if batch_sizes is None and self.batch_first:
                 output = output.transpose(0, 1)
+            return output, hidden
+        if batch_sizes is None:
+            result = _VF.lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                              self.bidirectional, self.batch_first)
         else:
-            if batch_sizes is None:
-                result = _VF.lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                                  self.bidirectional, self.batch_first)
-            else:
-                result = _VF.lstm(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
-                                  self.training, self.bidirectional)
-            output, hidden = result[0], (result[1], result[2])
-
-        if isinstance(orig_input, PackedSequence):
-            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
-                hidden, unsorted_indices
-            )
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
-        return output, self.permute_hidden(hidden, unsorted_indices)
+            result = _VF.lstm(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
+                              self.training, self.bidirectional)
+        return result[0], (result[1], result[2])
 
 
 class _GatedCellBase(nn.RNNCellBase):
@@ -327,8 +408,9 @@ class GRUCell(_GatedCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
-            return _fx_leaf(self, input, hx)
+        if not torch.jit.is_scripting():
+            if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx
+                return _fx_leaf_gru_cell(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -340,11 +422,17 @@ class GRUCell(_GatedCellBase):
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         else:
             hx = hx.unsqueeze(0) if not is_batched else hx
-        if self._cell_fast_path_takes(input, [hx]):
-            ret = gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        else:
+        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
             ret = _VF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            ret = self._step(input, hx)
         return ret if is_batched else ret.squeeze(0)
+
+    @torch.jit.unused
+    def _step(self, input: Tensor, hx: Tensor) -> Tensor:
+        if self._cell_fast_path_takes(input, [hx]):
+            return gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return _VF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
 class LSTMCell(_GatedCellBase):
@@ -360,8 +448,9 @@ class LSTMCell(_GatedCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
-        if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx, as torch's
-            return _fx_leaf(self, input, hx)
+        if not torch.jit.is_scripting():
+            if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx
+                return _fx_leaf_lstm_cell(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -376,8 +465,16 @@ class LSTMCell(_GatedCellBase):
             hx = (zeros, zeros)
         else:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
-        if self._cell_fast_path_takes(input, list(hx)):
-            ret = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        else:
+        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
             ret = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            ret = self._step(input, hx)
         return ret if is_batched else (ret[0].squeeze(0), ret[1].squeeze(0))
+
+    @torch.jit.unused
+    def _step(self, input: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        if self._cell_fast_path_takes(input, list(hx)):
+            h, c = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            return h, c
+        h, c = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h, c

@@ -1,5 +1,6 @@
-"""GRU and LSTM go where torch's go: ONNX (both exporters, run in onnxruntime), torch.jit.trace (saved and
-loaded, also in a process without fastrnn) and torch.fx (one call_module leaf). Under a tracer or an exporter
+"""GRU and LSTM go where torch's go: ONNX (both exporters, run in onnxruntime), torch.jit.trace and
+torch.jit.script
+(saved and loaded, also in a process without fastrnn) and torch.fx (one call_module leaf). Under a tracer or an exporter
 the modules run torch's implementation, so each test runs the same code on torch's module and compares."""
 
 import subprocess
@@ -7,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 from tests.test_deploy import _export, _ops, _run_ort
@@ -106,3 +108,68 @@ def test_fx_symbolic_trace_keeps_gated_modules_as_leaves():
         modules = [n.target for n in graph.graph.nodes if n.op == "call_module"]
         assert modules == ["gru", "lstm", "gru_cell", "lstm_cell"]
         torch.testing.assert_close(graph(x), ref(x))
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("name", CLASSES)
+def test_script_equals_torch_trains_and_loads_without_fastrnn(tmp_path, name, config):
+    """torch.jit.script of the gated modules runs torch's implementation (scripted code cannot call
+    fastrnn's Python Function), so a scripted model is torch's in values and gradients."""
+    ref, ours = _pair(name, **config)
+    scripted = torch.jit.script(ours)
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    grads = []
+    for model in (ref, scripted):
+        out = model(x)
+        torch.testing.assert_close(out[0], ref(x)[0])
+        grads.append(torch.autograd.grad(out[0].pow(2).sum() + out[1].sum(), [x, *model.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    path = tmp_path / "model.pt"
+    scripted.save(str(path))
+    other = torch.randn(7, 2, 4)
+    torch.save([other, [t.detach() for t in ref(other)]], tmp_path / "io.pt")
+    code = (
+        "import torch, sys\n"
+        f"m = torch.jit.load({str(path)!r})\n"
+        f"x, want = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "for g, w in zip(m(x), want): torch.testing.assert_close(g, w)\n"
+        "assert 'fastrnn' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["GRUCell", "LSTMCell"])
+def test_cells_script_like_torchs(name):
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(4, 6)
+    ours = getattr(fastrnn, name).from_torch(ref)
+    scripted = torch.jit.script(ours)
+    for args in ((torch.randn(3, 4),), (torch.randn(4),)):
+        got, want = scripted(*args), ref(*args)
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+
+
+class _Packed(nn.Module):
+    """A scripted module with overloaded forwards (torch's RNNs too) is called from scripted code."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: PackedSequence) -> Tensor:
+        return self.rnn(x)[0].data
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_scripted_packed_input_like_torchs(name):
+    torch_cls, our_cls = CLASSES[name]
+    torch.manual_seed(0)
+    ref = torch_cls(4, 6, bidirectional=True)
+    scripted = torch.jit.script(_Packed(our_cls.from_torch(ref)))
+    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 3, 2]))
+    torch.testing.assert_close(scripted(packed), ref(packed)[0].data)
