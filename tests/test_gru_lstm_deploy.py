@@ -43,6 +43,24 @@ def _pair(name, **config):
     return ref, ours
 
 
+def _loads_without_fastrnn(saved_module, ref, x, tmp_path):
+    """Saves a traced or scripted module, loads it in a fresh process that never imports fastrnn and checks
+    its outputs on ``x`` against torch's module."""
+    path = tmp_path / "model.pt"
+    saved_module.save(str(path))
+    torch.save([x, [t.detach() for t in ref(x)]], tmp_path / "io.pt")
+    code = (
+        "import torch, sys\n"
+        f"m = torch.jit.load({str(path)!r})\n"
+        f"x, want = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "for g, w in zip(m(x), want): torch.testing.assert_close(g, w)\n"
+        "assert 'fastrnn' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript_exporter", "dynamo_exporter"])
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("name", CLASSES)
@@ -70,19 +88,7 @@ def test_trace_equals_eager_and_loads_without_fastrnn(tmp_path, name, config):
     for args in ((x,), (other,)):
         for got, want in zip(traced(*args), ref(*args)):
             torch.testing.assert_close(got, want)
-    path = tmp_path / "model.pt"
-    traced.save(str(path))
-    torch.save([other, [t.detach() for t in ref(other)]], tmp_path / "io.pt")
-    code = (
-        "import torch\n"
-        f"m = torch.jit.load({str(path)!r})\n"
-        f"x, want = torch.load({str(tmp_path / 'io.pt')!r})\n"
-        "for g, w in zip(m(x), want): torch.testing.assert_close(g, w)\n"
-        "import sys; assert 'fastrnn' not in sys.modules\n"
-        "print('ok')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _loads_without_fastrnn(traced, ref, other, tmp_path)
 
 
 def test_fx_symbolic_trace_keeps_gated_modules_as_leaves():
@@ -125,20 +131,7 @@ def test_script_equals_torch_trains_and_loads_without_fastrnn(tmp_path, name, co
         grads.append(torch.autograd.grad(out[0].pow(2).sum() + out[1].sum(), [x, *model.parameters()]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
-    path = tmp_path / "model.pt"
-    scripted.save(str(path))
-    other = torch.randn(7, 2, 4)
-    torch.save([other, [t.detach() for t in ref(other)]], tmp_path / "io.pt")
-    code = (
-        "import torch, sys\n"
-        f"m = torch.jit.load({str(path)!r})\n"
-        f"x, want = torch.load({str(tmp_path / 'io.pt')!r})\n"
-        "for g, w in zip(m(x), want): torch.testing.assert_close(g, w)\n"
-        "assert 'fastrnn' not in sys.modules\n"
-        "print('ok')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _loads_without_fastrnn(scripted, ref, torch.randn(7, 2, 4), tmp_path)
 
 
 @pytest.mark.parametrize("name", ["GRUCell", "LSTMCell"])
