@@ -211,12 +211,16 @@ def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[
 
 
 def _ran(name: str, backend: Optional[str], x) -> str:
-    """What actually ran for a row: the backend, or for fastrnn[auto] the finder's choice for this call."""
+    """What actually ran for a row: the backend, for fastrnn[auto] the finder's choice for this call, and for
+    torch's module cuDNN on CUDA or torch's CPU implementation (ATen, oneDNN for the LSTM)."""
+    data = x.data if isinstance(x, PackedSequence) else x
     if name == AUTO:
         from fastrnn import algo
 
-        return algo.last_choice(x.data if isinstance(x, PackedSequence) else x) or "triton"
-    return backend or ("cudnn" if name == TORCH else "torch")
+        return algo.last_choice(data) or "triton"
+    if name in TORCH_NAMES.values():
+        return "cudnn" if data.is_cuda else "torch-cpu"
+    return backend or "torch"
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -54,6 +54,8 @@ def test_tiny_run_writes_table_json_csv_and_plots(tmp_path, monkeypatch):
     impls = {r["impl"] for r in data["rows"]}
     assert {"torch.nn.RNN", "fastrnn[cpp]", "fastrnn[reference]", "nn.RNNCell loop"} <= impls
     assert all(r["gate"] == "pass" and r["median_ms"] > 0 for r in data["rows"])
+    ran = {r["impl"]: r["ran"] for r in data["rows"]}
+    assert ran["torch.nn.RNN"] == "torch-cpu" and ran["fastrnn[cpp]"] == "cpp"  # what ran, not cuDNN on a CPU
     assert "speedup vs torch.nn.RNN" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "results.csv").read_text().count("\n") == len(data["rows"]) + 1
     assert (tmp_path / "speedup_vs_T.png").stat().st_size > 1000
@@ -67,6 +69,7 @@ def test_family_cases_compare_with_torchs_gru_and_lstm(tmp_path, monkeypatch):
     assert {r["impl"] for r in rows if r["cell"] == "gru"} >= {"torch.nn.GRU", "fastrnn[cpp]"}
     assert {r["impl"] for r in rows if r["cell"] == "lstm"} >= {"torch.nn.LSTM", "fastrnn[cpp]"}
     assert all(r["gate"] == "pass" and r["median_ms"] > 0 for r in rows)
+    assert {r["ran"] for r in rows if r["impl"] in ("torch.nn.GRU", "torch.nn.LSTM")} == {"torch-cpu"}
     assert ",uni,gru," in cases[0].id and ",P=2,uni,lstm," in cases[1].id
     assert {c.cell for c in select("family")} == {"gru", "lstm"}
     assert any(c.proj_size for c in select("family-full"))
