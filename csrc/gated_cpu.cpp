@@ -30,6 +30,7 @@
 
 #include "blas.h"
 #include "gate_activations.h"
+#include "register_block.h"
 #include "zmm_step_mm.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -44,25 +45,6 @@ namespace {
 constexpr int64_t kGatedSmallStep = 64 * 64 * 64;
 constexpr int64_t kZmmSmallStep = int64_t{1} << 30;
 constexpr int64_t kGatedRowsPerThreadMin = 2;
-
-// out[r, :N] (+)= a[r, :K] @ b[K, N], row strides lda / ldo, b contiguous. R rows by J columns of out stay in
-// registers across the k loop.
-template <typename T, int64_t R, int64_t J>
-FASTRNN_INLINE void mm_block(const T* __restrict a, int64_t lda, const T* __restrict b, int64_t K,
-                             int64_t N, int64_t j0, T* __restrict out, int64_t ldo, bool accumulate) {
-  T acc[R][J];
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t j = 0; j < J; ++j) acc[r][j] = accumulate ? out[r * ldo + j0 + j] : T(0);
-  for (int64_t k = 0; k < K; ++k) {
-    const T* __restrict bk = b + k * N + j0;
-    for (int64_t r = 0; r < R; ++r) {
-      const T s = a[r * lda + k];
-      for (int64_t j = 0; j < J; ++j) acc[r][j] += s * bk[j];
-    }
-  }
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t j = 0; j < J; ++j) out[r * ldo + j0 + j] = acc[r][j];
-}
 
 // R * J = 128 bytes' worth of rows by columns per block (8 AVX-512 accumulators): enough independent FMA
 // chains to cover the FMA latency whether a thread has 1, 2 or 4+ rows (with 2-row blocks of 32 columns

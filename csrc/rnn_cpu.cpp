@@ -21,44 +21,47 @@
 
 #include "activations.h"
 #include "blas.h"
+#include "register_block.h"
 
 // Bodies are inlined (FASTRNN_INLINE, activations.h) into each clone so that every clone compiles them for
 // its own vector width.
 
 namespace fastrnn {
+
+void check_batch_sizes(const at::Tensor& batch_sizes, int64_t rows, const char* x_name) {
+  const auto c = batch_sizes.contiguous();
+  const int64_t* p = c.data_ptr<int64_t>();
+  // The running total is compared before it is added to, so no sum of batch sizes can wrap around.
+  int64_t total = 0;
+  for (int64_t t = 0; t < c.numel(); ++t) {
+    TORCH_CHECK(p[t] > 0, "fastrnn: batch_sizes must be positive, got ", p[t], " at step ", t);
+    TORCH_CHECK(t == 0 || p[t] <= p[t - 1],
+                "fastrnn: batch_sizes must be non-increasing, got ", p[t - (t > 0)], " then ",
+                p[t], " at step ", t);
+    TORCH_CHECK(p[t] <= rows - total, "fastrnn: batch_sizes sum to more than the ", rows,
+                " rows of ", x_name, " (at step ", t, ")");
+    total += p[t];
+  }
+  TORCH_CHECK(total == rows, "fastrnn: batch_sizes sum to ", total, " but ", x_name, " has ",
+              rows, " rows");
+}
+
 namespace {
 
 constexpr int64_t kSmallStep = 64 * 64 * 64;
 constexpr int64_t kRowsPerThreadMin = 2;
 
-// out[r, :] (+)= sum_k a[r, k] * b[k, :] for a [rows, n], b [n, n]. Blocks of kRowBlock rows by
-// kColBlock columns stay in vector registers across the whole k loop; b streams from L1.
+// out[r, :] (+)= sum_k a[r, k] * b[k, :] for a [rows, n], b [n, n], in register blocks (mm_block) of
+// kRowBlock rows by 128 bytes of columns.
 constexpr int64_t kRowBlock = 2;
-
-template <typename T, int64_t R, int64_t J>
-FASTRNN_INLINE void matmul_block(const T* __restrict a, const T* __restrict b, int64_t n, int64_t j0,
-                                 T* __restrict out, bool accumulate) {
-  T acc[R][J];
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t j = 0; j < J; ++j) acc[r][j] = accumulate ? out[r * n + j0 + j] : T(0);
-  for (int64_t k = 0; k < n; ++k) {
-    const T* __restrict bk = b + k * n + j0;
-    for (int64_t r = 0; r < R; ++r) {
-      const T s = a[r * n + k];
-      for (int64_t j = 0; j < J; ++j) acc[r][j] += s * bk[j];
-    }
-  }
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t j = 0; j < J; ++j) out[r * n + j0 + j] = acc[r][j];
-}
 
 template <typename T, int64_t R>
 FASTRNN_INLINE void matmul_row_block(const T* a, const T* b, int64_t n, T* out, bool accumulate) {
   constexpr int64_t J = 128 / sizeof(T);
   int64_t j0 = 0;
-  for (; j0 + J <= n; j0 += J) matmul_block<T, R, J>(a, b, n, j0, out, accumulate);
-  for (; j0 + 8 <= n; j0 += 8) matmul_block<T, R, 8>(a, b, n, j0, out, accumulate);
-  for (; j0 < n; ++j0) matmul_block<T, R, 1>(a, b, n, j0, out, accumulate);
+  for (; j0 + J <= n; j0 += J) mm_block<T, R, J>(a, n, b, n, n, j0, out, n, accumulate);
+  for (; j0 + 8 <= n; j0 += 8) mm_block<T, R, 8>(a, n, b, n, n, j0, out, n, accumulate);
+  for (; j0 < n; ++j0) mm_block<T, R, 1>(a, n, b, n, n, j0, out, n, accumulate);
 }
 
 template <typename T>
@@ -244,23 +247,9 @@ void check_common(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_
                 "fastrnn: batch_sizes must be a 1-D int64 CPU tensor, got ", bs.dim(), "-D ",
                 bs.scalar_type(), " on ", bs.device());
     TORCH_CHECK(x.dim() == 2, "fastrnn: packed ", x_name, " must be [N, H], got ", x.sizes());
+    check_batch_sizes(bs, x.size(0), x_name);
     const auto c = bs.contiguous();
-    const int64_t* p = c.data_ptr<int64_t>();
-    // The running total is compared before it is added to, so no sum of batch sizes can wrap around.
-    const int64_t rows = x.size(0);
-    int64_t total = 0;
-    for (int64_t t = 0; t < c.numel(); ++t) {
-      TORCH_CHECK(p[t] > 0, "fastrnn: batch_sizes must be positive, got ", p[t], " at step ", t);
-      TORCH_CHECK(t == 0 || p[t] <= p[t - 1],
-                  "fastrnn: batch_sizes must be non-increasing, got ", p[t - (t > 0)], " then ",
-                  p[t], " at step ", t);
-      TORCH_CHECK(p[t] <= rows - total, "fastrnn: batch_sizes sum to more than the ", rows,
-                  " rows of ", x_name, " (at step ", t, ")");
-      total += p[t];
-    }
-    TORCH_CHECK(total == rows, "fastrnn: batch_sizes sum to ", total, " but ", x_name, " has ",
-                rows, " rows");
-    const int64_t batch = c.numel() > 0 ? p[0] : h.size(0);
+    const int64_t batch = c.numel() > 0 ? c.data_ptr<int64_t>()[0] : h.size(0);
     TORCH_CHECK(h.dim() == 2 && h.size(0) == batch && h.size(1) == H, "fastrnn: expected ", h_name,
                 " of shape [", batch, ", ", H, "], got ", h.sizes());
   } else {

@@ -12,6 +12,10 @@ namespace fastrnn {
 constexpr int64_t kTanh = 0;
 constexpr int64_t kRelu = 1;
 
+// Packed batch sizes (a 1-D int64 CPU tensor) against the `rows` of the packed tensor `x_name`: positive,
+// non-increasing, summing to rows; TORCH_CHECK with the offending step otherwise.
+void check_batch_sizes(const at::Tensor& batch_sizes, int64_t rows, const char* x_name);
+
 // xw [T, B, H] (batch_sizes empty) or [N, H] (packed); h0 [B, H]; w_hh [H, H].
 // Returns y (shape of xw) and h_n [B, H].
 std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::Tensor& h0,

@@ -75,14 +75,7 @@ std::string refusal(const at::Tensor& x, const at::Tensor& hx, const std::vector
     if (!bs.defined() || bs.dim() != 1 || bs.scalar_type() != at::kLong || !bs.device().is_cpu() ||
         !bs.is_contiguous() || bs.numel() == 0 || x.dim() != 2)
       return "batch_sizes must be a non-empty 1-D int64 CPU tensor with packed [N, I] input";
-    const int64_t* p = bs.data_ptr<int64_t>();
-    int64_t total = 0;
-    for (int64_t t = 0; t < bs.numel(); ++t) {
-      if (p[t] <= 0 || (t > 0 && p[t] > p[t - 1]) || p[t] > x.size(0) - total) return "bad batch_sizes";
-      total += p[t];
-    }
-    if (total != x.size(0)) return "batch_sizes do not sum to the rows of the input";
-    batch = p[0];
+    batch = bs.data_ptr<int64_t>()[0];  // their values: check_batch_sizes, by the caller that takes packed input
   } else {
     if (x.dim() != 3 || x.size(0) == 0 || x.size(1) == 0) return "input must be a non-empty [T, B, I]";
     batch = x.size(1);
@@ -377,6 +370,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
   const std::string why =
       refusal(input, hx, weights, batch_sizes, has_biases, num_layers, directions, &batch, &H);
   TORCH_CHECK(why.empty(), "fastrnn: rnn_stack_forward: ", why);
+  if (batch_sizes.has_value()) check_batch_sizes(*batch_sizes, input.size(0), "input");
   TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad(input, hx, weights)),
               "fastrnn: rnn_stack_forward records no autograd; call it without gradients");
   return dispatch_stack(input, hx, weights, batch_sizes, has_biases, num_layers, directions, activation,
