@@ -18,7 +18,8 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import gated_functional
-from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy
+from fastrnn.conversion import TorchConversion
+from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy, weights_in_use
 
 
 @torch.jit.unused
@@ -75,12 +76,7 @@ def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor],
     )
 
 
-def _copy_into(target: nn.Module, source: nn.Module) -> nn.Module:
-    target.load_state_dict(source.state_dict())
-    return target.train(source.training)
-
-
-class _GatedBase(nn.RNNBase):
+class _GatedBase(TorchConversion, nn.RNNBase):
     """What GRU and LSTM share: weights read at call time, silent flatten_parameters, from/to torch."""
 
     _torch_class: type[nn.RNNBase]
@@ -89,7 +85,7 @@ class _GatedBase(nn.RNNBase):
         """Does nothing: fastrnn reads the parameters where they are at every call."""
 
     def _weights(self) -> list[Tensor]:
-        return [getattr(self, name) for name in self._flat_weights_names]
+        return weights_in_use(self)
 
     def _config(self) -> tuple[tuple, dict]:
         first = next(self.parameters())
@@ -100,16 +96,6 @@ class _GatedBase(nn.RNNBase):
             kwargs["proj_size"] = self.proj_size
         return args, kwargs
 
-    @classmethod
-    def from_torch(cls, module: nn.RNNBase):
-        """A fastrnn module with the configuration, device, dtype and weights of ``module``."""
-        args, kwargs = _GatedBase._config(module)
-        return _copy_into(cls(*args, **kwargs), module)
-
-    def to_torch(self) -> nn.RNNBase:
-        """The torch module with this module's configuration, device, dtype and weights."""
-        args, kwargs = self._config()
-        return _copy_into(self._torch_class(*args, **kwargs), self)
 
 
 class GRU(_GatedBase):
@@ -367,7 +353,7 @@ class LSTM(_GatedBase):
         return result[0], (result[1], result[2])
 
 
-class _GatedCellBase(nn.RNNCellBase):
+class _GatedCellBase(TorchConversion, nn.RNNCellBase):
     _torch_class: type[nn.RNNCellBase]
 
     def _cell_fast_path_takes(self, input: Tensor, states: list[Tensor]) -> bool:
@@ -383,16 +369,6 @@ class _GatedCellBase(nn.RNNCellBase):
         args = (self.input_size, self.hidden_size, self.bias)
         return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
 
-    @classmethod
-    def from_torch(cls, module: nn.RNNCellBase):
-        """A fastrnn cell with the configuration, device, dtype and weights of ``module``."""
-        args, kwargs = _GatedCellBase._config(module)
-        return _copy_into(cls(*args, **kwargs), module)
-
-    def to_torch(self) -> nn.RNNCellBase:
-        """The torch cell with this cell's configuration, device, dtype and weights."""
-        args, kwargs = self._config()
-        return _copy_into(self._torch_class(*args, **kwargs), self)
 
 
 class GRUCell(_GatedCellBase):

@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import functional
 from fastrnn.backends import _eager_cpp_call, fused_cell_takes, stack_forward_takes
+from fastrnn.conversion import TorchConversion
 
 
 def _fast_path_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
@@ -108,6 +109,17 @@ def _fx_leaf_cell(module: nn.Module, input: Tensor, hx: Optional[Tensor]) -> Ten
     return _fx_leaf(module, input, hx)
 
 
+def weights_in_use(module: nn.RNNBase) -> list[Tensor]:
+    """The tensors an RNN module's call uses, in ``_flat_weights_names`` order: read from ``_parameters`` (a
+    dict lookup; ``nn.Module.__getattr__`` per name cost ~1 us each), else by attribute, which is where
+    parametrized or replaced weights are (torch reads them by attribute every call too)."""
+    params = module._parameters
+    try:
+        return [params[name] for name in module._flat_weights_names]  # type: ignore[misc]
+    except KeyError:
+        return [getattr(module, name) for name in module._flat_weights_names]
+
+
 def _packed_fast_path_takes(batch_sizes: Tensor, rows: int) -> bool:
     """The op's contract for packed input: 1-D int64 CPU batch sizes, positive, non-increasing, summing to the
     rows of the data. torch runs some hand-made PackedSequences outside it (a trailing 0, a sum short of the
@@ -120,7 +132,7 @@ def _packed_fast_path_takes(batch_sizes: Tensor, rows: int) -> bool:
     return sizes[-1] > 0 and sum(sizes) == rows and all(a >= b for a, b in zip(sizes, sizes[1:]))
 
 
-class RNN(nn.RNNBase):
+class RNN(TorchConversion, nn.RNNBase):
     r"""Drop-in :class:`torch.nn.RNN`: ``h_t = \tanh(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})``.
 
     Same arguments as :class:`torch.nn.RNN`: ``input_size, hidden_size, num_layers=1, nonlinearity='tanh',
@@ -133,6 +145,8 @@ class RNN(nn.RNNBase):
     Outputs: ``output`` ``(L, N, D * H_out)`` (batch-first / unbatched / packed like the input) and
     ``h_n`` shaped like ``hx``.
     """
+
+    _torch_class = nn.RNN
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -154,11 +168,7 @@ class RNN(nn.RNNBase):
         """Does nothing: fastrnn reads the parameters where they are at every call."""
 
     def _weights(self) -> list[Tensor]:
-        params = self._parameters
-        try:
-            return [params[name] for name in self._flat_weights_names]  # type: ignore[misc]
-        except KeyError:  # parametrized or replaced weights: the module's attribute is the weight in use
-            return [getattr(self, name) for name in self._flat_weights_names]
+        return weights_in_use(self)
 
     @overload  # type: ignore[override]
     @torch._jit_internal._overload_method
@@ -310,24 +320,9 @@ class RNN(nn.RNNBase):
                 self.batch_first, self.dropout, self.bidirectional)
         return args, {"device": first.device, "dtype": first.dtype}
 
-    @classmethod
-    def from_torch(cls, module: nn.RNN) -> "RNN":
-        """A ``fastrnn.RNN`` with the configuration, device, dtype and weights of ``module``."""
-        args, kwargs = RNN._config(module)
-        return _copy_into(cls(*args, **kwargs), module)
-
-    def to_torch(self) -> nn.RNN:
-        """The ``torch.nn.RNN`` with this module's configuration, device, dtype and weights."""
-        args, kwargs = self._config()
-        return _copy_into(nn.RNN(*args, **kwargs), self)
 
 
-def _copy_into(target: nn.Module, source: nn.Module) -> nn.Module:
-    target.load_state_dict(source.state_dict())
-    return target.train(source.training)
-
-
-class RNNCell(nn.RNNCellBase):
+class RNNCell(TorchConversion, nn.RNNCellBase):
     r"""Drop-in :class:`torch.nn.RNNCell`: ``h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})``.
 
     Inputs: ``input`` ``(N, H_in)`` or ``(H_in)``; ``hx`` ``(N, H_out)`` or ``(H_out)``, zeros if omitted.
@@ -336,6 +331,7 @@ class RNNCell(nn.RNNCellBase):
 
     __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
     nonlinearity: str
+    _torch_class = nn.RNNCell
 
     def __init__(
         self,
@@ -423,13 +419,3 @@ class RNNCell(nn.RNNCellBase):
         args = (self.input_size, self.hidden_size, self.bias, self.nonlinearity)
         return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
 
-    @classmethod
-    def from_torch(cls, module: nn.RNNCell) -> "RNNCell":
-        """A ``fastrnn.RNNCell`` with the configuration, device, dtype and weights of ``module``."""
-        args, kwargs = RNNCell._config(module)
-        return _copy_into(cls(*args, **kwargs), module)
-
-    def to_torch(self) -> nn.RNNCell:
-        """The ``torch.nn.RNNCell`` with this module's configuration, device, dtype and weights."""
-        args, kwargs = self._config()
-        return _copy_into(nn.RNNCell(*args, **kwargs), self)

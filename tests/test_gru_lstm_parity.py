@@ -130,3 +130,25 @@ def test_state_dict_init_and_round_trip(name):
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ours.state_dict().values()))
     assert repr(ours).split("(", 1)[1] == repr(theirs).split("(", 1)[1]
     assert isinstance(ours, nn.RNNBase)
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_weights_in_use_are_the_modules_own(name):
+    """A parametrized weight and functional_call's weights are the ones the call uses, as in torch."""
+    from torch.func import functional_call
+    from torch.nn.utils import parametrize
+
+    class Halved(nn.Module):
+        def forward(self, w):
+            return 0.5 * w
+
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(3, 5, 2, dtype=torch.float64)
+    ours = getattr(fastrnn, name).from_torch(ref)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    zeros = {n: torch.zeros_like(p) for n, p in ours.named_parameters()}
+    assert torch.equal(functional_call(ours, zeros, (x,))[0], torch.zeros(4, 2, 5, dtype=torch.float64))
+    for module in (ref, ours):
+        parametrize.register_parametrization(module, "weight_hh_l1", Halved())
+    got, want = outputs_and_grads(ours, x), outputs_and_grads(ref, x)
+    _assert_float64_equal(got, want)
