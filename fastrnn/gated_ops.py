@@ -65,6 +65,10 @@ def _register_cpp_fakes() -> None:
     def _(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
         return x.new_empty(*x.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 
+    @torch.library.register_fake("fastrnn::mm_nn")
+    def _(a, b, bias=None):
+        return a.new_empty(a.size(0), b.size(1))
+
     @torch.library.register_fake("fastrnn::lstm_bwd")
     def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
         dh_all = dy.new_empty(dy.shape) if w_hr is not None else dy.new_empty(0)
@@ -383,6 +387,91 @@ class _LSTMUnderTransforms(torch.autograd.Function):
             return _lstm_grads(ctx, dy, dh_n, dc_n, lstm_recurrence_backward_op)
 
 
+# --- whole layers, eager training -----------------------------------------------------------------------
+# One autograd node per layer and direction that owns the input projection too: its GEMMs (xw = x W_ih^T +
+# bias, dX = da W_ih) run on fastrnn::mm_nn (oneDNN's microkernel, csrc/brgemm_gemm.h) instead of F.linear's
+# addmm on the BLAS, which also folds the bias into the GEMM's output tiles instead of a broadcast copy.
+
+
+# Below this many multiply-adds mm_nn would call the BLAS itself (csrc/brgemm_gemm.h): ATen's call is cheaper.
+_MM_NN_MIN_WORK = 1 << 23
+
+
+def _mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``a @ b (+ bias)`` for 2-D ``a``, ``b``: fastrnn::mm_nn where it is large enough to take the microkernel."""
+    if a.size(0) * a.size(1) * b.size(1) >= _MM_NN_MIN_WORK:
+        return torch.ops.fastrnn.mm_nn(a, b, bias)
+    return a.mm(b) if bias is None else torch.addmm(bias, a, b)
+
+
+def layer_input_grads(ctx, x: Tensor, w_ih: Tensor, dxw: Tensor) -> tuple:
+    """``(dx, dW_ih, db)`` of ``xw = x W_ih^T + bias`` from ``dxw`` (``[..., G]``), as ``ctx`` needs them."""
+    need = ctx.needs_input_grad
+    flat = dxw.reshape(-1, dxw.size(-1))
+    dx = _mm(flat, w_ih).view(x.shape) if need[0] else None
+    dw_ih = flat.t().mm(x.reshape(-1, x.size(-1))) if need[1] else None
+    db = flat.sum(0) if ctx.has_bias and need[2] else None
+    return dx, dw_ih, db
+
+
+def layer_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``x W_ih^T + bias`` (``[..., G]``)."""
+    return _mm(x.reshape(-1, x.size(-1)), w_ih.t(), bias).view(*x.shape[:-1], w_ih.size(0))
+
+
+class LSTMLayerFunction(torch.autograd.Function):
+    """``lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr)`` as one node (see :func:`lstm_layer`)."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        xw = layer_projection(x, w_ih, bias)
+        output = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+        ctx.save_for_backward(x, w_ih, h0, c0, w_hh, w_hr, output[0], output[3])
+        ctx.batch_sizes, ctx.reverse, ctx.has_bias = batch_sizes, reverse, bias is not None
+        return output[0], output[1], output[2]
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+        x, w_ih, h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        da, dh_all, dh0, dc0 = lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, ctx.batch_sizes, ctx.reverse, need[3])
+        dx, dw_ih, db = layer_input_grads(ctx, x, w_ih, da)
+        dw = state_weight_grad(da, y, h0, ctx.batch_sizes, ctx.reverse) if need[5] else None
+        dw_hr = None
+        if w_hr is not None and need[6]:
+            hidden = c0.size(-1)
+            dw_hr = dh_all.reshape(-1, dh_all.size(-1)).t().mm(ws[..., 5 * hidden :].reshape(-1, hidden))
+        return dx, dw_ih, db, dh0 if need[3] else None, dc0 if need[4] else None, dw, dw_hr, None, None
+
+
+class GRULayerFunction(torch.autograd.Function):
+    """``gru_recurrence(F.linear(x, w_ih, bias), h0, w_hh, b_hn)`` as one node (see :func:`gru_layer`)."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
+        xw = layer_projection(x, w_ih, bias)
+        output = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+        ctx.save_for_backward(x, w_ih, h0, w_hh, output[0], output[2])
+        ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
+        ctx.has_bias, ctx.has_b_hn = bias is not None, b_hn is not None
+        return output[0], output[1]
+
+    @staticmethod
+    def backward(ctx, dy, dh_n):
+        if torch.is_grad_enabled():
+            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+        x, w_ih, h0, w_hh, y, ws = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dxw, dg, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, ctx.batch_sizes, ctx.reverse, need[3])
+        dx, dw_ih, db = layer_input_grads(ctx, x, w_ih, dxw)
+        hidden = y.size(-1)
+        dw = state_weight_grad(dg, y, h0, ctx.batch_sizes, ctx.reverse) if need[4] else None
+        db_hn = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if ctx.has_b_hn and need[5] else None
+        return dx, dw_ih, db, dh0 if need[3] else None, dw, db_hn, None, None
+
+
 # --- entries --------------------------------------------------------------------------------------------
 
 
@@ -396,10 +485,22 @@ def _differentiated(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _eager(x: Tensor) -> bool:
+    """No transform, tracer, autocast or dispatch mode looks at this call: C++ entries may take it whole."""
+    return (not torch._C._are_functorch_transforms_active() and not _traced(x)
+            and torch._C._get_tracing_state() is None and not torch._C._is_any_autocast_enabled()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
 def _infers(x: Tensor, *tensors: Optional[Tensor]) -> bool:
     """Whether a layer call runs as one C++ inference op: eager, not differentiated, the C++ backend."""
     return (not torch._C._are_functorch_transforms_active() and not _traced(x) and not _differentiated(x, *tensors)
             and _use_cpp(x))
+
+
+def _trains(x: Tensor, *tensors: Optional[Tensor]) -> bool:
+    """Whether a layer call runs as one layer node: eager, differentiated, the C++ backend."""
+    return _eager(x) and _differentiated(x, *tensors) and _use_cpp(x)
 
 
 def gru_layer(
@@ -415,6 +516,8 @@ def gru_layer(
     """One GRU layer and direction: ``gru_recurrence(F.linear(x, w_ih, bias), ...)``, as :func:`lstm_layer`."""
     if _infers(x, w_ih, bias, h0, w_hh, b_hn):
         return torch.ops.fastrnn.gru_infer(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
+    if _trains(x, w_ih, bias, h0, w_hh, b_hn):
+        return GRULayerFunction.apply(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
     return gru_recurrence(F.linear(x, w_ih, bias), h0, w_hh, b_hn, batch_sizes, reverse)
 
 
@@ -433,6 +536,8 @@ def lstm_layer(
     will differentiate runs as one C++ op, which makes each step's input projection itself where it can."""
     if _infers(x, w_ih, bias, h0, c0, w_hh, w_hr):
         return torch.ops.fastrnn.lstm_infer(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    if _trains(x, w_ih, bias, h0, c0, w_hh, w_hr):
+        return LSTMLayerFunction.apply(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
 

@@ -1,0 +1,107 @@
+// Large row-major GEMMs, C[M, N] = A[M, K] @ B[K, N] (+ bias[N]), on oneDNN's batch-reduce microkernel as
+// torch's CPU build exports it (at::native::cpublas::brgemm, float32, where torch has it and the CPU has
+// AVX-512), tiled and threaded here; elsewhere, and for float64, the BLAS (blas.h).
+//
+// Why: on this project's AVX-512 machine MKL's sgemm runs the layer GEMMs of a gated cell (input
+// projection, dX) at 120-190 GFLOP/s on two cores where the microkernel on 64 x 128 tiles with K in
+// chunks of 256 reaches 200-220 (benchmarks/NOTES.md); torch's oneDNN LSTM gets its speed the same way.
+// Tiles go row-block-major so a thread's consecutive tiles share A's rows; a tile's K chunks accumulate
+// into C in place (add_C), a chunk of A (64 x 256) and of B (256 x 128) staying in L2.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "blas.h"
+
+#if defined(CPUBLAS_BRGEMM_F32F32F32) && defined(__x86_64__) && defined(__GNUC__)
+#define FASTRNN_HAVE_BRGEMM 1
+#endif
+
+namespace fastrnn {
+
+constexpr int64_t kBrgemmTileM = 64;
+constexpr int64_t kBrgemmTileN = 128;
+constexpr int64_t kBrgemmChunkK = 256;
+// Below this many multiply-adds the tiling's fixed costs are not worth it: the BLAS call is as fast.
+constexpr int64_t kBrgemmMinWork = int64_t{1} << 23;
+
+inline bool brgemm_usable() {
+#ifdef FASTRNN_HAVE_BRGEMM
+  static const bool usable = __builtin_cpu_supports("avx512f");
+  return usable;
+#else
+  return false;
+#endif
+}
+
+// C[M, N] = A[M, K] @ op(B) + bias (bias may be null: none). op(B) is B[K, N] (trans_b false) or B[N, K]^T.
+// Row strides lda, ldb, ldc; unit column strides. Runs its own parallel loop: call it outside parallel
+// regions.
+template <typename T>
+void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb,
+                  bool trans_b, const T* bias, T* c, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  const auto fill_bias = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    for (int64_t i = m0; i < m1; ++i) {
+      T* row = c + i * ldc + n0;
+      if (bias != nullptr) {
+        std::memcpy(row, bias + n0, (n1 - n0) * sizeof(T));
+      } else {
+        std::fill(row, row + (n1 - n0), T(0));
+      }
+    }
+  };
+  if (K == 0) {
+    fill_bias(0, M, 0, N);
+    return;
+  }
+#ifdef FASTRNN_HAVE_BRGEMM
+  if constexpr (std::is_same_v<T, float>) {
+    if (brgemm_usable() && M * N * K >= kBrgemmMinWork) {
+      constexpr int64_t PN = kBrgemmTileN;
+      const int64_t tiles_m = (M + kBrgemmTileM - 1) / kBrgemmTileM;
+      const int64_t tiles_n = (N + PN - 1) / PN;
+      // op(B) in column panels ([K, 128] blocks, contiguous): a weight of 1024+ columns read in place puts
+      // each k of a chunk on another page. K * N copies against M * K * N multiply-adds.
+      std::vector<float> panels(static_cast<size_t>(tiles_n * K * PN));
+      at::parallel_for(0, tiles_n, 1, [&](int64_t first, int64_t last) {
+        for (int64_t p = first; p < last; ++p) {
+          const int64_t n0 = p * PN, nn = std::min(PN, N - n0);
+          float* panel = panels.data() + p * K * PN;
+          if (trans_b) {
+            for (int64_t j = 0; j < nn; ++j)
+              for (int64_t k = 0; k < K; ++k) panel[k * PN + j] = b[(n0 + j) * ldb + k];
+          } else {
+            for (int64_t k = 0; k < K; ++k) std::memcpy(panel + k * PN, b + k * ldb + n0, nn * sizeof(float));
+          }
+        }
+      });
+      at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t first, int64_t last) {
+        for (int64_t tile = first; tile < last; ++tile) {
+          const int64_t p = tile % tiles_n, m0 = (tile / tiles_n) * kBrgemmTileM, n0 = p * PN;
+          const int64_t mm = std::min(kBrgemmTileM, M - m0), nn = std::min(PN, N - n0);
+          const float* panel = panels.data() + p * K * PN;
+          if (bias != nullptr) fill_bias(m0, m0 + mm, n0, n0 + nn);
+          for (int64_t k0 = 0; k0 < K; k0 += kBrgemmChunkK) {
+            const int64_t kk = std::min(kBrgemmChunkK, K - k0);
+            at::native::cpublas::brgemm(mm, nn, kk, lda, PN, ldc, bias != nullptr || k0 > 0, a + m0 * lda + k0,
+                                        panel + k0 * PN, c + m0 * ldc + n0, false);
+          }
+        }
+      });
+      return;
+    }
+  }
+#endif
+  if (bias != nullptr) fill_bias(0, M, 0, N);
+  gemm_rowmajor_ex<T>(false, M, N, K, a, lda, b, ldb, trans_b, bias != nullptr ? T(1) : T(0), c, ldc);
+}
+
+}  // namespace fastrnn
