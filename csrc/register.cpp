@@ -123,40 +123,76 @@ PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_
   END_HANDLE_TH_ERRORS
 }
 
+// A cell module's weights from its _parameters dict: weight_ih, weight_hh (tensors) and bias_ih, bias_hh
+// (tensors or None). False when a name is missing (as under a parametrization) or holds something else.
+struct CellParameters {
+  at::Tensor w_ih, w_hh;
+  std::optional<at::Tensor> b_ih, b_hh;
+};
+
+bool read_cell_parameters(PyObject* dict, CellParameters& out) {
+  PyObject* found[4];
+  const char* names[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  for (int i = 0; i < 4; ++i) {
+    found[i] = PyDict_GetItemString(dict, names[i]);  // borrowed
+    if (found[i] == nullptr || (found[i] != Py_None && !THPVariable_Check(found[i])) ||
+        (i < 2 && found[i] == Py_None)) {
+      return false;
+    }
+  }
+  out.w_ih = THPVariable_Unpack(found[0]);
+  out.w_hh = THPVariable_Unpack(found[1]);
+  if (found[2] != Py_None) out.b_ih = THPVariable_Unpack(found[2]);
+  if (found[3] != Py_None) out.b_hh = THPVariable_Unpack(found[3]);
+  return true;
+}
+
 // fastrnn._C.rnn_cell_if_plain(input, hx, parameters, activation) -> h' or None, `parameters` being the
 // module's _parameters dict (a name missing from it, as under a parametrization, declines the call).
 PyObject* rnn_cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
+  CellParameters p;
   if (nargs != 4 || !THPVariable_Check(args[0]) || (args[1] != Py_None && !THPVariable_Check(args[1])) ||
-      !PyDict_Check(args[2])) {
+      !PyDict_Check(args[2]) || !read_cell_parameters(args[2], p)) {
     Py_RETURN_NONE;
-  }
-  PyObject* found[4];
-  const char* names[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-  for (int i = 0; i < 4; ++i) {
-    found[i] = PyDict_GetItemString(args[2], names[i]);  // borrowed
-    if (found[i] == nullptr || (found[i] != Py_None && !THPVariable_Check(found[i])) ||
-        (i < 2 && found[i] == Py_None)) {
-      Py_RETURN_NONE;
-    }
   }
   const long activation = PyLong_AsLong(args[3]);
   if (PyErr_Occurred()) return nullptr;
-  std::optional<at::Tensor> biases[2];
-  for (int i = 0; i < 2; ++i) {
-    if (found[2 + i] != Py_None) biases[i] = THPVariable_Unpack(found[2 + i]);
-  }
-  auto result = fastrnn::rnn_cell_if_plain(
-      THPVariable_Unpack(args[0]), args[1] == Py_None ? at::Tensor() : THPVariable_Unpack(args[1]),
-      THPVariable_Unpack(found[0]), THPVariable_Unpack(found[1]), biases[0], biases[1], activation);
+  auto result = fastrnn::rnn_cell_if_plain(THPVariable_Unpack(args[0]),
+                                           args[1] == Py_None ? at::Tensor() : THPVariable_Unpack(args[1]),
+                                           p.w_ih, p.w_hh, p.b_ih, p.b_hh, activation);
   if (!result.has_value()) Py_RETURN_NONE;
   return THPVariable_Wrap(std::move(*result));
+  END_HANDLE_TH_ERRORS
+}
+
+// fastrnn._C.gated_cell_if_plain(gates, input, h, c, parameters) -> h' (GRUCell, gates 3, c None) or
+// (h', c') (LSTMCell, gates 4), or None: the call then runs torch's cell (see rnn_cpu.h).
+PyObject* gated_cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  CellParameters p;
+  if (nargs != 5 || !THPVariable_Check(args[1]) || !THPVariable_Check(args[2]) ||
+      (args[3] != Py_None && !THPVariable_Check(args[3])) || !PyDict_Check(args[4]) ||
+      !read_cell_parameters(args[4], p)) {
+    Py_RETURN_NONE;
+  }
+  const long gates = PyLong_AsLong(args[0]);
+  if (PyErr_Occurred()) return nullptr;
+  auto result = fastrnn::gated_cell_if_plain(gates, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+                                             args[3] == Py_None ? at::Tensor() : THPVariable_Unpack(args[3]),
+                                             p.w_ih, p.w_hh, p.b_ih, p.b_hh);
+  if (!result.has_value()) Py_RETURN_NONE;
+  if (gates == 3) return THPVariable_Wrap(std::move(std::get<0>(*result)));
+  return wrap_pair(std::move(std::get<0>(*result)), std::move(std::get<1>(*result)));
   END_HANDLE_TH_ERRORS
 }
 
 PyMethodDef methods[] = {
     {"rnn_cell_if_plain", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_cell_if_plain_py)),
      METH_FASTCALL, "torch.nn.RNNCell's plain eager call in one C++ call, or None (see rnn_cpu.h)."},
+    {"gated_cell_if_plain",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gated_cell_if_plain_py)), METH_FASTCALL,
+     "torch.nn.GRUCell / LSTMCell's step without autograd in one C++ call, or None (see rnn_cpu.h)."},
     {"rnn_forward_if_plain",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward_if_plain_py)),
      METH_FASTCALL, "torch.nn.RNN's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},

@@ -80,20 +80,6 @@ FASTRNN_CLONES void bias_activate(double* out, int64_t rows, int64_t H, const do
   bias_activate_impl(out, rows, H, b_ih, b_hh, act);
 }
 
-// For a few rows and below this many multiply-adds a BLAS call costs more than the arithmetic; with more
-// rows the dot loop's one reduction per output loses to the BLAS (0.87x torch at B = 32, H = 32).
-constexpr int64_t kSmallCell = 64 * 64 * 8;
-constexpr int64_t kSmallCellRows = 4;
-
-template <typename T>
-void cell_matmul(const T* a, int64_t rows, int64_t K, const T* w, int64_t H, T* out, bool accumulate) {
-  if ((rows <= kSmallCellRows && rows * K * H <= kSmallCell) || !have_fortran_gemm<T>()) {
-    rows_times_wt(a, rows, K, w, H, out, accumulate);
-  } else {
-    gemm_rowmajor<T>(rows, H, K, a, K, w, K, true, accumulate ? T(1) : T(0), out, H);
-  }
-}
-
 // CPU float32/float64 on raw pointers: two GEMMs straight into the BLAS and one fused bias + activation
 // pass, so a small step pays no per-op dispatch (four ATen calls cost more than the arithmetic at B = 1).
 bool cpu_fast_path(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include "blas.h"
+
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -50,6 +52,29 @@ void rows_times_wt(const float* a, int64_t rows, int64_t K, const float* w, int6
                    bool accumulate);
 void rows_times_wt(const double* a, int64_t rows, int64_t K, const double* w, int64_t H, double* out,
                    bool accumulate);
+
+// out[rows, H] (+)= a[rows, K] @ w[H, K]^T for one cell step (RNNCell, GRUCell, LSTMCell). For a few rows and
+// below this many multiply-adds a BLAS call costs more than the arithmetic; with more rows the dot loop's one
+// reduction per output loses to the BLAS (0.87x torch at B = 32, H = 32).
+constexpr int64_t kSmallCell = 64 * 64 * 8;
+constexpr int64_t kSmallCellRows = 4;
+
+template <typename T>
+void cell_matmul(const T* a, int64_t rows, int64_t K, const T* w, int64_t H, T* out, bool accumulate) {
+  if ((rows <= kSmallCellRows && rows * K * H <= kSmallCell) || !have_fortran_gemm<T>()) {
+    rows_times_wt(a, rows, K, w, H, out, accumulate);
+  } else {
+    gemm_rowmajor<T>(rows, H, K, a, K, w, K, true, accumulate ? T(1) : T(0), out, H);
+  }
+}
+
+// One GRUCell (gates = 3) or LSTMCell (gates = 4) step that nothing will differentiate (gated_cpu.cpp):
+// input [N, I], h [N, H], c [N, H] (LSTM; undefined for the GRU), weights and biases as torch's cells hold
+// them. Returns h' (and c'), or nullopt for anything else (autograd to record, another device or dtype,
+// mixed dtypes, shapes that do not fit, non-contiguous tensors): the caller then runs torch's cell.
+std::optional<std::tuple<at::Tensor, at::Tensor>> gated_cell_if_plain(
+    int64_t gates, const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh);
 
 // The whole stack forward without autograd (rnn_stack.cpp). weights: per layer and direction
 // w_ih, w_hh[, b_ih, b_hh] in torch.nn.RNN order; hx [L * D, B, H]. Returns output and h_n [L * D, B, H].

@@ -11,6 +11,7 @@ it gives torch's result (cuDNN on CUDA) or raises torch's exact error.
 """
 
 
+import functools
 from typing import Optional, overload
 
 import torch
@@ -18,6 +19,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import gated_functional
+from fastrnn.backends import _eager_cpp_call, forced_backend
 from fastrnn.conversion import TorchConversion
 from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy, weights_in_use
 
@@ -353,7 +355,24 @@ class LSTM(_GatedBase):
         return result[0], (result[1], result[2])
 
 
+@functools.cache
+def _gated_cell_if_plain():
+    """The built extension's GRUCell / LSTMCell step without autograd (``gated_cell_if_plain``), or None."""
+    try:
+        from fastrnn._C import gated_cell_if_plain
+    except ImportError:
+        return None
+    return gated_cell_if_plain
+
+
 class _GatedCellBase(TorchConversion, nn.RNNCellBase):
+    """A step that nothing will differentiate runs in one C++ call (two small matmuls, the layer op's gate
+    rows); a step that autograd records runs torch's cell kernel (``_VF.gru_cell`` / ``_VF.lstm_cell``: two
+    GEMMs and one fused pointwise kernel, ATen autograd), as does anything the C++ call declines. With
+    ``FASTRNN_BACKEND`` set, the step runs that backend's layer op instead. For one step the layer op costs
+    more than it saves (the same GEMMs plus a per-call weight layout and a Python autograd.Function:
+    0.4-0.8x torch in a loop; benchmarks/NOTES.md)."""
+
     _torch_class: type[nn.RNNCellBase]
 
     def _cell_fast_path_takes(self, input: Tensor, states: list[Tensor]) -> bool:
@@ -364,6 +383,18 @@ class _GatedCellBase(TorchConversion, nn.RNNCellBase):
         if input.size(1) != self.input_size:
             return False
         return all(s.dim() == 2 and s.size(0) == input.size(0) and s.size(1) == self.hidden_size for s in states)
+
+    def _step_if_plain(self, gates: int, input: Tensor, h: Tensor, c: Optional[Tensor]):
+        """The step in one C++ call (csrc/gated_cpu.cpp: ``gated_cell_if_plain``) when nothing will differentiate
+        it and it is a plain eager CPU float32/float64 call; else None."""
+        if torch.is_grad_enabled():  # a step autograd records (weights that train): torch's cell
+            weight = self._parameters.get("weight_ih")
+            if weight is None or weight.requires_grad:
+                return None
+        run = _gated_cell_if_plain()
+        if run is None or not _eager_cpp_call(input):
+            return None
+        return run(gates, input, h, c, self._parameters)
 
     def _config(self) -> tuple[tuple, dict]:
         args = (self.input_size, self.hidden_size, self.bias)
@@ -406,8 +437,13 @@ class GRUCell(_GatedCellBase):
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: Tensor) -> Tensor:
-        if self._cell_fast_path_takes(input, [hx]):
-            return gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if forced_backend():
+            if self._cell_fast_path_takes(input, [hx]):
+                return gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        else:
+            out = self._step_if_plain(3, input, hx, None)
+            if out is not None:
+                return out
         return _VF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
@@ -449,8 +485,13 @@ class LSTMCell(_GatedCellBase):
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        if self._cell_fast_path_takes(input, list(hx)):
-            h, c = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-            return h, c
+        if forced_backend():
+            if self._cell_fast_path_takes(input, list(hx)):
+                h, c = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+                return h, c
+        elif isinstance(hx, tuple) and len(hx) == 2:  # anything else: torch's cell raises torch's error
+            out = self._step_if_plain(4, input, hx[0], hx[1])
+            if out is not None:
+                return out
         h, c = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return h, c
