@@ -1,8 +1,9 @@
-"""The RNNCell-in-a-Python-loop cases: the course's way of driving an RNN, and every sampler's.
+"""The cell-in-a-Python-loop cases: the course's way of driving an RNN, and every sampler's.
 
-Each case steps ``torch.nn.RNNCell`` and ``fastrnn.RNNCell`` (same weights) ``steps`` times over the same
-inputs: inference under no_grad, and training (forward of every step, backward of the sum of the states).
-A correctness gate compares the last state and every gradient with torch and a float64 oracle first.
+Each case steps torch's cell and fastrnn's (``RNNCell``, ``GRUCell`` or ``LSTMCell``, same weights) ``steps``
+times over the same inputs: inference under no_grad, and training (forward of every step, backward of the
+sum of the states). A correctness gate compares the last state and every gradient with torch and a float64
+oracle first.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import fastrnn
 from benchmarks.timing import time_cpu
 from fastrnn.testing import parity_failures
 
-TORCH_CELL = "torch.nn.RNNCell"
-FAST_CELL = "fastrnn.RNNCell"
+CELL_CLASSES = {"rnn": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,16 @@ class CellLoopCase:
     B: int
     H: int
     dtype: str = "float32"
+    cell: str = "rnn"
 
     @property
     def id(self) -> str:
-        return f"RNNCell loop,steps={self.steps},B={self.B},H={self.H},{self.dtype}"
+        return f"{CELL_CLASSES[self.cell]} loop,steps={self.steps},B={self.B},H={self.H},{self.dtype}"
 
 
+# RNNCell on the quick and full presets; GRUCell and LSTMCell on the family presets.
 CELL_LOOP_CASES = [CellLoopCase(100, b, h) for b in (1, 32) for h in (32, 256)]
+GATED_CELL_LOOP_CASES = [CellLoopCase(100, b, h, cell=c) for c in ("gru", "lstm") for b in (1, 32) for h in (32, 256)]
 
 
 class Loop(nn.Module):
@@ -42,9 +45,11 @@ class Loop(nn.Module):
 
     def forward(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = xs.new_zeros(xs.size(1), self.cell.hidden_size)
+        state = (h, h) if isinstance(self.cell, (nn.LSTMCell, fastrnn.LSTMCell)) else h
         total = xs.new_zeros(())
         for x in xs:
-            h = self.cell(x, h)
+            state = self.cell(x, state)
+            h = state[0] if isinstance(state, tuple) else state
             total = total + h.sum()
         return h, total
 
@@ -60,15 +65,17 @@ def _results(loop: Loop, xs: torch.Tensor) -> dict[str, torch.Tensor]:
 def run_cell_loop_case(case: CellLoopCase, min_run_time: float) -> list[dict]:
     dtype = getattr(torch, case.dtype)
     torch.manual_seed(0)
-    torch_cell = nn.RNNCell(case.H, case.H, dtype=dtype)
-    loops = {TORCH_CELL: Loop(torch_cell), FAST_CELL: Loop(fastrnn.RNNCell.from_torch(torch_cell))}
+    name = CELL_CLASSES[case.cell]
+    torch_cell = getattr(nn, name)(case.H, case.H, dtype=dtype)
+    torch_impl, fast_impl = f"torch.nn.{name}", f"fastrnn.{name}"
+    loops = {torch_impl: Loop(torch_cell), fast_impl: Loop(getattr(fastrnn, name).from_torch(torch_cell))}
     xs = torch.randn(case.steps, case.B, case.H, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    reference = _results(loops[TORCH_CELL], xs)
+    reference = _results(loops[torch_impl], xs)
     oracle = _results(Loop(torch_cell.double()), xs.double())
     torch_cell.to(dtype)
     rows = []
-    for name, loop in loops.items():
-        failures = [] if name == TORCH_CELL else parity_failures(_results(loop, xs), reference, oracle)
+    for impl, loop in loops.items():
+        failures = [] if impl == torch_impl else parity_failures(_results(loop, xs), reference, oracle)
         x_train = xs.clone().requires_grad_(True)
 
         def infer(loop=loop):
@@ -79,7 +86,7 @@ def run_cell_loop_case(case: CellLoopCase, min_run_time: float) -> list[dict]:
             loop(x_train)[1].backward()
 
         for mode, fn in (("inference", infer), ("training", train)):
-            row = {**asdict(case), "case": case.id, "impl": name, "mode": mode,
+            row = {**asdict(case), "case": case.id, "impl": impl, "mode": mode,
                    "gate": "pass" if not failures else "REFUSED: " + "; ".join(failures)}
             if not failures:
                 t = time_cpu(fn, min_run_time)
@@ -87,7 +94,7 @@ def run_cell_loop_case(case: CellLoopCase, min_run_time: float) -> list[dict]:
             rows.append(row)
         loop.zero_grad(set_to_none=True)
     for mode in ("inference", "training"):
-        base = next(r for r in rows if r["impl"] == TORCH_CELL and r["mode"] == mode)
+        base = next(r for r in rows if r["impl"] == torch_impl and r["mode"] == mode)
         for r in rows:
             if r["mode"] == mode and "median_ms" in r:
                 r["speedup_vs_torch"] = base["median_ms"] / r["median_ms"]

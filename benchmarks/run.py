@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 from benchmarks import machine
-from benchmarks.cell_loop import CELL_LOOP_CASES, run_cell_loop_case
+from benchmarks.cell_loop import CELL_LOOP_CASES, GATED_CELL_LOOP_CASES, run_cell_loop_case
 from benchmarks.grid import Case, select
 from benchmarks.timing import peak_memory_mb, time_cpu, time_cuda
 from fastrnn.testing import outputs_and_grads, parity_failures
@@ -288,11 +288,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     default_dir = Path(__file__).parent / "results" / f"{machine.slug(info)}-{args.preset}-{stamp}"
     out_dir = Path(args.out) if args.out else default_dir
     print(f"fastrnn benchmark on {info.get('gpu') or info['cpu']} ({device}), backends {info['fastrnn_backends']}, "
-          f"{len(cases)} cases (+ RNNCell loops on the CPU presets)", file=sys.stderr)
+          f"{len(cases)} cases (+ cell loops on the CPU presets)", file=sys.stderr)
     rows: list[dict] = []
-    # The RNNCell loop cases run on the CPU presets (quick, full), where a Python loop is the user's code.
-    loops = [c for c in CELL_LOOP_CASES if not args.filter or args.filter in c.id]
-    loops = loops if device.type == "cpu" and args.preset in ("quick", "full") else []
+    # The cell loop cases run on the CPU presets, where a Python loop is the user's code: RNNCell on quick and
+    # full, GRUCell and LSTMCell on the family presets.
+    loop_cases = {"quick": CELL_LOOP_CASES, "full": CELL_LOOP_CASES, "family": GATED_CELL_LOOP_CASES,
+                  "family-full": GATED_CELL_LOOP_CASES}.get(args.preset, []) if device.type == "cpu" else []
+    loops = [c for c in loop_cases if not args.filter or args.filter in c.id]
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         for case in _progress(cases + loops, args.preset):
             if isinstance(case, Case):

@@ -73,3 +73,15 @@ def test_family_cases_compare_with_torchs_gru_and_lstm(tmp_path, monkeypatch):
     assert ",uni,gru," in cases[0].id and ",P=2,uni,lstm," in cases[1].id
     assert {c.cell for c in select("family")} == {"gru", "lstm"}
     assert any(c.proj_size for c in select("family-full"))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_cell_loop_case_times_torchs_cell_and_fastrnns_behind_the_gate(cell):
+    from benchmarks.cell_loop import GATED_CELL_LOOP_CASES, CellLoopCase, run_cell_loop_case
+
+    rows = run_cell_loop_case(CellLoopCase(3, 2, 5, cell=cell), min_run_time=0.01)
+    name = {"rnn": "RNNCell", "gru": "GRUCell", "lstm": "LSTMCell"}[cell]
+    assert {r["impl"] for r in rows} == {f"torch.nn.{name}", f"fastrnn.{name}"}
+    assert {r["mode"] for r in rows} == {"inference", "training"}
+    assert all(r["gate"] == "pass" and r["median_ms"] > 0 and r["case"].startswith(f"{name} loop") for r in rows)
+    assert {c.cell for c in GATED_CELL_LOOP_CASES} == {"gru", "lstm"}
