@@ -30,8 +30,8 @@
 
 #include "blas.h"
 #include "gate_activations.h"
+#include "gate_rows.h"
 #include "register_block.h"
-#include "rnn_cpu.h"
 #include "zmm_step_mm.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -215,7 +215,10 @@ FASTRNN_INLINE void lstm_bwd_row_impl(const T* __restrict du, T* __restrict dc,
   }
 }
 
-// Explicit float / double entry points so that target_clones compiles each body per vector width.
+}  // namespace
+
+// Explicit float / double entry points so that target_clones compiles each body per vector width; declared
+// in gate_rows.h for the single cell step (gated_cell.cpp).
 #define FASTRNN_DEFINE_ROWS(T)                                                                     \
   FASTRNN_GATED_CLONES void gru_fwd_row(const T* xw, const T* a, const T* h, const T* b_hn,      \
                                         int64_t H, T* y, T* ws) {                                \
@@ -235,6 +238,8 @@ FASTRNN_INLINE void lstm_bwd_row_impl(const T* __restrict du, T* __restrict dc,
 FASTRNN_DEFINE_ROWS(float)
 FASTRNN_DEFINE_ROWS(double)
 #undef FASTRNN_DEFINE_ROWS
+
+namespace {
 
 // ---- the step schedule, shared by both cells ---------------------------------------------------------
 
@@ -816,76 +821,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd_cpu(
 
 // out = init + a @ b (init None: zeros) with the step matmul's register kernel: `kernel` 0 the portable
 // loop, 1 the AVX-512 kernel. For tests: a [rows, K] (row stride may exceed K), b [K, N], float32/float64.
-// One cell step without autograd (see rnn_cpu.h): two cell_matmuls into the pre-activations, the biases,
-// then the layer op's gate rows. GRU: xw = x W_ih^T + b_ih + [b_hr, b_hz, 0] and a = h W_hh^T, b_hn inside
-// the reset product; LSTM: a = x W_ih^T + h W_hh^T + b_ih + b_hh.
-std::optional<std::tuple<at::Tensor, at::Tensor>> gated_cell_if_plain(
-    int64_t gates, const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
-  const bool lstm = gates == 4;
-  if ((gates != 3 && gates != 4) || !input.defined() || !h.defined() || lstm != c.defined()) return std::nullopt;
-  const auto dtype = input.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kDouble) return std::nullopt;
-  if (input.dim() != 2 || h.dim() != 2 || w_ih.dim() != 2 || w_hh.dim() != 2) return std::nullopt;
-  const int64_t N = input.size(0), I = input.size(1), H = h.size(1), G = gates * H;
-  if (h.size(0) != N || w_ih.size(0) != G || w_ih.size(1) != I || w_hh.size(0) != G || w_hh.size(1) != H)
-    return std::nullopt;
-  if (lstm && (c.dim() != 2 || c.size(0) != N || c.size(1) != H)) return std::nullopt;
-  std::vector<const at::Tensor*> all = {&input, &h, &w_ih, &w_hh};
-  if (lstm) all.push_back(&c);
-  const bool has_bias = b_ih.has_value() && b_ih->defined();
-  if (has_bias != (b_hh.has_value() && b_hh->defined())) return std::nullopt;
-  if (has_bias) {
-    all.push_back(&*b_ih);
-    all.push_back(&*b_hh);
-    if (b_ih->dim() != 1 || b_ih->size(0) != G || b_hh->dim() != 1 || b_hh->size(0) != G) return std::nullopt;
-  }
-  const bool record = at::GradMode::is_enabled();
-  for (const at::Tensor* t : all) {
-    if (!t->device().is_cpu() || t->scalar_type() != dtype || !t->is_contiguous() || t->is_neg() ||
-        t->is_conj() || (record && t->requires_grad()))
-      return std::nullopt;
-  }
-  at::Tensor h_out = at::empty({N, H}, input.options());
-  at::Tensor c_out = lstm ? at::empty({N, H}, input.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(dtype, "fastrnn_gated_cell", [&] {
-    using T = scalar_t;
-    const T* x = input.data_ptr<T>();
-    const T* hp = h.data_ptr<T>();
-    const T* bi = has_bias ? b_ih->data_ptr<T>() : nullptr;
-    const T* bh = has_bias ? b_hh->data_ptr<T>() : nullptr;
-    T* ho = h_out.data_ptr<T>();
-    if (lstm) {
-      std::vector<T> pre(N * G), ws(5 * H);
-      cell_matmul<T>(x, N, I, w_ih.data_ptr<T>(), G, pre.data(), false);
-      cell_matmul<T>(hp, N, H, w_hh.data_ptr<T>(), G, pre.data(), true);
-      const T* cp = c.data_ptr<T>();
-      T* co = c_out.data_ptr<T>();
-      for (int64_t r = 0; r < N; ++r) {
-        const T* row = pre.data() + r * G;
-        for (int64_t j = 0; j < G; ++j) ws[j] = has_bias ? row[j] + bi[j] + bh[j] : row[j];
-        lstm_fwd_row(ws.data(), cp + r * H, H, ho + r * H);
-        std::memcpy(co + r * H, ws.data() + 4 * H, sizeof(T) * H);
-      }
-    } else {
-      std::vector<T> xw(N * G), a(N * G), ws(4 * H), b_hn(H, T(0));
-      cell_matmul<T>(x, N, I, w_ih.data_ptr<T>(), G, xw.data(), false);
-      cell_matmul<T>(hp, N, H, w_hh.data_ptr<T>(), G, a.data(), false);
-      if (has_bias) {
-        for (int64_t r = 0; r < N; ++r) {
-          T* row = xw.data() + r * G;
-          for (int64_t j = 0; j < 2 * H; ++j) row[j] += bi[j] + bh[j];
-          for (int64_t j = 2 * H; j < G; ++j) row[j] += bi[j];
-        }
-        std::copy(bh + 2 * H, bh + G, b_hn.begin());
-      }
-      for (int64_t r = 0; r < N; ++r)
-        gru_fwd_row(xw.data() + r * G, a.data() + r * G, hp + r * H, b_hn.data(), H, ho + r * H, ws.data());
-    }
-  });
-  return std::make_tuple(h_out, c_out);
-}
-
 at::Tensor gated_step_mm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& init,
                              int64_t kernel) {
   check_float_cpu(a, {&b}, "step matmul");

@@ -68,10 +68,10 @@ void cell_matmul(const T* a, int64_t rows, int64_t K, const T* w, int64_t H, T* 
   }
 }
 
-// One GRUCell (gates = 3) or LSTMCell (gates = 4) step that nothing will differentiate (gated_cpu.cpp):
-// input [N, I], h [N, H], c [N, H] (LSTM; undefined for the GRU), weights and biases as torch's cells hold
-// them. Returns h' (and c'), or nullopt for anything else (autograd to record, another device or dtype,
-// mixed dtypes, shapes that do not fit, non-contiguous tensors): the caller then runs torch's cell.
+// One GRUCell (gates = 3) or LSTMCell (gates = 4) step (gated_cell.cpp): input [N, I], h [N, H], c [N, H]
+// (LSTM; undefined for the GRU), weights and biases as torch's cells hold them. Returns h' (and c'), with
+// one autograd node when autograd records the call, or nullopt for anything else (another device or
+// dtype, mixed dtypes, shapes that do not fit, non-contiguous tensors): the caller then runs torch's cell.
 std::optional<std::tuple<at::Tensor, at::Tensor>> gated_cell_if_plain(
     int64_t gates, const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh);

@@ -366,12 +366,11 @@ def _gated_cell_if_plain():
 
 
 class _GatedCellBase(TorchConversion, nn.RNNCellBase):
-    """A step that nothing will differentiate runs in one C++ call (two small matmuls, the layer op's gate
-    rows); a step that autograd records runs torch's cell kernel (``_VF.gru_cell`` / ``_VF.lstm_cell``: two
-    GEMMs and one fused pointwise kernel, ATen autograd), as does anything the C++ call declines. With
-    ``FASTRNN_BACKEND`` set, the step runs that backend's layer op instead. For one step the layer op costs
-    more than it saves (the same GEMMs plus a per-call weight layout and a Python autograd.Function:
-    0.4-0.8x torch in a loop; benchmarks/NOTES.md)."""
+    """A plain eager CPU step runs in one C++ call (two small matmuls, the layer op's gate rows) with one
+    autograd node whose backward is C++ too; anything that call declines runs torch's cell kernel
+    (``_VF.gru_cell`` / ``_VF.lstm_cell``), which also gives torch's errors. With ``FASTRNN_BACKEND`` set, the
+    step runs that backend's layer op instead. For one step the layer op costs more than it saves (a
+    per-call weight layout and a Python autograd.Function: 0.4-0.8x torch in a loop; benchmarks/NOTES.md)."""
 
     _torch_class: type[nn.RNNCellBase]
 
@@ -385,12 +384,8 @@ class _GatedCellBase(TorchConversion, nn.RNNCellBase):
         return all(s.dim() == 2 and s.size(0) == input.size(0) and s.size(1) == self.hidden_size for s in states)
 
     def _step_if_plain(self, gates: int, input: Tensor, h: Tensor, c: Optional[Tensor]):
-        """The step in one C++ call (csrc/gated_cpu.cpp: ``gated_cell_if_plain``) when nothing will differentiate
-        it and it is a plain eager CPU float32/float64 call; else None."""
-        if torch.is_grad_enabled():  # a step autograd records (weights that train): torch's cell
-            weight = self._parameters.get("weight_ih")
-            if weight is None or weight.requires_grad:
-                return None
+        """The step in one C++ call with one autograd node (csrc/gated_cell.cpp: ``gated_cell_if_plain``) when
+        it is a plain eager CPU float32/float64 call; else None."""
         run = _gated_cell_if_plain()
         if run is None or not _eager_cpp_call(input):
             return None

@@ -1,5 +1,8 @@
-"""GRUCell / LSTMCell steps: one C++ call when nothing differentiates them (``fastrnn._C.gated_cell_if_plain``),
-torch's cell kernel otherwise, the layer op's path with ``FASTRNN_BACKEND`` set."""
+"""GRUCell / LSTMCell steps: one C++ call with one C++ autograd node (``fastrnn._C.gated_cell_if_plain``,
+csrc/gated_cell.cpp), torch's cell kernel for what that call declines, the layer op's path with
+``FASTRNN_BACKEND`` set."""
+
+import copy
 
 import pytest
 import torch
@@ -73,36 +76,113 @@ def test_inference_step_matches_torch(taken, name, rows, input_size, hidden, bia
     assert taken == [True, True]
 
 
+def _loop_grads(cell, xs, state, wrt_state):
+    cell.zero_grad(set_to_none=True)
+    leaf = xs.clone().requires_grad_()
+    states = None if state is None else tuple(t.clone().requires_grad_(wrt_state) for t in state)
+    current = None if states is None else states if len(states) == 2 else states[0]
+    for x in leaf:
+        current = cell(x, current)
+    outs = current if isinstance(current, tuple) else (current,)
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss.backward()
+    grads = {"x": leaf.grad, **{f"state{i}": t.grad for i, t in enumerate(states or ()) if wrt_state}}
+    grads.update({name: p.grad for name, p in cell.named_parameters()})
+    return {**grads, **{f"out{i}": o.detach() for i, o in enumerate(outs)}}
+
+
+@pytest.mark.parametrize("wrt_state", [True, False], ids=["state_grad", "no_state_grad"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("rows, input_size, hidden", [(1, 5, 7), (3, 32, 32), (40, 16, 130)])
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_training_steps_run_torchs_cell_exactly(taken, name):
-    theirs, ours = _pair(name, 6, 8, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    xs = torch.randn(5, 3, 6, generator=gen)
-    grads = []
-    for cell in (theirs, ours):
-        leaf = xs.clone().requires_grad_()
+def test_training_loop_matches_torch(taken, name, rows, input_size, hidden, bias, wrt_state):
+    """A 4-step loop's outputs and every gradient, across the axpy / BLAS switch of the C++ backward."""
+    theirs, ours = _pair(name, input_size, hidden, bias)
+    gen = torch.Generator().manual_seed(rows)
+    xs = torch.randn(4, rows, input_size, generator=gen, dtype=torch.float64)
+    state = _state(name, (rows, hidden), gen, torch.float64)
+    state = state if isinstance(state, tuple) else (state,)
+    oracle, got = _loop_grads(theirs, xs, state, wrt_state), _loop_grads(ours, xs, state, wrt_state)
+    assert got.keys() == oracle.keys()
+    for key, want in oracle.items():
+        torch.testing.assert_close(got[key], want, rtol=1e-11, atol=1e-12, msg=key)
+    theirs32 = copy.deepcopy(theirs).float()
+    ours32 = CELLS[name][1].from_torch(theirs32)
+    state32 = tuple(t.float() for t in state)
+    assert parity_failures(_loop_grads(ours32, xs.float(), state32, wrt_state),
+                           _loop_grads(theirs32, xs.float(), state32, wrt_state), oracle) == []
+    assert taken and all(taken)
+
+
+def _step(name, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    run = gated_modules._gated_cell_if_plain()
+    params = {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}
+    out = run(4 if name == "lstm" else 3, x, h, c, params)
+    assert out is not None
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_gradcheck_and_gradgradcheck(name):
+    """First order: the raw C++ backward; second order: torch's cell recomputed under create_graph."""
+    gen = torch.Generator().manual_seed(1)
+    gates = 4 if name == "lstm" else 3
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    x, h, w_ih, w_hh = rand(3, 4), rand(3, 5), rand(gates * 5, 4), rand(gates * 5, 5)
+    b_ih, b_hh = rand(gates * 5), rand(gates * 5)
+    c = rand(3, 5) if name == "lstm" else None
+    inputs = (x, h, c, w_ih, w_hh, b_ih, b_hh) if name == "lstm" else (x, h, w_ih, w_hh, b_ih, b_hh)
+
+    def f(*args):
+        if name == "lstm":
+            return _step(name, *args)
+        x_, h_, *rest = args
+        return _step(name, x_, h_, None, *rest)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_checkpointed_loop_matches_plain(name, use_reentrant):
+    _, ours = _pair(name, 4, 5)
+    xs = torch.randn(3, 2, 4, dtype=torch.float64)
+
+    def loop(leaf):
         state = None
         for x in leaf:
-            state = cell(x, state)
-        (state[0] if isinstance(state, tuple) else state).pow(2).sum().backward()
-        grads.append([leaf.grad, *(p.grad for p in cell.parameters())])
-    for got, want in zip(grads[1], grads[0]):
-        assert torch.equal(got, want)
-    assert taken == []  # training steps never reach the C++ entry
+            state = ours(x, state)
+        return state[0] if isinstance(state, tuple) else state
+
+    grads = []
+    for wrap in (False, True):
+        ours.zero_grad()
+        leaf = xs.clone().requires_grad_()
+        out = torch.utils.checkpoint.checkpoint(loop, leaf, use_reentrant=use_reentrant) if wrap else loop(leaf)
+        out.pow(2).sum().backward()
+        grads.append([leaf.grad, *(p.grad for p in ours.parameters())])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))
-def test_input_that_requires_grad_under_frozen_weights_is_declined(taken, name):
+def test_input_grad_under_frozen_weights(taken, name):
     theirs, ours = _pair(name, 4, 5)
     ours.requires_grad_(False)
     theirs.requires_grad_(False)
     x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     got, want = _flat(ours(x)), _flat(theirs(x))
     assert all(g.requires_grad for g in got)
-    torch.autograd.grad(sum(g.sum() for g in got), x)
+    dx, dx_torch = (torch.autograd.grad(sum(o.sum() for o in outs), x)[0] for outs in (got, want))
+    torch.testing.assert_close(dx, dx_torch, rtol=1e-12, atol=1e-13)
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=0, atol=0)
-    assert taken == [False]
+        torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-14)
+    assert taken == [True]
 
 
 def _declined_calls(name):

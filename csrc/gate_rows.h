@@ -1,0 +1,26 @@
+// The gated cells' fused pointwise math for one row of H units (gated_cpu.cpp), shared by the layer ops and
+// the single cell step (gated_cell.cpp). Layouts, per row:
+//
+//   GRU  forward:  xw = [x_r, x_z, x_n] (x W_ih^T + b_ih + [b_hr, b_hz, 0]), a = h W_hh^T (3H each);
+//                  writes h' (y) and ws = [r, z, n, m] with m = a_n + b_hn.
+//        backward: dy = dL/dh'; dh holds the gradient already flowing into h (added to dy) and returns the
+//                  part through z; writes dxw = [dr, dz, dn] (dL/dxw) and dg = [dr, dz, dm] (dL/d(h W_hh^T + b_hh)).
+//   LSTM forward:  ws = [a_i, a_f, a_g, a_o] on entry (the pre-activations), [i, f, g, o, c'] on return (5H);
+//                  writes u = o tanh(c').
+//        backward: du = dL/du; dc holds dL/dc' on entry, dL/dc on return; writes da (4H).
+#pragma once
+
+#include <cstdint>
+
+namespace fastrnn {
+
+#define FASTRNN_DECLARE_ROWS(T)                                                                        \
+  void gru_fwd_row(const T* xw, const T* a, const T* h, const T* b_hn, int64_t H, T* y, T* ws);        \
+  void gru_bwd_row(const T* dy, T* dh, const T* h, const T* ws, int64_t H, T* dxw, T* dg);             \
+  void lstm_fwd_row(T* ws, const T* c_prev, int64_t H, T* u);                                          \
+  void lstm_bwd_row(const T* du, T* dc, const T* ws, const T* c_prev, int64_t H, T* da);
+FASTRNN_DECLARE_ROWS(float)
+FASTRNN_DECLARE_ROWS(double)
+#undef FASTRNN_DECLARE_ROWS
+
+}  // namespace fastrnn
