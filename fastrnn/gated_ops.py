@@ -7,7 +7,12 @@ Each forward runs the C++ op (``torch.ops.fastrnn.gru_fwd`` / ``lstm_fwd``: CPU,
 reference (anything else), and saves the workspace ``ws`` its backward needs (see
 :mod:`fastrnn.gated_reference`). Backward runs BPTT in the same backend and returns the pre-activation
 gradients; ``W_hh``, ``b_hn`` and ``W_hr`` gradients are then one GEMM or reduction each, here.
-First-order gradients only: a second backward raises :data:`DOUBLE_BACKWARD_ERROR`.
+
+An eager training call of a whole layer is one node that owns the input projection too
+(``LSTMLayerFunction`` / ``GRULayerFunction``); under ``create_graph`` its backward differentiates the
+pure-PyTorch reference layer recomputed on the saved inputs, so the modules' eager gradients of any order
+are the reference's. The op-level entries (``gru_recurrence`` / ``lstm_recurrence``, which compiled, exported
+and torch.func calls reach) are first-order: a second backward raises :data:`DOUBLE_BACKWARD_ERROR`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from fastrnn.backends import BACKEND_ENV
 from fastrnn.reference import prev_state_index
 
 DOUBLE_BACKWARD_ERROR = (
-    "fastrnn's GRU and LSTM support first-order gradients only (double backward is not implemented); "
-    "use torch.nn.GRU / torch.nn.LSTM where second derivatives are needed"
+    "fastrnn's gated recurrence op supports first-order gradients only when it is called directly or traced "
+    "(torch.compile, export, torch.func); eager fastrnn.GRU / fastrnn.LSTM modules support higher orders, and "
+    "torch.nn.GRU / torch.nn.LSTM do everywhere"
 )
 _fakes_registered = False
 _warned = False
@@ -419,6 +425,18 @@ def layer_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
     return _mm(x.reshape(-1, x.size(-1)), w_ih.t(), bias).view(*x.shape[:-1], w_ih.size(0))
 
 
+def _differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) -> list:
+    """create_graph: the gradients of ``inputs`` through ``outputs``, the pure-PyTorch reference layer recomputed
+    on the saved inputs under autograd, so that any order of gradient is the reference's."""
+    grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)]
+    wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None and t.requires_grad]
+    result = [None] * len(ctx.needs_input_grad)
+    found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True)
+    for i, grad in zip(wanted, found):
+        result[i] = grad
+    return result
+
+
 class LSTMLayerFunction(torch.autograd.Function):
     """``lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr)`` as one node (see :func:`lstm_layer`)."""
 
@@ -426,15 +444,18 @@ class LSTMLayerFunction(torch.autograd.Function):
     def forward(ctx, x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
         xw = layer_projection(x, w_ih, bias)
         output = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-        ctx.save_for_backward(x, w_ih, h0, c0, w_hh, w_hr, output[0], output[3])
+        ctx.save_for_backward(x, w_ih, bias, h0, c0, w_hh, w_hr, output[0], output[3])
         ctx.batch_sizes, ctx.reverse, ctx.has_bias = batch_sizes, reverse, bias is not None
         return output[0], output[1], output[2]
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
+        x, w_ih, bias, h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
         if torch.is_grad_enabled():
-            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-        x, w_ih, h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
+            inputs = (x, w_ih, bias, h0, c0, w_hh, w_hr)
+            outputs = ref.lstm_recurrence_ref(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, ctx.batch_sizes,
+                                              ctx.reverse)[:3]
+            return tuple(_differentiate_reference(ctx, inputs, outputs, (dy, dh_n, dc_n)))
         need = ctx.needs_input_grad
         da, dh_all, dh0, dc0 = lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, ctx.batch_sizes, ctx.reverse, need[3])
         dx, dw_ih, db = layer_input_grads(ctx, x, w_ih, da)
@@ -453,16 +474,18 @@ class GRULayerFunction(torch.autograd.Function):
     def forward(ctx, x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
         xw = layer_projection(x, w_ih, bias)
         output = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-        ctx.save_for_backward(x, w_ih, h0, w_hh, output[0], output[2])
+        ctx.save_for_backward(x, w_ih, bias, h0, w_hh, b_hn, output[0], output[2])
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         ctx.has_bias, ctx.has_b_hn = bias is not None, b_hn is not None
         return output[0], output[1]
 
     @staticmethod
     def backward(ctx, dy, dh_n):
+        x, w_ih, bias, h0, w_hh, b_hn, y, ws = ctx.saved_tensors
         if torch.is_grad_enabled():
-            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-        x, w_ih, h0, w_hh, y, ws = ctx.saved_tensors
+            inputs = (x, w_ih, bias, h0, w_hh, b_hn)
+            outputs = ref.gru_recurrence_ref(F.linear(x, w_ih, bias), h0, w_hh, b_hn, ctx.batch_sizes, ctx.reverse)[:2]
+            return (*_differentiate_reference(ctx, inputs, outputs, (dy, dh_n)),)
         need = ctx.needs_input_grad
         dxw, dg, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, ctx.batch_sizes, ctx.reverse, need[3])
         dx, dw_ih, db = layer_input_grads(ctx, x, w_ih, dxw)

@@ -128,13 +128,19 @@ def test_gradcheck_lstm(use_backend, backend, reverse, packed, proj):
     assert torch.autograd.gradcheck(f, args)
 
 
-@pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
-def test_double_backward_raises_a_clear_error(cls):
-    module = cls(3, 4, dtype=torch.float64)
-    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("recurrence", ["gru", "lstm"])
+def test_double_backward_of_the_op_alone_raises_a_clear_error(recurrence):
+    """The op-level entries (gru_recurrence / lstm_recurrence, and so compiled and torch.func calls) are
+    first-order; the modules' eager layer path is not (test_gated_layer.py)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden, gates = 4, 3 if recurrence == "gru" else 4
+    xw = torch.randn(5, 2, gates * hidden, generator=gen, dtype=torch.float64, requires_grad=True)
+    h0 = torch.zeros(2, hidden, dtype=torch.float64)
+    w = torch.randn(gates * hidden, hidden, generator=gen, dtype=torch.float64)
+    y = gru_recurrence(xw, h0, w)[0] if recurrence == "gru" else lstm_recurrence(xw, h0, h0, w)[0]
     # Raised by the backward that would have to be differentiable, not later by a wrong second derivative.
     with pytest.raises(RuntimeError, match="first-order gradients only"):
-        torch.autograd.grad(module(x)[0].sum(), x, create_graph=True)
+        torch.autograd.grad(y.sum(), xw, create_graph=True)
     assert "first-order" in DOUBLE_BACKWARD_ERROR
 
 
