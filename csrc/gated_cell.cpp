@@ -71,27 +71,26 @@ FASTRNN_INLINE void axpy(T a, const T* __restrict x, T* __restrict y, int64_t n)
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// out[rows, K] = d[rows, G] @ w[G, K] (w as stored). A few small rows: axpy loops (a BLAS call costs more).
+// A gradient matmul of the step, d [rows, G]: out[rows, K] = d @ b with b [G, K] (a weight as stored), or
+// with trans out[G, K] = d^T @ b with b [rows, K] (an input). A few small rows: axpy loops (a BLAS call
+// costs more than the arithmetic there).
 template <typename T>
-void rows_times_w(int64_t rows, int64_t G, int64_t K, const T* d, const T* w, T* out) {
+void cell_grad_mm(bool trans, int64_t rows, int64_t G, int64_t K, const T* d, const T* b, T* out) {
   if (rows <= kSmallCellRows && rows * G * K <= kSmallCell) {
-    std::fill(out, out + rows * K, T(0));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < G; ++j) axpy(d[r * G + j], w + j * K, out + r * K, K);
+    std::fill(out, out + (trans ? G : rows) * K, T(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < G; ++j) {
+        if (trans) {
+          axpy(d[r * G + j], b + r * K, out + j * K, K);
+        } else {
+          axpy(d[r * G + j], b + j * K, out + r * K, K);
+        }
+      }
+    }
+  } else if (trans) {
+    gemm_rowmajor_ex<T>(true, G, K, rows, d, G, b, K, false, T(0), out, K);
   } else {
-    gemm_rowmajor_ex<T>(false, rows, K, G, d, G, w, K, false, T(0), out, K);
-  }
-}
-
-// out[G, K] = d[rows, G]^T @ a[rows, K].
-template <typename T>
-void rows_t_times(int64_t rows, int64_t G, int64_t K, const T* d, const T* a, T* out) {
-  if (rows <= kSmallCellRows && rows * G * K <= kSmallCell) {
-    std::fill(out, out + G * K, T(0));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < G; ++j) axpy(d[r * G + j], a + r * K, out + j * K, K);
-  } else {
-    gemm_rowmajor_ex<T>(true, G, K, rows, d, G, a, K, false, T(0), out, K);
+    gemm_rowmajor_ex<T>(false, rows, K, G, d, G, b, K, false, T(0), out, K);
   }
 }
 
@@ -117,13 +116,13 @@ void cell_backward_raw(const CellShape& d, const T* gh, const T* gc, const T* x,
     }
   }
   const T* dgp = d.lstm ? dxw.data() : dg.data();
-  if (dx != nullptr) rows_times_w<T>(N, G, I, dxw.data(), w_ih, dx);
+  if (dx != nullptr) cell_grad_mm<T>(false, N, G, I, dxw.data(), w_ih, dx);
   if (dh != nullptr) {
-    rows_times_w<T>(N, G, H, dgp, w_hh, dh);
+    cell_grad_mm<T>(false, N, G, H, dgp, w_hh, dh);
     for (int64_t i = 0; i < static_cast<int64_t>(dh_z.size()); ++i) dh[i] += dh_z[i];
   }
-  if (dw_ih != nullptr) rows_t_times<T>(N, G, I, dxw.data(), x, dw_ih);
-  if (dw_hh != nullptr) rows_t_times<T>(N, G, H, dgp, h, dw_hh);
+  if (dw_ih != nullptr) cell_grad_mm<T>(true, N, G, I, dxw.data(), x, dw_ih);
+  if (dw_hh != nullptr) cell_grad_mm<T>(true, N, G, H, dgp, h, dw_hh);
   const auto row_sums = [&](const T* rows, T* out) {
     std::fill(out, out + G, T(0));
     for (int64_t r = 0; r < N; ++r)
