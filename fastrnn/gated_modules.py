@@ -357,7 +357,7 @@ class LSTM(_GatedBase):
 
 @functools.cache
 def _gated_cell_if_plain():
-    """The built extension's GRUCell / LSTMCell step without autograd (``gated_cell_if_plain``), or None."""
+    """The built extension's GRUCell / LSTMCell step (csrc/gated_cell.cpp: ``gated_cell_if_plain``), or None."""
     try:
         from fastrnn._C import gated_cell_if_plain
     except ImportError:
