@@ -180,15 +180,23 @@ def _gru_save(ctx, inputs, output) -> None:
     ctx.has_b_hn, ctx.batch_sizes, ctx.reverse = b_hn is not None, batch_sizes, reverse
 
 
+def _gru_recurrence_grads(dy: Tensor, dh_n: Tensor, saved: tuple, need: tuple, has_b_hn: bool, batch_sizes,
+                          reverse: bool, backward) -> tuple:
+    """``(dxw, dh0, dW_hh, db_hn)`` of the GRU recurrence from ``saved = (h0, w_hh, y, ws)``; ``need`` says which
+    of ``(h0, w_hh, b_hn)`` want a gradient (None where not)."""
+    h0, w_hh, y, ws = saved
+    dxw, dg, dh0 = backward(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need[0])
+    hidden = y.size(-1)
+    dw = state_weight_grad(dg, y, h0, batch_sizes, reverse) if need[1] else None
+    db = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if has_b_hn and need[2] else None
+    return dxw, dh0 if need[0] else None, dw, db
+
+
 def _gru_grads(ctx, dy: Tensor, dh_n: Tensor, backward) -> tuple:
     """The gradients of (xw, h0, w_hh, b_hn, batch_sizes, reverse)."""
-    h0, w_hh, y, ws = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    dxw, dg, dh0 = backward(dy, dh_n, y, ws, h0, w_hh, ctx.batch_sizes, ctx.reverse, need[1])
-    hidden = y.size(-1)
-    dw = state_weight_grad(dg, y, h0, ctx.batch_sizes, ctx.reverse) if need[2] else None
-    db = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if ctx.has_b_hn and need[3] else None
-    return dxw, dh0 if need[1] else None, dw, db, None, None
+    grads = _gru_recurrence_grads(dy, dh_n, ctx.saved_tensors, ctx.needs_input_grad[1:4], ctx.has_b_hn,
+                                  ctx.batch_sizes, ctx.reverse, backward)
+    return *grads, None, None
 
 
 class GRURecurrenceFunction(torch.autograd.Function):
@@ -260,18 +268,26 @@ def _lstm_save(ctx, inputs, output) -> None:
     ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
 
 
-def _lstm_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, backward) -> tuple:
-    """The gradients of (xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)."""
-    h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    da, dh_all, dh0, dc0 = backward(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, ctx.batch_sizes, ctx.reverse, need[1])
-    dw = state_weight_grad(da, y, h0, ctx.batch_sizes, ctx.reverse) if need[3] else None
+def _lstm_recurrence_grads(dy: Tensor, dh_n: Tensor, dc_n: Tensor, saved: tuple, need: tuple, batch_sizes,
+                           reverse: bool, backward) -> tuple:
+    """``(da, dh0, dc0, dW_hh, dW_hr)`` of the LSTM recurrence from ``saved = (h0, c0, w_hh, w_hr, y, ws)``;
+    ``need`` says which of ``(h0, c0, w_hh, w_hr)`` want a gradient (None where not)."""
+    h0, c0, w_hh, w_hr, y, ws = saved
+    da, dh_all, dh0, dc0 = backward(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need[0])
+    dw = state_weight_grad(da, y, h0, batch_sizes, reverse) if need[2] else None
     dw_hr = None
-    if w_hr is not None and need[4]:
+    if w_hr is not None and need[3]:
         hidden = c0.size(-1)
         u = ws[..., 5 * hidden :].reshape(-1, hidden)
         dw_hr = dh_all.reshape(-1, dh_all.size(-1)).t().mm(u)
-    return da, dh0 if need[1] else None, dc0 if need[2] else None, dw, dw_hr, None, None
+    return da, dh0 if need[0] else None, dc0 if need[1] else None, dw, dw_hr
+
+
+def _lstm_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, backward) -> tuple:
+    """The gradients of (xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)."""
+    grads = _lstm_recurrence_grads(dy, dh_n, dc_n, ctx.saved_tensors, ctx.needs_input_grad[1:5], ctx.batch_sizes,
+                                   ctx.reverse, backward)
+    return *grads, None, None
 
 
 class LSTMRecurrenceFunction(torch.autograd.Function):
@@ -410,13 +426,13 @@ def _mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return a.mm(b) if bias is None else torch.addmm(bias, a, b)
 
 
-def layer_input_grads(ctx, x: Tensor, w_ih: Tensor, dxw: Tensor) -> tuple:
-    """``(dx, dW_ih, db)`` of ``xw = x W_ih^T + bias`` from ``dxw`` (``[..., G]``), as ``ctx`` needs them."""
-    need = ctx.needs_input_grad
+def layer_input_grads(need: tuple, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], dxw: Tensor) -> tuple:
+    """``(dx, dW_ih, db)`` of ``xw = x W_ih^T + bias`` from ``dxw`` (``[..., G]``); ``need`` says which of
+    ``(x, w_ih, bias)`` want a gradient (None where not)."""
     flat = dxw.reshape(-1, dxw.size(-1))
     dx = _mm(flat, w_ih).view(x.shape) if need[0] else None
     dw_ih = flat.t().mm(x.reshape(-1, x.size(-1))) if need[1] else None
-    db = flat.sum(0) if ctx.has_bias and need[2] else None
+    db = flat.sum(0) if bias is not None and need[2] else None
     return dx, dw_ih, db
 
 
@@ -445,7 +461,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         xw = layer_projection(x, w_ih, bias)
         output = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         ctx.save_for_backward(x, w_ih, bias, h0, c0, w_hh, w_hr, output[0], output[3])
-        ctx.batch_sizes, ctx.reverse, ctx.has_bias = batch_sizes, reverse, bias is not None
+        ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1], output[2]
 
     @staticmethod
@@ -457,14 +473,9 @@ class LSTMLayerFunction(torch.autograd.Function):
                                               ctx.reverse)[:3]
             return tuple(_differentiate_reference(ctx, inputs, outputs, (dy, dh_n, dc_n)))
         need = ctx.needs_input_grad
-        da, dh_all, dh0, dc0 = lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, ctx.batch_sizes, ctx.reverse, need[3])
-        dx, dw_ih, db = layer_input_grads(ctx, x, w_ih, da)
-        dw = state_weight_grad(da, y, h0, ctx.batch_sizes, ctx.reverse) if need[5] else None
-        dw_hr = None
-        if w_hr is not None and need[6]:
-            hidden = c0.size(-1)
-            dw_hr = dh_all.reshape(-1, dh_all.size(-1)).t().mm(ws[..., 5 * hidden :].reshape(-1, hidden))
-        return dx, dw_ih, db, dh0 if need[3] else None, dc0 if need[4] else None, dw, dw_hr, None, None
+        da, dh0, dc0, dw, dw_hr = _lstm_recurrence_grads(dy, dh_n, dc_n, (h0, c0, w_hh, w_hr, y, ws), need[3:7],
+                                                         ctx.batch_sizes, ctx.reverse, lstm_bwd)
+        return *layer_input_grads(need[:3], x, w_ih, bias, da), dh0, dc0, dw, dw_hr, None, None
 
 
 class GRULayerFunction(torch.autograd.Function):
@@ -476,7 +487,6 @@ class GRULayerFunction(torch.autograd.Function):
         output = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
         ctx.save_for_backward(x, w_ih, bias, h0, w_hh, b_hn, output[0], output[2])
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
-        ctx.has_bias, ctx.has_b_hn = bias is not None, b_hn is not None
         return output[0], output[1]
 
     @staticmethod
@@ -487,12 +497,9 @@ class GRULayerFunction(torch.autograd.Function):
             outputs = ref.gru_recurrence_ref(F.linear(x, w_ih, bias), h0, w_hh, b_hn, ctx.batch_sizes, ctx.reverse)[:2]
             return (*_differentiate_reference(ctx, inputs, outputs, (dy, dh_n)),)
         need = ctx.needs_input_grad
-        dxw, dg, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, ctx.batch_sizes, ctx.reverse, need[3])
-        dx, dw_ih, db = layer_input_grads(ctx, x, w_ih, dxw)
-        hidden = y.size(-1)
-        dw = state_weight_grad(dg, y, h0, ctx.batch_sizes, ctx.reverse) if need[4] else None
-        db_hn = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if ctx.has_b_hn and need[5] else None
-        return dx, dw_ih, db, dh0 if need[3] else None, dw, db_hn, None, None
+        dxw, dh0, dw, db_hn = _gru_recurrence_grads(dy, dh_n, (h0, w_hh, y, ws), need[3:6], b_hn is not None,
+                                                    ctx.batch_sizes, ctx.reverse, gru_bwd)
+        return *layer_input_grads(need[:3], x, w_ih, bias, dxw), dh0, dw, db_hn, None, None
 
 
 # --- entries --------------------------------------------------------------------------------------------
@@ -508,22 +515,17 @@ def _differentiated(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _eager(x: Tensor) -> bool:
-    """No transform, tracer, autocast or dispatch mode looks at this call: C++ entries may take it whole."""
-    return (not torch._C._are_functorch_transforms_active() and not _traced(x)
-            and torch._C._get_tracing_state() is None and not torch._C._is_any_autocast_enabled()
-            and torch._C._len_torch_dispatch_stack() == 0)
-
-
-def _infers(x: Tensor, *tensors: Optional[Tensor]) -> bool:
-    """Whether a layer call runs as one C++ inference op: eager, not differentiated, the C++ backend."""
-    return (not torch._C._are_functorch_transforms_active() and not _traced(x) and not _differentiated(x, *tensors)
-            and _use_cpp(x))
-
-
-def _trains(x: Tensor, *tensors: Optional[Tensor]) -> bool:
-    """Whether a layer call runs as one layer node: eager, differentiated, the C++ backend."""
-    return _eager(x) and _differentiated(x, *tensors) and _use_cpp(x)
+def _one_call(x: Tensor, *tensors: Optional[Tensor]) -> Optional[str]:
+    """How a layer call runs as one call, decided once: ``"infer"`` (one C++ inference op: nothing will
+    differentiate it), ``"train"`` (one layer node: no autocast, tracer or dispatch mode looks either), or
+    None (the per-op path, which compile, export and torch.func see). Both need the C++ backend."""
+    if torch._C._are_functorch_transforms_active() or _traced(x):
+        return None
+    if not _differentiated(x, *tensors):
+        return "infer" if _use_cpp(x) else None
+    looked_at = (torch._C._get_tracing_state() is not None or torch._C._is_any_autocast_enabled()
+                 or torch._C._len_torch_dispatch_stack() > 0)
+    return "train" if not looked_at and _use_cpp(x) else None
 
 
 def gru_layer(
@@ -537,9 +539,10 @@ def gru_layer(
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer and direction: ``gru_recurrence(F.linear(x, w_ih, bias), ...)``, as :func:`lstm_layer`."""
-    if _infers(x, w_ih, bias, h0, w_hh, b_hn):
+    path = _one_call(x, w_ih, bias, h0, w_hh, b_hn)
+    if path == "infer":
         return torch.ops.fastrnn.gru_infer(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
-    if _trains(x, w_ih, bias, h0, w_hh, b_hn):
+    if path == "train":
         return GRULayerFunction.apply(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
     return gru_recurrence(F.linear(x, w_ih, bias), h0, w_hh, b_hn, batch_sizes, reverse)
 
@@ -557,9 +560,10 @@ def lstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer and direction: ``lstm_recurrence(F.linear(x, w_ih, bias), ...)``. A call that nothing
     will differentiate runs as one C++ op, which makes each step's input projection itself where it can."""
-    if _infers(x, w_ih, bias, h0, c0, w_hh, w_hr):
+    path = _one_call(x, w_ih, bias, h0, c0, w_hh, w_hr)
+    if path == "infer":
         return torch.ops.fastrnn.lstm_infer(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    if _trains(x, w_ih, bias, h0, c0, w_hh, w_hr):
+    if path == "train":
         return LSTMLayerFunction.apply(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
