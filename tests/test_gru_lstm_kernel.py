@@ -22,6 +22,14 @@ def ops():
     return torch.ops.fastrnn
 
 
+@pytest.fixture(params=[False, True], ids=["avx512-off", "avx512-on"])
+def zmm(request, ops):
+    """The test runs with the AVX-512 step kernel off, then on (where the CPU has it); the setting is restored."""
+    was_on = ops._gated_zmm_kernel(request.param)
+    yield request.param
+    ops._gated_zmm_kernel(was_on)
+
+
 def _kernel_or_skip(ops, kernel):
     if kernel == 1:
         try:
@@ -76,123 +84,103 @@ def _lstm_case(steps, batch, hidden, packed, dtype, seed):
 SHAPES = [(1, 5), (3, 33), (5, 16), (6, 20), (7, 40), (9, 18), (20, 70), (33, 64)]
 
 
-@pytest.mark.parametrize("zmm", [False, True], ids=["avx512-off", "avx512-on"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("batch,hidden", SHAPES, ids=[f"B={b},H={h}" for b, h in SHAPES])
 def test_ops_match_float64_reference_with_either_kernel(ops, zmm, packed, batch, hidden):
-    was_on = ops._gated_zmm_kernel(zmm)
-    try:
-        xw, h0, c0, w, batch_sizes = _lstm_case(6, batch, hidden, packed, torch.float32, batch * 100 + hidden)
-        for reverse in (False, True):
-            got = ops.lstm_fwd(xw, h0, c0, w, None, batch_sizes, reverse)
-            want = ref.lstm_recurrence_ref(xw.double(), h0.double(), c0.double(), w.double(), None, batch_sizes,
-                                           reverse)
-            for name, g, r in zip(("y", "h_n", "c_n", "ws"), got, want):
-                torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5, msg=name)
-            dy, dh_n, dc_n = torch.randn_like(got[0]), torch.randn_like(got[1]), torch.randn_like(got[2])
-            got_b = ops.lstm_bwd(dy, dh_n, dc_n, got[3], c0, w, None, batch_sizes, reverse, True)
-            want_b = ref.lstm_recurrence_bwd_ref(dy.double(), dh_n.double(), dc_n.double(), want[3], c0.double(),
-                                                 w.double(), None, batch_sizes, reverse)
-            for name, g, r in zip(("da", "dh_all", "dh0", "dc0"), got_b, want_b):
-                if g.numel():
-                    torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4, msg=name)
-            # The GRU's step matmuls go through the same kernel: [B, H] x [H, 3H] forward, [B, 3H] x [3H, H] back.
-            b_hn = torch.randn(hidden)
-            xg = xw[..., : 3 * hidden].contiguous()
-            got_g = ops.gru_fwd(xg, h0, w[: 3 * hidden], b_hn, batch_sizes, reverse)
-            want_g = ref.gru_recurrence_ref(xg.double(), h0.double(), w[: 3 * hidden].double(), b_hn.double(),
-                                            batch_sizes, reverse)
-            for name, g, r in zip(("y", "h_n", "ws"), got_g, want_g):
-                torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5, msg="gru " + name)
-            got_gb = ops.gru_bwd(dy, dh_n, got_g[0], got_g[2], h0, w[: 3 * hidden], batch_sizes, reverse, True)
-            want_gb = ref.gru_recurrence_bwd_ref(dy.double(), dh_n.double(), want_g[0], want_g[2], h0.double(),
-                                                 w[: 3 * hidden].double(), batch_sizes, reverse)
-            for name, g, r in zip(("dxw", "dg", "dh0"), got_gb, want_gb):
-                torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4, msg="gru " + name)
-    finally:
-        ops._gated_zmm_kernel(was_on)
+    xw, h0, c0, w, batch_sizes = _lstm_case(6, batch, hidden, packed, torch.float32, batch * 100 + hidden)
+    for reverse in (False, True):
+        got = ops.lstm_fwd(xw, h0, c0, w, None, batch_sizes, reverse)
+        want = ref.lstm_recurrence_ref(xw.double(), h0.double(), c0.double(), w.double(), None, batch_sizes,
+                                       reverse)
+        for name, g, r in zip(("y", "h_n", "c_n", "ws"), got, want):
+            torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5, msg=name)
+        dy, dh_n, dc_n = torch.randn_like(got[0]), torch.randn_like(got[1]), torch.randn_like(got[2])
+        got_b = ops.lstm_bwd(dy, dh_n, dc_n, got[3], c0, w, None, batch_sizes, reverse, True)
+        want_b = ref.lstm_recurrence_bwd_ref(dy.double(), dh_n.double(), dc_n.double(), want[3], c0.double(),
+                                             w.double(), None, batch_sizes, reverse)
+        for name, g, r in zip(("da", "dh_all", "dh0", "dc0"), got_b, want_b):
+            if g.numel():
+                torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4, msg=name)
+        # The GRU's step matmuls go through the same kernel: [B, H] x [H, 3H] forward, [B, 3H] x [3H, H] back.
+        b_hn = torch.randn(hidden)
+        xg = xw[..., : 3 * hidden].contiguous()
+        got_g = ops.gru_fwd(xg, h0, w[: 3 * hidden], b_hn, batch_sizes, reverse)
+        want_g = ref.gru_recurrence_ref(xg.double(), h0.double(), w[: 3 * hidden].double(), b_hn.double(),
+                                        batch_sizes, reverse)
+        for name, g, r in zip(("y", "h_n", "ws"), got_g, want_g):
+            torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5, msg="gru " + name)
+        got_gb = ops.gru_bwd(dy, dh_n, got_g[0], got_g[2], h0, w[: 3 * hidden], batch_sizes, reverse, True)
+        want_gb = ref.gru_recurrence_bwd_ref(dy.double(), dh_n.double(), want_g[0], want_g[2], h0.double(),
+                                             w[: 3 * hidden].double(), batch_sizes, reverse)
+        for name, g, r in zip(("dxw", "dg", "dh0"), got_gb, want_gb):
+            torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4, msg="gru " + name)
 
 
-@pytest.mark.parametrize("zmm", [False, True], ids=["avx512-off", "avx512-on"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_lstm_infer_equals_lstm_fwd(ops, zmm, dtype):
     """The inference op (no workspace; the cell state carried in c_n) gives lstm_fwd's outputs bit for bit."""
-    was_on = ops._gated_zmm_kernel(zmm)
-    try:
-        for batch, hidden, proj in ((1, 5, 0), (6, 20, 0), (9, 33, 7), (20, 70, 0)):
-            for packed in (False, True):
-                xw, h0, c0, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + hidden)
-                w_hr = None
-                if proj:
-                    w_hr = torch.randn(proj, hidden, dtype=dtype) * hidden**-0.5
-                    h0, w = h0[:, :proj].contiguous(), torch.randn(4 * hidden, proj, dtype=dtype) * proj**-0.5
-                for reverse in (False, True):
-                    want = ops.lstm_fwd(xw, h0, c0, w, w_hr, batch_sizes, reverse)[:3]
-                    got = ops.lstm_infer(xw, None, None, h0, c0, w, w_hr, batch_sizes, reverse)
-                    for name, g, r in zip(("y", "h_n", "c_n"), got, want):
-                        assert torch.equal(g, r), (name, batch, hidden, proj, packed, reverse)
-    finally:
-        ops._gated_zmm_kernel(was_on)
+    for batch, hidden, proj in ((1, 5, 0), (6, 20, 0), (9, 33, 7), (20, 70, 0)):
+        for packed in (False, True):
+            xw, h0, c0, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + hidden)
+            w_hr = None
+            if proj:
+                w_hr = torch.randn(proj, hidden, dtype=dtype) * hidden**-0.5
+                h0, w = h0[:, :proj].contiguous(), torch.randn(4 * hidden, proj, dtype=dtype) * proj**-0.5
+            for reverse in (False, True):
+                want = ops.lstm_fwd(xw, h0, c0, w, w_hr, batch_sizes, reverse)[:3]
+                got = ops.lstm_infer(xw, None, None, h0, c0, w, w_hr, batch_sizes, reverse)
+                for name, g, r in zip(("y", "h_n", "c_n"), got, want):
+                    assert torch.equal(g, r), (name, batch, hidden, proj, packed, reverse)
 
 
-@pytest.mark.parametrize("zmm", [False, True], ids=["avx512-off", "avx512-on"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_lstm_infer_projects_the_input(ops, zmm, dtype):
     """lstm_infer(x, w_ih, bias): the step kernel's own x W_ih^T + bias (or one GEMM first, kernel off) against
     the float64 reference of the projected input."""
-    was_on = ops._gated_zmm_kernel(zmm)
     tol = 2e-5 if dtype == torch.float32 else 1e-12
-    try:
-        for batch, inputs, hidden, proj in ((1, 3, 5, 0), (6, 17, 20, 0), (9, 40, 33, 7), (20, 70, 70, 0)):
-            for packed in (False, True):
-                xw, h0, c0, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + inputs)
-                x = torch.randn(*xw.shape[:-1], inputs, dtype=dtype)
-                w_ih = torch.randn(4 * hidden, inputs, dtype=dtype) * inputs**-0.5
-                w_hr = None
-                if proj:
-                    w_hr = torch.randn(proj, hidden, dtype=dtype) * hidden**-0.5
-                    h0, w = h0[:, :proj].contiguous(), torch.randn(4 * hidden, proj, dtype=dtype) * proj**-0.5
-                for bias in (None, torch.randn(4 * hidden, dtype=dtype)):
-                    for reverse in (False, True):
-                        got = ops.lstm_infer(x, w_ih, bias, h0, c0, w, w_hr, batch_sizes, reverse)
-                        d = [t.double() if t is not None else None for t in (x, w_ih, bias, h0, c0, w, w_hr)]
-                        want = ref.lstm_recurrence_ref(torch.nn.functional.linear(*d[:3]), *d[3:], batch_sizes,
-                                                       reverse)
-                        for name, g, r in zip(("y", "h_n", "c_n"), got, want):
-                            torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol,
-                                                       msg=f"{name} B={batch} I={inputs} H={hidden} P={proj}")
-    finally:
-        ops._gated_zmm_kernel(was_on)
+    for batch, inputs, hidden, proj in ((1, 3, 5, 0), (6, 17, 20, 0), (9, 40, 33, 7), (20, 70, 70, 0)):
+        for packed in (False, True):
+            xw, h0, c0, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + inputs)
+            x = torch.randn(*xw.shape[:-1], inputs, dtype=dtype)
+            w_ih = torch.randn(4 * hidden, inputs, dtype=dtype) * inputs**-0.5
+            w_hr = None
+            if proj:
+                w_hr = torch.randn(proj, hidden, dtype=dtype) * hidden**-0.5
+                h0, w = h0[:, :proj].contiguous(), torch.randn(4 * hidden, proj, dtype=dtype) * proj**-0.5
+            for bias in (None, torch.randn(4 * hidden, dtype=dtype)):
+                for reverse in (False, True):
+                    got = ops.lstm_infer(x, w_ih, bias, h0, c0, w, w_hr, batch_sizes, reverse)
+                    d = [t.double() if t is not None else None for t in (x, w_ih, bias, h0, c0, w, w_hr)]
+                    want = ref.lstm_recurrence_ref(torch.nn.functional.linear(*d[:3]), *d[3:], batch_sizes,
+                                                   reverse)
+                    for name, g, r in zip(("y", "h_n", "c_n"), got, want):
+                        torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol,
+                                                   msg=f"{name} B={batch} I={inputs} H={hidden} P={proj}")
 
 
-@pytest.mark.parametrize("zmm", [False, True], ids=["avx512-off", "avx512-on"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_gru_infer_equals_gru_fwd_and_projects_the_input(ops, zmm, dtype):
     """gru_infer(xw): gru_fwd's y and h_n bit for bit; gru_infer(x, w_ih, bias): against the float64 reference."""
-    was_on = ops._gated_zmm_kernel(zmm)
     tol = 2e-5 if dtype == torch.float32 else 1e-12
-    try:
-        for batch, inputs, hidden in ((1, 3, 5), (6, 17, 20), (9, 40, 33), (20, 70, 70)):
-            for packed in (False, True):
-                xw, h0, _, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + inputs)
-                xw, w = xw[..., : 3 * hidden].contiguous(), w[: 3 * hidden].contiguous()
-                x = torch.randn(*xw.shape[:-1], inputs, dtype=dtype)
-                w_ih = torch.randn(3 * hidden, inputs, dtype=dtype) * inputs**-0.5
-                biases = ((None, None), (torch.randn(hidden, dtype=dtype), torch.randn(3 * hidden, dtype=dtype)))
-                for b_hn, bias in biases:
-                    for reverse in (False, True):
-                        want = ops.gru_fwd(xw, h0, w, b_hn, batch_sizes, reverse)[:2]
-                        got = ops.gru_infer(xw, None, None, h0, w, b_hn, batch_sizes, reverse)
-                        for name, g, r in zip(("y", "h_n"), got, want):
-                            assert torch.equal(g, r), (name, batch, hidden, packed, reverse)
-                        got = ops.gru_infer(x, w_ih, bias, h0, w, b_hn, batch_sizes, reverse)
-                        d = [t.double() if t is not None else None for t in (x, w_ih, bias, h0, w, b_hn)]
-                        want = ref.gru_recurrence_ref(torch.nn.functional.linear(*d[:3]), *d[3:], batch_sizes, reverse)
-                        for name, g, r in zip(("y", "h_n"), got, want):
-                            torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol,
-                                                       msg=f"{name} B={batch} I={inputs} H={hidden}")
-    finally:
-        ops._gated_zmm_kernel(was_on)
+    for batch, inputs, hidden in ((1, 3, 5), (6, 17, 20), (9, 40, 33), (20, 70, 70)):
+        for packed in (False, True):
+            xw, h0, _, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + inputs)
+            xw, w = xw[..., : 3 * hidden].contiguous(), w[: 3 * hidden].contiguous()
+            x = torch.randn(*xw.shape[:-1], inputs, dtype=dtype)
+            w_ih = torch.randn(3 * hidden, inputs, dtype=dtype) * inputs**-0.5
+            biases = ((None, None), (torch.randn(hidden, dtype=dtype), torch.randn(3 * hidden, dtype=dtype)))
+            for b_hn, bias in biases:
+                for reverse in (False, True):
+                    want = ops.gru_fwd(xw, h0, w, b_hn, batch_sizes, reverse)[:2]
+                    got = ops.gru_infer(xw, None, None, h0, w, b_hn, batch_sizes, reverse)
+                    for name, g, r in zip(("y", "h_n"), got, want):
+                        assert torch.equal(g, r), (name, batch, hidden, packed, reverse)
+                    got = ops.gru_infer(x, w_ih, bias, h0, w, b_hn, batch_sizes, reverse)
+                    d = [t.double() if t is not None else None for t in (x, w_ih, bias, h0, w, b_hn)]
+                    want = ref.gru_recurrence_ref(torch.nn.functional.linear(*d[:3]), *d[3:], batch_sizes, reverse)
+                    for name, g, r in zip(("y", "h_n"), got, want):
+                        torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol,
+                                                   msg=f"{name} B={batch} I={inputs} H={hidden}")
 
 
 @pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
