@@ -97,7 +97,8 @@ def load_cpp_ops() -> str | None:
 
 
 def _register_fakes() -> None:
-    """Shape-only implementations of the C++ ops, for tracing and torch.library.opcheck, and their FLOPs."""
+    """Shape-only implementations of the C++ ops (the Elman and the gated ones), for tracing and
+    torch.library.opcheck, and their FLOPs."""
     from fastrnn.flops import register_flop_formulas
 
     register_flop_formulas()
@@ -113,3 +114,9 @@ def _register_fakes() -> None:
     def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0=True):
         check_same_device(dy, dh_n, y, w_hh)
         return torch.empty_like(y), torch.empty_like(dh_n)
+
+    # The gated ops' fakes live next to their Python entries; registered here so that a direct
+    # torch.ops.fastrnn.* call under a tracer finds them before any module has run.
+    from fastrnn.gated_ops import _register_cpp_fakes
+
+    _register_cpp_fakes()

@@ -1,5 +1,9 @@
 """The GRU / LSTM ops under torch.library: opcheck, torch.compile(fullgraph=True), torch.export, vmap."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -79,14 +83,20 @@ def test_opcheck_cpp_ops(packed):
     y, h_n, c_n, ws = torch.ops.fastrnn.lstm_fwd(xw, h0, c0, w, w_hr, batch_sizes, False)
     torch.library.opcheck(torch.ops.fastrnn.lstm_bwd.default,
                           (torch.randn_like(y), h_n, c_n, ws, c0, w, w_hr, batch_sizes, False, True))
-    # The inference ops, in their projected-input (x, w_ih, bias) and xw forms.
+    # The inference ops in their projected-input (x, w_ih, bias) and xw forms; the training forwards that
+    # project the input.
     x = torch.randn(*xw.shape[:-1], 5, dtype=xw.dtype)
     w_ih, bias = torch.randn(xw.size(-1), 5, dtype=xw.dtype), torch.randn(xw.size(-1), dtype=xw.dtype)
     torch.library.opcheck(torch.ops.fastrnn.lstm_infer.default, (x, w_ih, bias, h0, c0, w, w_hr, batch_sizes, True))
+    torch.library.opcheck(torch.ops.fastrnn.lstm_layer_fwd.default,
+                          (x, w_ih, bias, h0, c0, w, w_hr, batch_sizes, True))
+    torch.library.opcheck(torch.ops.fastrnn.lstm_layer_fwd.default,
+                          (x, w_ih, None, h0, c0, w, w_hr, batch_sizes, False))
     torch.library.opcheck(torch.ops.fastrnn.lstm_infer.default, (xw, None, None, h0, c0, w, w_hr, batch_sizes, False))
     xw, h0, w, b, batch_sizes = _gru_inputs(packed, requires_grad=False)
     w_ih, bias = torch.randn(xw.size(-1), 5, dtype=xw.dtype), torch.randn(xw.size(-1), dtype=xw.dtype)
     torch.library.opcheck(torch.ops.fastrnn.gru_infer.default, (x, w_ih, bias, h0, w, b, batch_sizes, True))
+    torch.library.opcheck(torch.ops.fastrnn.gru_layer_fwd.default, (x, w_ih, bias, h0, w, b, batch_sizes, True))
     torch.library.opcheck(torch.ops.fastrnn.gru_infer.default, (xw, None, None, h0, w, b, batch_sizes, False))
 
 
@@ -185,3 +195,27 @@ def test_per_sample_gradients_with_vmap_of_grad():
         loss(dict(lstm.named_parameters()), xs[i]).backward()
         for name, p in lstm.named_parameters():
             torch.testing.assert_close(per_sample[name][i], p.grad, msg=name)
+
+
+@pytest.mark.parametrize("eager_load", ["1", "0"], ids=["built-at-import", "loaded-on-use"])
+def test_gated_fakes_exist_as_soon_as_the_ops_do(eager_load):
+    """A fresh process that calls a gated C++ op under a tracer before any module has run finds its fake (they
+    were registered on a module's first call only, so opcheck of the ops alone failed)."""
+    _cpp_or_skip()
+    code = (
+        "import torch, fastrnn\n"
+        "from fastrnn._cpp import load_cpp_ops\n"
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "assert load_cpp_ops() is None\n"
+        "with FakeTensorMode():\n"
+        "    out = torch.ops.fastrnn.gru_fwd(torch.empty(3, 2, 12), torch.empty(2, 4), torch.empty(12, 4), None,\n"
+        "                                    None, False)\n"
+        "    out2 = torch.ops.fastrnn.lstm_layer_fwd(torch.empty(3, 2, 5), torch.empty(16, 5), None,\n"
+        "                                            torch.empty(2, 4), torch.empty(2, 4), torch.empty(16, 4),\n"
+        "                                            None, None, False)\n"
+        "print(tuple(out[2].shape), tuple(out2[3].shape))\n"
+    )
+    env = dict(os.environ, FASTRNN_NO_EAGER_LOAD="0" if eager_load == "1" else "1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["(3,", "2,", "16)", "(3,", "2,", "20)"]
