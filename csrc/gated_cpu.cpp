@@ -14,8 +14,8 @@
 // zmm_step_mm.h, on weights laid out once per call in its panels (up to rows * K * N = 2^30 a thread: it beat
 // MKL's sgemm at every size measured, up to 64 x 1024 x 4096 forward and 64 x 4096 x 1024 backward),
 // elsewhere a portable loop compiled per vector width (up to 64^3). Larger ones call the BLAS on raw pointers.
-// Inference (`*_infer`) saves no workspace and, where the AVX-512 kernel runs, makes each step's input
-// projection x W_ih^T + bias itself.
+// Inference (`*_infer`) saves no workspace. Given the layer input and W_ih (`*_infer`, and the training
+// forwards `*_layer_fwd`), the AVX-512 step kernel makes each step's input projection x W_ih^T + bias itself.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -304,7 +304,7 @@ bool gated_small(int64_t rows, int64_t K, int64_t N) {
   return rows * K * N <= limit || !have_fortran_gemm<T>();
 }
 
-// The layer input and its weight when an inference op makes each step's x W_ih^T + bias itself (AVX-512
+// The layer input and its weight when a forward op makes each step's x W_ih^T + bias itself (AVX-512
 // kernel only): the [T, B, G] projection (G = 3H or 4H) is then never written out and read back.
 template <typename T>
 struct InputProjection {
@@ -526,7 +526,7 @@ at::Tensor with_width(const at::Tensor& like, int64_t width) {
   return at::empty(sizes, like.options());
 }
 
-// An inference op's input: the layer input x with w_ih [G, I] and bias [G] (the op projects it), or the
+// A forward op's input: the layer input x with w_ih [G, I] and bias [G] (the op projects it), or the
 // projection xw itself (w_ih absent). The step kernel projects each step itself where it runs both per-step
 // matmuls (`fuse`); otherwise one at::linear projects all steps first. Returns what the step loop reads.
 struct LayerInput {
@@ -641,6 +641,15 @@ std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(
   return {y, hn};
 }
 
+// Training with the input projection made per step (see LayerInput): x is the layer input, bias is
+// b_ih + [b_hr, b_hz, 0]. Returns what gru_fwd returns; x W_ih^T + bias is never written out.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn, const std::optional<at::Tensor>& batch_sizes,
+    bool reverse) {
+  return gru_fwd_impl(x, h0, w_hh, b_hn, batch_sizes, reverse, true, w_ih, bias);
+}
+
 // Returns dxw (3H a row), dg (3H a row: [dr, dz, dm], the gradient of h W_hh^T + [0, 0, b_hn]) and dh0
 // [B, H] (meaningless without need_dh0).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
@@ -684,8 +693,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
 
 // xw [T, B, 4H] or [N, 4H]; h0 [B, P]; c0 [B, H]; w_hh [4H, P]; w_hr [P, H]. Returns y (P a row), h_n,
 // c_n and ws (5H a row, 6H with w_hr).
-// w_ih (inference only): xw is the layer input x [T, B, I] or [N, I], to be projected by w_ih [4H, I] and
-// bias [4H] here.
+// w_ih: xw is the layer input x [T, B, I] or [N, I], to be projected by w_ih [4H, I] and bias [4H] here.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_fwd_impl(
     const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse,
@@ -756,6 +764,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
     const std::optional<at::Tensor>& batch_sizes, bool reverse) {
   auto [y, hn, cn, ws] = lstm_fwd_impl(x, h0, c0, w_hh, w_hr, batch_sizes, reverse, false, w_ih, bias);
   return {y, hn, cn};
+}
+
+// Training with the input projection made per step, as gru_layer_fwd. Returns what lstm_fwd returns.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse) {
+  return lstm_fwd_impl(x, h0, c0, w_hh, w_hr, batch_sizes, reverse, true, w_ih, bias);
 }
 
 // Returns da (4H a row), the per-step gradient of h' (P a row; empty without w_hr), dh0 [B, P]
@@ -874,6 +890,12 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
   m.def(
       "lstm_infer(Tensor x, Tensor? w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
       "Tensor? batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "gru_layer_fwd(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor w_hh, Tensor? b_hn, "
+      "Tensor? batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "lstm_layer_fwd(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
+      "Tensor? batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
   // Test and timing hooks: the step matmul alone, and the switch between its two register kernels.
   m.def("_gated_step_mm(Tensor a, Tensor b, Tensor? init, int kernel) -> Tensor");
   m.def("_gated_zmm_kernel(bool enable) -> bool", &fastrnn::gated_zmm_kernel);
@@ -887,4 +909,6 @@ TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("lstm_fwd", &fastrnn::lstm_fwd_cpu);
   m.impl("lstm_infer", &fastrnn::lstm_infer_cpu);
   m.impl("lstm_bwd", &fastrnn::lstm_bwd_cpu);
+  m.impl("gru_layer_fwd", &fastrnn::gru_layer_fwd_cpu);
+  m.impl("lstm_layer_fwd", &fastrnn::lstm_layer_fwd_cpu);
 }

@@ -71,6 +71,18 @@ def _register_cpp_fakes() -> None:
     def _(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
         return x.new_empty(*x.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 
+    @torch.library.register_fake("fastrnn::gru_layer_fwd")
+    def _(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
+        hidden = h0.size(-1)
+        return x.new_empty(*x.shape[:-1], hidden), h0.new_empty(h0.shape), x.new_empty(*x.shape[:-1], 4 * hidden)
+
+    @torch.library.register_fake("fastrnn::lstm_layer_fwd")
+    def _(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+        lead, hidden = x.shape[:-1], c0.size(-1)
+        saved = 5 * hidden if w_hr is None else 6 * hidden
+        return (x.new_empty(*lead, h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+                x.new_empty(*lead, saved))
+
     @torch.library.register_fake("fastrnn::mm_nn")
     def _(a, b, bias=None):
         return a.new_empty(a.size(0), b.size(1))
@@ -120,6 +132,13 @@ def gru_infer(xw, h0, w_hh, b_hn, batch_sizes, reverse):
     return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)[:2]
 
 
+def gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
+    """``gru_fwd(F.linear(x, w_ih, bias), ...)``; the C++ op makes each step's projection itself."""
+    if _use_cpp(x):
+        return torch.ops.fastrnn.gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
+    return ref.gru_recurrence_ref(F.linear(x, w_ih, bias), h0, w_hh, b_hn, batch_sizes, reverse)
+
+
 def gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
     if _use_cpp(y):
         return torch.ops.fastrnn.gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
@@ -137,6 +156,13 @@ def lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
     if _use_cpp(xw):
         return torch.ops.fastrnn.lstm_infer(xw, None, None, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
+
+
+def lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
+    """``lstm_fwd(F.linear(x, w_ih, bias), ...)``; the C++ op makes each step's projection itself."""
+    if _use_cpp(x):
+        return torch.ops.fastrnn.lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return ref.lstm_recurrence_ref(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
 
 def lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
@@ -410,20 +436,21 @@ class _LSTMUnderTransforms(torch.autograd.Function):
 
 
 # --- whole layers, eager training -----------------------------------------------------------------------
-# One autograd node per layer and direction that owns the input projection too: its GEMMs (xw = x W_ih^T +
-# bias, dX = da W_ih) run on fastrnn::mm_nn (oneDNN's microkernel, csrc/brgemm_gemm.h) instead of F.linear's
-# addmm on the BLAS, which also folds the bias into the GEMM's output tiles instead of a broadcast copy.
+# One autograd node per layer and direction that owns the input projection too. Its forward is one C++ op
+# whose step kernel makes each step's x_t W_ih^T + bias next to h W_hh^T (the [T, B, G] projection is never
+# written out and read back); its backward's dX = da W_ih runs on fastrnn::mm_nn (oneDNN's microkernel,
+# csrc/brgemm_gemm.h), which beats the BLAS behind at::mm on this project's CPUs.
 
 
 # Below this many multiply-adds mm_nn would call the BLAS itself (csrc/brgemm_gemm.h): ATen's call is cheaper.
 _MM_NN_MIN_WORK = 1 << 23
 
 
-def _mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``a @ b (+ bias)`` for 2-D ``a``, ``b``: fastrnn::mm_nn where it is large enough to take the microkernel."""
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for 2-D ``a``, ``b``: fastrnn::mm_nn where it is large enough to take the microkernel."""
     if a.size(0) * a.size(1) * b.size(1) >= _MM_NN_MIN_WORK:
-        return torch.ops.fastrnn.mm_nn(a, b, bias)
-    return a.mm(b) if bias is None else torch.addmm(bias, a, b)
+        return torch.ops.fastrnn.mm_nn(a, b)
+    return a.mm(b)
 
 
 def layer_input_grads(need: tuple, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], dxw: Tensor) -> tuple:
@@ -434,11 +461,6 @@ def layer_input_grads(need: tuple, x: Tensor, w_ih: Tensor, bias: Optional[Tenso
     dw_ih = flat.t().mm(x.reshape(-1, x.size(-1))) if need[1] else None
     db = flat.sum(0) if bias is not None and need[2] else None
     return dx, dw_ih, db
-
-
-def layer_projection(x: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``x W_ih^T + bias`` (``[..., G]``)."""
-    return _mm(x.reshape(-1, x.size(-1)), w_ih.t(), bias).view(*x.shape[:-1], w_ih.size(0))
 
 
 def _differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) -> list:
@@ -458,8 +480,7 @@ class LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        xw = layer_projection(x, w_ih, bias)
-        output = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+        output = lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         ctx.save_for_backward(x, w_ih, bias, h0, c0, w_hh, w_hr, output[0], output[3])
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1], output[2]
@@ -483,8 +504,7 @@ class GRULayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
-        xw = layer_projection(x, w_ih, bias)
-        output = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+        output = gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
         ctx.save_for_backward(x, w_ih, bias, h0, w_hh, b_hn, output[0], output[2])
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1]

@@ -134,9 +134,10 @@ def test_lstm_infer_equals_lstm_fwd(ops, zmm, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_lstm_infer_projects_the_input(ops, zmm, dtype):
-    """lstm_infer(x, w_ih, bias): the step kernel's own x W_ih^T + bias (or one GEMM first, kernel off) against
-    the float64 reference of the projected input."""
+def test_lstm_infer_and_layer_fwd_project_the_input(ops, zmm, dtype):
+    """lstm_infer(x, w_ih, bias) and the training forward lstm_layer_fwd: the step kernel's own x W_ih^T + bias
+    (or one GEMM first, kernel off) against the float64 reference of the projected input, the workspace that
+    lstm_bwd reads included; the two ops' outputs agree bit for bit."""
     tol = 2e-5 if dtype == torch.float32 else 1e-12
     for batch, inputs, hidden, proj in ((1, 3, 5, 0), (6, 17, 20, 0), (9, 40, 33, 7), (20, 70, 70, 0)):
         for packed in (False, True):
@@ -150,17 +151,21 @@ def test_lstm_infer_projects_the_input(ops, zmm, dtype):
             for bias in (None, torch.randn(4 * hidden, dtype=dtype)):
                 for reverse in (False, True):
                     got = ops.lstm_infer(x, w_ih, bias, h0, c0, w, w_hr, batch_sizes, reverse)
+                    trained = ops.lstm_layer_fwd(x, w_ih, bias, h0, c0, w, w_hr, batch_sizes, reverse)
                     d = [t.double() if t is not None else None for t in (x, w_ih, bias, h0, c0, w, w_hr)]
                     want = ref.lstm_recurrence_ref(torch.nn.functional.linear(*d[:3]), *d[3:], batch_sizes,
                                                    reverse)
-                    for name, g, r in zip(("y", "h_n", "c_n"), got, want):
+                    for name, g, r in zip(("y", "h_n", "c_n", "ws"), trained, want):
                         torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol,
                                                    msg=f"{name} B={batch} I={inputs} H={hidden} P={proj}")
+                    for name, g, r in zip(("y", "h_n", "c_n"), got, trained):
+                        assert torch.equal(g, r), (name, batch, hidden, proj, packed, reverse)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_gru_infer_equals_gru_fwd_and_projects_the_input(ops, zmm, dtype):
-    """gru_infer(xw): gru_fwd's y and h_n bit for bit; gru_infer(x, w_ih, bias): against the float64 reference."""
+    """gru_infer(xw): gru_fwd's y and h_n bit for bit; gru_infer(x, w_ih, bias) and the training forward
+    gru_layer_fwd (its workspace included): against the float64 reference, and equal to each other."""
     tol = 2e-5 if dtype == torch.float32 else 1e-12
     for batch, inputs, hidden in ((1, 3, 5), (6, 17, 20), (9, 40, 33), (20, 70, 70)):
         for packed in (False, True):
@@ -176,11 +181,14 @@ def test_gru_infer_equals_gru_fwd_and_projects_the_input(ops, zmm, dtype):
                     for name, g, r in zip(("y", "h_n"), got, want):
                         assert torch.equal(g, r), (name, batch, hidden, packed, reverse)
                     got = ops.gru_infer(x, w_ih, bias, h0, w, b_hn, batch_sizes, reverse)
+                    trained = ops.gru_layer_fwd(x, w_ih, bias, h0, w, b_hn, batch_sizes, reverse)
                     d = [t.double() if t is not None else None for t in (x, w_ih, bias, h0, w, b_hn)]
                     want = ref.gru_recurrence_ref(torch.nn.functional.linear(*d[:3]), *d[3:], batch_sizes, reverse)
-                    for name, g, r in zip(("y", "h_n"), got, want):
+                    for name, g, r in zip(("y", "h_n", "ws"), trained, want):
                         torch.testing.assert_close(g.double(), r, rtol=tol, atol=tol,
                                                    msg=f"{name} B={batch} I={inputs} H={hidden}")
+                    for name, g, r in zip(("y", "h_n"), got, trained):
+                        assert torch.equal(g, r), (name, batch, hidden, packed, reverse)
 
 
 @pytest.mark.parametrize("cls", [fastrnn.GRU, fastrnn.LSTM])
