@@ -1,5 +1,6 @@
 """The gated cells' eager training path: one autograd node per layer and direction (``LSTMLayerFunction``,
-``GRULayerFunction``) whose input projection and ``dX`` run on ``fastrnn::mm_nn`` (csrc/brgemm_gemm.h).
+``GRULayerFunction``) whose forward projects each step's input in the step kernel (``*_layer_fwd``) and whose
+``dX`` runs on ``fastrnn::mm_nn`` (csrc/brgemm_gemm.h).
 
 The shapes here are large enough that mm_nn takes oneDNN's microkernel (>= 2^23 multiply-adds, float32)
 and cross its tile edges (64 rows, 128 columns, K chunks of 256); the module parity tests elsewhere run
