@@ -32,6 +32,7 @@
 #include "gate_activations.h"
 #include "gate_rows.h"
 #include "register_block.h"
+#include "step_buffers.h"
 #include "zmm_step_mm.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -520,10 +521,11 @@ void check_layout(const at::Tensor& x, int64_t width, int64_t batch,
               x.size(-1));
 }
 
+// A [T, B, width] or [N, width] tensor from the step-buffer cache (step_buffers.h).
 at::Tensor with_width(const at::Tensor& like, int64_t width) {
   auto sizes = like.sizes().vec();
   sizes.back() = width;
-  return at::empty(sizes, like.options());
+  return step_buffer(sizes, like.options());
 }
 
 // A forward op's input: the layer input x with w_ih [G, I] and bias [G] (the op projects it), or the
@@ -666,7 +668,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_bwd_cpu(
               "fastrnn: w_hh must be [3H, H], got ", w_hh.sizes());
   check_layout(y, H, h0.size(0), batch_sizes, "y");
   check_layout(ws, 4 * H, h0.size(0), batch_sizes, "ws");
-  const auto g = dy.contiguous();
+  const auto g = step_contiguous(dy);
   const auto yc = y.contiguous();
   const auto wsc = ws.contiguous();
   const auto h = h0.contiguous();
@@ -799,14 +801,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd_cpu(
   const int64_t batch = c0.size(0);
   check_layout(ws, (proj ? 6 : 5) * H, batch, batch_sizes, "ws");
   check_layout(dy, P, batch, batch_sizes, "dy");
-  const auto g = dy.contiguous();
+  const auto g = step_contiguous(dy);
   const auto wsc = ws.contiguous();
   const auto c = c0.contiguous();
   const auto w = w_hh.contiguous();
   const auto wr = proj ? w_hr->contiguous() : at::Tensor();
   const GatedSteps s = gated_steps(wsc, batch_sizes);
   auto da = with_width(wsc, 4 * H);
-  auto dh_all = proj ? at::empty_like(g) : at::empty({0}, g.options());
+  auto dh_all = proj ? with_width(g, P) : at::empty({0}, g.options());
   auto dh = dh_n.contiguous().clone();
   auto dc = dc_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(wsc.scalar_type(), "fastrnn_lstm_bwd", [&] {

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "brgemm_gemm.h"
+#include "step_buffers.h"
 
 namespace fastrnn {
 namespace {
@@ -32,7 +33,7 @@ at::Tensor mm_nn_cpu(const at::Tensor& a, const at::Tensor& b, const std::option
   const bool trans_b = !(b.stride(1) == 1 && b.stride(0) >= N) && b.stride(0) == 1 && b.stride(1) >= K;
   const at::Tensor bc = trans_b || (b.stride(1) == 1 && b.stride(0) >= N) ? b : b.contiguous();
   const int64_t ldb = std::max<int64_t>(trans_b ? bc.stride(1) : bc.stride(0), 1);
-  at::Tensor out = at::empty({M, N}, a.options());
+  at::Tensor out = step_buffer({M, N}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "mm_nn", [&] {
     gemm_nn_bias<scalar_t>(M, N, K, ac.data_ptr<scalar_t>(), std::max<int64_t>(ac.stride(0), 1),
                            bc.data_ptr<scalar_t>(), ldb, trans_b,

@@ -5,7 +5,7 @@ Importing fastrnn never compiles or fails for want of a compiler, Triton or a GP
 """
 
 from fastrnn import functional
-from fastrnn._cpp import load_built_ops
+from fastrnn._cpp import empty_cache, load_built_ops
 from fastrnn.autograd import RNNRecurrenceFunction, rnn_recurrence
 from fastrnn.backends import available_backends
 from fastrnn.gated_modules import GRU, LSTM, GRUCell, LSTMCell
@@ -26,6 +26,7 @@ __all__ = [
     "RNNCell",
     "RNNRecurrenceFunction",
     "available_backends",
+    "empty_cache",
     "functional",
     "quantize_dynamic",
     "rnn_recurrence",

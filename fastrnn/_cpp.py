@@ -96,6 +96,19 @@ def load_cpp_ops() -> str | None:
         return _error
 
 
+def empty_cache() -> int:
+    """Frees the memory blocks that fastrnn's CPU ops keep for reuse; returns how many bytes that was.
+
+    The C++ ops allocate their large tensors (1 MiB and up: outputs, the workspace a layer saves for its
+    backward, the gradients its backward returns) from a cache of freed blocks, at most 32 blocks and 1 GiB, so
+    that a training loop does not fault their pages in afresh every step (csrc/step_buffers.h). The analogue of
+    ``torch.cuda.empty_cache``.
+    """
+    if not _loaded:
+        return 0
+    return int(torch.ops.fastrnn._release_step_buffers())
+
+
 def _register_fakes() -> None:
     """Shape-only implementations of the C++ ops (the Elman and the gated ones), for tracing and
     torch.library.opcheck, and their FLOPs."""
