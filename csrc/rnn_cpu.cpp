@@ -22,6 +22,7 @@
 #include "activations.h"
 #include "blas.h"
 #include "register_block.h"
+#include "step_buffers.h"
 
 // Bodies are inlined (FASTRNN_INLINE, activations.h) into each clone so that every clone compiles them for
 // its own vector width.
@@ -339,7 +340,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::T
   at::Tensor bs;
   if (batch_sizes.has_value()) bs = batch_sizes->contiguous();
   const int64_t steps = bs.defined() ? bs.numel() : x.size(0);
-  auto y = at::empty_like(x);               // [T, B, H] or [N, H]
+  auto y = step_buffer(x.sizes(), x.options());  // [T, B, H] or [N, H]
   auto hn = at::empty({batch, H}, h.options());  // [B, H]
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_rnn_fwd", [&] {
     recurrence_forward_raw<scalar_t>(bs.defined() ? bs.data_ptr<int64_t>() : nullptr, steps, batch,
@@ -364,12 +365,12 @@ std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::T
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "fastrnn_rnn_bwd", [&] {
     check_common<scalar_t>(y, dh_n, w_hh, batch_sizes, activation, "y", "dh_n");
   });
-  const auto g = dy.contiguous();
+  const auto g = step_contiguous(dy);
   const auto yc = y.contiguous();
   const auto w = w_hh.contiguous();
   const int64_t H = w.size(0);
   const Steps s = make_steps(yc, batch_sizes);
-  auto dz = at::empty_like(yc);    // [T, B, H] or [N, H]
+  auto dz = step_buffer(yc.sizes(), yc.options());  // [T, B, H] or [N, H]
   auto dh = dh_n.contiguous().clone();  // [B, H]: dh_n in, dh0 out
   const int64_t batch = dh.size(0);
   AT_DISPATCH_FLOATING_TYPES(yc.scalar_type(), "fastrnn_rnn_bwd", [&] {

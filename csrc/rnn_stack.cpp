@@ -18,6 +18,7 @@
 
 #include "blas.h"
 #include "rnn_cpu.h"
+#include "step_buffers.h"
 
 namespace fastrnn {
 namespace {
@@ -130,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> stack_forward(const at::Tensor& x, const at::
       for (int64_t i = 0; i < per_direction; ++i) w[i] = weights[k * per_direction + i].contiguous();
       std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
       shape.back() = H;
-      at::Tensor y = at::empty(shape, x.options());
+      at::Tensor y = step_buffer(shape, x.options());
       T* yp = y.data_ptr<T>();
       project<T>(layer_input.data_ptr<T>(), rows, in, w[0].data_ptr<T>(),
                  has_biases ? w[2].data_ptr<T>() : nullptr, has_biases ? w[3].data_ptr<T>() : nullptr, H, yp);
@@ -189,20 +190,21 @@ void stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn, co
   const int64_t steps = x0.size(0), batch = x0.size(1), H = weights[1].size(0), rows = steps * batch;
   const auto options = x0.options();
   // dY: the gradient of the current layer's output [T, B, D * H]; zeros where the caller sent none.
-  at::Tensor dY = grad_output.defined() ? grad_output.contiguous() : at::zeros({steps, batch, directions * H}, options);
+  at::Tensor dY = grad_output.defined() ? step_contiguous(grad_output)
+                                        : at::zeros({steps, batch, directions * H}, options);
   const at::Tensor dhn = grad_hn.defined() ? grad_hn.contiguous() : at::Tensor();
   const T* h0_all = hx.data_ptr<T>();
   at::Tensor dhx = wanted[1] ? at::empty(hx.sizes(), options) : at::Tensor();
   // Uninitialised buffers (a std::vector would zero a [T, B, H] dz first: ~50 ms at T=100, B=64, H=1024).
-  at::Tensor dz_buffer = at::empty({rows, H}, options);
-  at::Tensor dy_buffer = directions > 1 ? at::empty({rows, H}, options) : at::Tensor();
+  at::Tensor dz_buffer = step_buffer({rows, H}, options);
+  at::Tensor dy_buffer = directions > 1 ? step_buffer({rows, H}, options) : at::Tensor();
   T* dz = dz_buffer.data_ptr<T>();
   std::vector<T> dh(batch * H);
   for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
     const at::Tensor& x_l = saved[layer * (1 + directions)];
     const int64_t in = x_l.size(-1);
     const bool want_dx = layer > 0 || wanted[0];
-    at::Tensor dx = want_dx ? at::empty({steps, batch, in}, options) : at::Tensor();
+    at::Tensor dx = want_dx ? step_buffer({steps, batch, in}, options) : at::Tensor();
     for (int64_t d = 0; d < directions; ++d) {
       const int64_t k = layer * directions + d;
       const T* y = saved[layer * (1 + directions) + 1 + d].data_ptr<T>();
@@ -306,7 +308,7 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
     ctx->save_for_backward(to_save);
     ctx->saved_data["shape"] = std::vector<int64_t>{has_biases, num_layers, directions, activation};
     // The caller may edit the output in place before backward, as torch's: the saved top y stays apart.
-    if (directions == 1) output = output.clone();
+    if (directions == 1) output = step_buffer(output.sizes(), output.options()).copy_(output);
     return {output, h_n};
   }
 
