@@ -51,6 +51,10 @@ class BlockCache {
   }
 
   void give_back(Block block) {
+    if (block.bytes > kMaxBytes) {  // would evict every other block and then itself
+      c10::free_cpu(block.ptr);
+      return;
+    }
     std::deque<Block> evicted;
     {
       std::lock_guard<std::mutex> guard(mutex_);

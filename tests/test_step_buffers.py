@@ -142,3 +142,17 @@ def test_the_cache_is_bounded():
     del small
     assert _cached() == 32 * block
     assert fastrnn.empty_cache() == 32 * block
+
+
+def test_a_block_larger_than_the_cache_is_freed_at_once():
+    """A freed block above the 1 GiB bound goes straight back to the system and evicts nothing."""
+    fastrnn.empty_cache()
+    kept = torch.ops.fastrnn.mm_nn(torch.randn(512, 64), torch.randn(64, 1024))
+    del kept
+    small = _cached()
+    assert small > 0
+    huge = torch.ops.fastrnn.mm_nn(torch.ones(270_000, 1), torch.ones(1, 1024))  # 1.03 GiB
+    assert huge.numel() * huge.element_size() > 1 << 30
+    del huge
+    assert _cached() == small
+    fastrnn.empty_cache()
