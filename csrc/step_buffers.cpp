@@ -1,6 +1,7 @@
 // The cache behind step_buffer (step_buffers.h): freed blocks kept in the order they were freed; an
-// allocation takes the smallest block that fits without wasting more than a quarter of it; the oldest blocks
-// are freed once more than kMaxBlocks or kMaxBytes are held.
+// allocation takes the smallest block that fits without wasting more than a quarter of it. Blocks are freed
+// for good, oldest first, once more than kMaxBlocks or kMaxBytes are held, and when kMaxAge allocations have
+// passed without taking them (sizes a workload no longer asks for, e.g. after a change of sequence length).
 #include "step_buffers.h"
 
 #include <ATen/EmptyTensor.h>
@@ -9,8 +10,10 @@
 #include <torch/library.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 namespace fastrnn {
@@ -21,18 +24,26 @@ constexpr size_t kMinBytes = size_t{1} << 20;
 // A few bidirectional layers' outputs and workspaces plus a backward's gradients.
 constexpr size_t kMaxBlocks = 32;
 constexpr size_t kMaxBytes = size_t{1} << 30;
+// A training step of an 8-direction stack (4 bidirectional layers) takes ~40 blocks; a block of a size it
+// uses is taken again well within this many allocations.
+constexpr uint64_t kMaxAge = 256;
 
 struct Block {
   void* ptr;
   size_t bytes;
+  uint64_t freed_at = 0;  // the allocation count when it was given back
 };
 
 class BlockCache {
  public:
   // A cached block of at least `bytes` (and at most a third more), or a new one.
   Block take(size_t bytes) {
+    std::deque<Block> evicted;
+    std::optional<Block> found;
     {
       std::lock_guard<std::mutex> guard(mutex_);
+      ++clock_;
+      evict_stale(evicted);
       auto best = free_.end();
       for (auto it = free_.begin(); it != free_.end(); ++it) {
         if (it->bytes >= bytes && it->bytes - bytes <= it->bytes / 4 &&
@@ -41,13 +52,13 @@ class BlockCache {
         }
       }
       if (best != free_.end()) {
-        const Block found = *best;
+        found = *best;
         free_.erase(best);
-        held_ -= found.bytes;
-        return found;
+        held_ -= found->bytes;
       }
     }
-    return {c10::alloc_cpu(bytes), bytes};
+    free_all(evicted);
+    return found.has_value() ? *found : Block{c10::alloc_cpu(bytes), bytes};
   }
 
   void give_back(Block block) {
@@ -58,15 +69,12 @@ class BlockCache {
     std::deque<Block> evicted;
     {
       std::lock_guard<std::mutex> guard(mutex_);
+      block.freed_at = clock_;
       free_.push_back(block);
       held_ += block.bytes;
-      while (free_.size() > kMaxBlocks || held_ > kMaxBytes) {
-        evicted.push_back(free_.front());
-        held_ -= free_.front().bytes;
-        free_.pop_front();
-      }
+      while (free_.size() > kMaxBlocks || held_ > kMaxBytes) pop_oldest(evicted);
     }
-    for (const Block& b : evicted) c10::free_cpu(b.ptr);
+    free_all(evicted);
   }
 
   size_t release() {
@@ -77,7 +85,7 @@ class BlockCache {
       all.swap(free_);
       bytes = std::exchange(held_, 0);
     }
-    for (const Block& b : all) c10::free_cpu(b.ptr);
+    free_all(all);
     return bytes;
   }
 
@@ -87,9 +95,23 @@ class BlockCache {
   }
 
  private:
+  // Both with mutex_ held; the caller frees what they collect once it has let go of the lock.
+  void pop_oldest(std::deque<Block>& out) {
+    out.push_back(free_.front());
+    held_ -= free_.front().bytes;
+    free_.pop_front();
+  }
+  void evict_stale(std::deque<Block>& out) {
+    while (!free_.empty() && clock_ - free_.front().freed_at > kMaxAge) pop_oldest(out);
+  }
+  static void free_all(const std::deque<Block>& blocks) {
+    for (const Block& b : blocks) c10::free_cpu(b.ptr);
+  }
+
   std::mutex mutex_;
-  std::deque<Block> free_;
+  std::deque<Block> free_;  // in the order they were given back: freed_at never decreases
   size_t held_ = 0;
+  uint64_t clock_ = 0;  // allocations of kMinBytes and up so far
 };
 
 // Never destroyed: a tensor freed during interpreter shutdown may still give its block back.

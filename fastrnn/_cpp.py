@@ -100,9 +100,9 @@ def empty_cache() -> int:
     """Frees the memory blocks that fastrnn's CPU ops keep for reuse; returns how many bytes that was.
 
     The C++ ops allocate their large tensors (1 MiB and up: outputs, the workspace a layer saves for its
-    backward, the gradients its backward returns) from a cache of freed blocks, at most 32 blocks and 1 GiB, so
-    that a training loop does not fault their pages in afresh every step (csrc/step_buffers.h). The analogue of
-    ``torch.cuda.empty_cache``.
+    backward, the gradients its backward returns) from a cache of freed blocks, so that a training loop does not
+    fault their pages in afresh every step (csrc/step_buffers.h). The cache holds at most 32 blocks and 1 GiB and
+    frees a block that 256 later allocations did not take. The analogue of ``torch.cuda.empty_cache``.
     """
     if not _loaded:
         return 0

@@ -156,3 +156,23 @@ def test_a_block_larger_than_the_cache_is_freed_at_once():
     del huge
     assert _cached() == small
     fastrnn.empty_cache()
+
+
+def test_a_size_no_longer_asked_for_is_freed():
+    """A cached block that 256 later allocations did not take (e.g. a sequence length no longer seen) is freed."""
+    fastrnn.empty_cache()
+    a = torch.randn(512, 64)
+    old = torch.ops.fastrnn.mm_nn(a, torch.randn(64, 2048))  # 4 MiB
+    del old
+    four_mib = _cached()
+    for i in range(250):
+        del_me = torch.ops.fastrnn.mm_nn(a, torch.randn(64, 512))  # 1 MiB: the 4 MiB block does not fit it
+        del del_me
+        if i == 0:
+            one_mib = _cached() - four_mib
+    assert _cached() == four_mib + one_mib  # not yet: 250 allocations since it was freed
+    for _ in range(10):
+        del_me = torch.ops.fastrnn.mm_nn(a, torch.randn(64, 512))
+        del del_me
+    assert _cached() == one_mib
+    fastrnn.empty_cache()
