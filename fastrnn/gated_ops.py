@@ -40,7 +40,8 @@ _warned = False
 
 
 def _register_cpp_fakes() -> None:
-    """Shape-only kernels of the C++ ops, for torch.library.opcheck and tracers that reach them."""
+    """Shape-only kernels of the C++ ops, for torch.library.opcheck and tracers that reach them; called by
+    :mod:`fastrnn._cpp` when the ops load."""
     global _fakes_registered
     if _fakes_registered:
         return
@@ -115,7 +116,6 @@ def _use_cpp(x: Tensor) -> bool:
             warnings.warn(f"fastrnn: GRU/LSTM use the reference backend on cpu because {missing}",
                           RuntimeWarning, stacklevel=4)
         return False
-    _register_cpp_fakes()
     return True
 
 
@@ -130,13 +130,6 @@ def gru_infer(xw, h0, w_hh, b_hn, batch_sizes, reverse):
     if _use_cpp(xw):
         return torch.ops.fastrnn.gru_infer(xw, None, None, h0, w_hh, b_hn, batch_sizes, reverse)
     return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)[:2]
-
-
-def gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
-    """``gru_fwd(F.linear(x, w_ih, bias), ...)``; the C++ op makes each step's projection itself."""
-    if _use_cpp(x):
-        return torch.ops.fastrnn.gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
-    return ref.gru_recurrence_ref(F.linear(x, w_ih, bias), h0, w_hh, b_hn, batch_sizes, reverse)
 
 
 def gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
@@ -156,13 +149,6 @@ def lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
     if _use_cpp(xw):
         return torch.ops.fastrnn.lstm_infer(xw, None, None, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
-
-
-def lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    """``lstm_fwd(F.linear(x, w_ih, bias), ...)``; the C++ op makes each step's projection itself."""
-    if _use_cpp(x):
-        return torch.ops.fastrnn.lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    return ref.lstm_recurrence_ref(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
 
 def lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
@@ -436,7 +422,8 @@ class _LSTMUnderTransforms(torch.autograd.Function):
 
 
 # --- whole layers, eager training -----------------------------------------------------------------------
-# One autograd node per layer and direction that owns the input projection too. Its forward is one C++ op
+# One autograd node per layer and direction that owns the input projection too; it runs only where
+# _one_call found the C++ backend, so it calls the C++ ops directly. Its forward is one C++ op
 # whose step kernel makes each step's x_t W_ih^T + bias next to h W_hh^T (the [T, B, G] projection is never
 # written out and read back); its backward's dX = da W_ih runs on fastrnn::mm_nn (oneDNN's microkernel,
 # csrc/brgemm_gemm.h), which beats the BLAS behind at::mm on this project's CPUs.
@@ -480,7 +467,7 @@ class LSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        output = lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+        output = torch.ops.fastrnn.lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         ctx.save_for_backward(x, w_ih, bias, h0, c0, w_hh, w_hr, output[0], output[3])
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1], output[2]
@@ -504,7 +491,7 @@ class GRULayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
-        output = gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
+        output = torch.ops.fastrnn.gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
         ctx.save_for_backward(x, w_ih, bias, h0, w_hh, b_hn, output[0], output[2])
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1]
