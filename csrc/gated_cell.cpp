@@ -66,11 +66,6 @@ void cell_forward_raw(const CellShape& d, const T* x, const T* h, const T* c, co
     gru_fwd_row(xw.data() + r * G, a.data() + r * G, h + r * H, b_hn.data(), H, ho + r * H, row_ws(r));
 }
 
-template <typename T>
-FASTRNN_INLINE void axpy(T a, const T* __restrict x, T* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
 // A gradient matmul of the step, d [rows, G]: out[rows, K] = d @ b with b [G, K] (a weight as stored), or
 // with trans out[G, K] = d^T @ b with b [rows, K] (an input). A few small rows: axpy loops (a BLAS call
 // costs more than the arithmetic there).
@@ -123,13 +118,8 @@ void cell_backward_raw(const CellShape& d, const T* gh, const T* gc, const T* x,
   }
   if (dw_ih != nullptr) cell_grad_mm<T>(true, N, G, I, dxw.data(), x, dw_ih);
   if (dw_hh != nullptr) cell_grad_mm<T>(true, N, G, H, dgp, h, dw_hh);
-  const auto row_sums = [&](const T* rows, T* out) {
-    std::fill(out, out + G, T(0));
-    for (int64_t r = 0; r < N; ++r)
-      for (int64_t j = 0; j < G; ++j) out[j] += rows[r * G + j];
-  };
-  if (db_ih != nullptr) row_sums(dxw.data(), db_ih);
-  if (db_hh != nullptr) row_sums(dgp, db_hh);
+  if (db_ih != nullptr) sum_rows(dxw.data(), N, G, db_ih);
+  if (db_hh != nullptr) sum_rows(dgp, N, G, db_hh);
 }
 
 CellShape shape_of(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c) {

@@ -155,11 +155,6 @@ at::Tensor cell_forward(const at::Tensor& input, const at::Tensor& hx, const at:
 // dW_ih = dz^T x, dW_hh = dz^T h, db = sum of dz's rows. A few rows run axpy loops (a BLAS call costs more
 // than the arithmetic there), more rows the BLAS.
 template <typename T>
-FASTRNN_INLINE void axpy(T a, const T* __restrict x, T* __restrict y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-template <typename T>
 FASTRNN_INLINE void cell_backward_small_impl(int64_t N, int64_t I, int64_t H, const T* dz, const T* x,
                                              const T* h, const T* w_ih, const T* w_hh, T* dx, T* dh,
                                              T* dw_ih, T* dw_hh) {
@@ -212,11 +207,7 @@ void cell_backward_raw(int64_t N, int64_t I, int64_t H, const T* grad, const T* 
     if (dw_ih != nullptr) gemm_rowmajor_ex<T>(true, H, I, N, dz.data(), H, x, I, false, T(0), dw_ih, I);
     if (dw_hh != nullptr) gemm_rowmajor_ex<T>(true, H, H, N, dz.data(), H, h, H, false, T(0), dw_hh, H);
   }
-  if (db != nullptr) {
-    std::fill(db, db + H, T(0));
-    for (int64_t r = 0; r < N; ++r)
-      for (int64_t j = 0; j < H; ++j) db[j] += dz[r * H + j];
-  }
+  if (db != nullptr) sum_rows(dz.data(), N, H, db);
 }
 
 class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {

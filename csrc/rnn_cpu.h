@@ -3,8 +3,10 @@
 
 #include <ATen/ATen.h>
 
+#include "activations.h"
 #include "blas.h"
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -66,6 +68,20 @@ void cell_matmul(const T* a, int64_t rows, int64_t K, const T* w, int64_t H, T* 
   } else {
     gemm_rowmajor<T>(rows, H, K, a, K, w, K, true, accumulate ? T(1) : T(0), out, H);
   }
+}
+
+// y[0, n) += a x[0, n): the small-step gradient loops of the cells' backwards (rnn_cell.cpp, gated_cell.cpp).
+template <typename T>
+FASTRNN_INLINE void axpy(T a, const T* __restrict x, T* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// out[cols] = the sum of rows[r, :] over r < n_rows: a cell step's bias gradient.
+template <typename T>
+void sum_rows(const T* rows, int64_t n_rows, int64_t cols, T* out) {
+  std::fill(out, out + cols, T(0));
+  for (int64_t r = 0; r < n_rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) out[j] += rows[r * cols + j];
 }
 
 // One GRUCell (gates = 3) or LSTMCell (gates = 4) step (gated_cell.cpp): input [N, I], h [N, H], c [N, H]
