@@ -2,9 +2,10 @@
 // torch's CPU build exports it (at::native::cpublas::brgemm, float32, where torch has it and the CPU has
 // AVX-512), tiled and threaded here; elsewhere, and for float64, the BLAS (blas.h).
 //
-// Why: on this project's AVX-512 machine MKL's sgemm runs the layer GEMMs of a gated cell (input
-// projection, dX) at 120-190 GFLOP/s on two cores where the microkernel on 64 x 128 tiles with K in
-// chunks of 256 reaches 200-220 (benchmarks/NOTES.md); torch's oneDNN LSTM gets its speed the same way.
+// Why: on this project's AVX-512 machine MKL's sgemm runs the layer GEMMs of a gated cell (dX, and the
+// input projection it was first written for) at 120-190 GFLOP/s on two cores where the microkernel on
+// 64 x 128 tiles with K in chunks of 256 reaches 200-220 (benchmarks/NOTES.md); torch's oneDNN LSTM gets
+// its speed the same way.
 // Tiles go row-block-major so a thread's consecutive tiles share A's rows; a tile's K chunks accumulate
 // into C in place (add_C), a chunk of A (64 x 256) and of B (256 x 128) staying in L2.
 #pragma once

@@ -1,5 +1,5 @@
-// fastrnn::mm_nn: a [M, K] @ b [K, N] (+ bias [N]) on the tiled microkernel GEMM of brgemm_gemm.h, the
-// layer GEMMs of the gated cells' training path (input projection, dX, dW).
+// fastrnn::mm_nn: a [M, K] @ b [K, N] (+ bias [N]) on the tiled microkernel GEMM of brgemm_gemm.h: the
+// gated layers' dX in training (their input projection is made per step by the forward op).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

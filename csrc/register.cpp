@@ -192,7 +192,8 @@ PyMethodDef methods[] = {
      METH_FASTCALL, "torch.nn.RNNCell's plain eager call in one C++ call, or None (see rnn_cpu.h)."},
     {"gated_cell_if_plain",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gated_cell_if_plain_py)), METH_FASTCALL,
-     "torch.nn.GRUCell / LSTMCell's step without autograd in one C++ call, or None (see rnn_cpu.h)."},
+     "torch.nn.GRUCell / LSTMCell's plain eager step in one C++ call with one autograd node, or None (see "
+     "rnn_cpu.h)."},
     {"rnn_forward_if_plain",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward_if_plain_py)),
      METH_FASTCALL, "torch.nn.RNN's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},
