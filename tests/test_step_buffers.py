@@ -11,6 +11,7 @@ from torch import nn
 
 import fastrnn
 from fastrnn.gated_ops import _use_cpp
+from fastrnn.testing import outputs_and_grads
 
 pytestmark = pytest.mark.skipif(not _use_cpp(torch.zeros(1)), reason="the C++ extension is not available")
 
@@ -24,19 +25,16 @@ def _cached() -> int:
 
 def _pair(cls_fast, cls_torch, seed=0):
     torch.manual_seed(seed)
-    ours = cls_fast(H, H)
     theirs = cls_torch(H, H)
-    theirs.load_state_dict(ours.state_dict())
-    return ours, theirs
+    return cls_fast.from_torch(theirs), theirs
 
 
-def _train_step(module, x):
-    x = x.clone().requires_grad_(True)
-    out, _ = module(x)
-    (out * torch.linspace(-1, 1, out.size(-1))).sum().backward()
-    grads = [x.grad] + [p.grad.clone() for p in module.parameters()]
-    module.zero_grad(set_to_none=True)
-    return out.detach(), grads
+def _assert_equal(got: dict, want: dict) -> None:
+    """outputs_and_grads of fastrnn's module against torch's: values within float32 rounding."""
+    assert got.keys() == want.keys()
+    for key in want:
+        tol = (1e-4, 1e-4) if key.startswith("grad") else (1e-4, 1e-5)
+        torch.testing.assert_close(got[key], want[key], rtol=tol[0], atol=tol[1], msg=key)
 
 
 # The RNN's largest tensors are [T, B, H] (output, dz): 1.3 MB at 32 rows.
@@ -51,12 +49,9 @@ def test_repeated_steps_reuse_blocks_and_stay_equal_to_torch(cls_fast, cls_torch
     assert _cached() == 0
     for step in range(4):
         x = torch.randn(T, batch, H, generator=torch.Generator().manual_seed(step))
-        got_out, got = _train_step(ours, x)
-        want_out, want = _train_step(theirs, x)
-        torch.testing.assert_close(got_out, want_out, rtol=1e-4, atol=1e-5)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
-        del got_out, got  # the step's tensors go back to the cache before it is measured
+        got = outputs_and_grads(ours, x, seed=step)
+        _assert_equal(got, outputs_and_grads(theirs, x, seed=step))
+        del got  # the step's tensors go back to the cache before it is measured
         if step == 0:
             after_first = _cached()
             assert after_first > 0  # the workspace and gradients went back to the cache
@@ -68,13 +63,13 @@ def test_repeated_steps_reuse_blocks_and_stay_equal_to_torch(cls_fast, cls_torch
 
 def test_a_retained_graph_keeps_its_workspace():
     """A second backward through a retained graph reads the workspace again: no later step may have taken it."""
-    ours, theirs = _pair(fastrnn.LSTM, nn.LSTM)
+    ours, _ = _pair(fastrnn.LSTM, nn.LSTM)
     x = torch.randn(T, B, H)
     out, _ = ours(x)
     loss = out.square().sum()
     loss.backward(retain_graph=True)
     once = [p.grad.clone() for p in ours.parameters()]
-    _train_step(ours, torch.randn(T, B, H))  # allocates and frees blocks of the same sizes meanwhile
+    outputs_and_grads(ours, torch.randn(T, B, H))  # allocates and frees blocks of the same sizes meanwhile
     ours.zero_grad(set_to_none=True)
     loss.backward()
     for g, w in zip((p.grad for p in ours.parameters()), once):
@@ -112,8 +107,8 @@ def test_concurrent_training_in_two_threads():
             ours, theirs = _pair(fastrnn.LSTM, nn.LSTM, seed)
             x = torch.randn(T, B, H, generator=torch.Generator().manual_seed(seed))
             for _ in range(3):
-                got = _train_step(ours, x)
-            results[seed] = (got, _train_step(theirs, x))
+                got = outputs_and_grads(ours, x, seed=seed)
+            results[seed] = (got, outputs_and_grads(theirs, x, seed=seed))
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -123,10 +118,8 @@ def test_concurrent_training_in_two_threads():
     for t in threads:
         t.join()
     assert not errors, errors
-    for (got_out, got), (want_out, want) in results.values():
-        torch.testing.assert_close(got_out, want_out, rtol=1e-4, atol=1e-5)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+    for got, want in results.values():
+        _assert_equal(got, want)
 
 
 def test_the_cache_is_bounded():
