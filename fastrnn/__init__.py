@@ -8,6 +8,7 @@ from fastrnn import functional
 from fastrnn._cpp import empty_cache, load_built_ops
 from fastrnn.autograd import RNNRecurrenceFunction, rnn_recurrence
 from fastrnn.backends import available_backends
+from fastrnn.conversion import from_torch, to_torch
 from fastrnn.gated_modules import GRU, LSTM, GRUCell, LSTMCell
 from fastrnn.modules import RNN, RNNCell
 
@@ -27,11 +28,13 @@ __all__ = [
     "RNNRecurrenceFunction",
     "available_backends",
     "empty_cache",
+    "from_torch",
     "functional",
     "quantize_dynamic",
     "rnn_recurrence",
     "rnn_recurrence_bwd_ref",
     "rnn_recurrence_ref",
+    "to_torch",
 ]
 __version__ = "0.1.0"
 
