@@ -6,7 +6,9 @@ For each configuration: a correctness gate (outputs and every gradient against t
 float64 oracle; a backend that fails is refused, not timed), then inference (no_grad forward) and a
 training step (forward + backward of the sum of outputs) for torch.nn.RNN (cuDNN on GPU, TF32 off),
 every available fastrnn backend, a Python loop over torch.nn.RNNCell, and on GPU torch.nn.RNN without
-cuDNN. Writes table.md, results.json, results.csv and plots to benchmarks/results/<device>-<date>/.
+cuDNN. Writes table.md, results.json, results.csv and speedup.png (the speedup of each case against torch,
+inference and training, with the p20-p80 spread of the ratio over the repeats), and for a preset with sweeps the
+speedup_vs_{T,H,B}.png plots, to benchmarks/results/<device>-<preset>-<date>/.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 from benchmarks import machine
-from benchmarks.cell_loop import CELL_LOOP_CASES, GATED_CELL_LOOP_CASES, run_cell_loop_case
+from benchmarks.cell_loop import CELL_CLASSES, CELL_LOOP_CASES, GATED_CELL_LOOP_CASES, run_cell_loop_case
 from benchmarks.grid import Case, select
-from benchmarks.timing import peak_memory_mb, time_cpu, time_cuda
+from benchmarks.timing import peak_memory_mb, ratio_quantiles, time_cpu, time_cuda
 from fastrnn.testing import outputs_and_grads, parity_failures
 
 TORCH = "torch.nn.RNN"
@@ -39,6 +41,8 @@ TORCH_NAMES = {"rnn": TORCH, "gru": "torch.nn.GRU", "lstm": "torch.nn.LSTM"}
 TORCH_NO_CUDNN = "torch.nn.RNN (no cuDNN)"
 CELL_LOOP = "nn.RNNCell loop"
 AUTO = "fastrnn[auto]"
+# The row every other row of its case and mode is compared with: torch's module, or torch's cell in the loops.
+BASELINES = {*TORCH_NAMES.values(), *(f"torch.nn.{name}" for name in CELL_CLASSES.values())}
 
 
 @contextlib.contextmanager
@@ -199,7 +203,8 @@ def run_case(case: Case, device: torch.device, min_run_time: float, skip: tuple[
                     t = timer(fn)
                     row["peak_mem_mb"] = peak_memory_mb(fn, device)
                     row["ran"] = _ran(name, backend, x)
-                row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, repeats=t.repeats)
+                row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, repeats=t.repeats,
+                           times_ms=t.times_ms)
             rows.append(row)
         module.zero_grad(set_to_none=True)
     for mode in ("inference", "training"):
@@ -223,12 +228,34 @@ def _ran(name: str, backend: Optional[str], x) -> str:
     return backend or "torch"
 
 
+def add_speedup_spread(rows: list[dict]) -> list[dict]:
+    """Gives every timed row ``speedup_p20`` / ``speedup_p80``, the spread of its speedup against its case's
+    baseline in the same mode: quantiles of the ratio over every pair of repeats (``times_ms``) where both rows
+    recorded them (``speedup_spread: "repeats"``), else the bounds ``base p20 / p80`` .. ``base p80 / p20`` from
+    the quantiles alone (``"p20/p80 bounds"``, wider: rows of older runs, or cases that keep no repeats)."""
+    base = {(r["case"], r["mode"]): r for r in rows if r["impl"] in BASELINES and "median_ms" in r}
+    for r in rows:
+        b = base.get((r["case"], r["mode"]))
+        if b is None or "median_ms" not in r:
+            continue
+        if r.get("times_ms") and b.get("times_ms"):
+            r["speedup_p20"], r["speedup_p80"] = ratio_quantiles(b["times_ms"], r["times_ms"])
+            r["speedup_spread"] = "repeats"
+        else:
+            r["speedup_p20"], r["speedup_p80"] = b["p20_ms"] / r["p80_ms"], b["p80_ms"] / r["p20_ms"]
+            r["speedup_spread"] = "p20/p80 bounds"
+    return rows
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| case | mode | impl | ran | median ms | p20-p80 ms | speedup vs torch.nn.RNN / GRU / LSTM | gate |",
+    lines = ["| case | mode | impl | ran | median ms | p20-p80 ms | speedup vs torch.nn.RNN / GRU / LSTM (p20-p80) "
+             "| gate |",
              "|---|---|---|---|---:|---:|---:|---|"]
     for r in rows:
         if "median_ms" in r:
             timing = f"{r['median_ms']:.3f} | {r['p20_ms']:.3f}-{r['p80_ms']:.3f} | {r['speedup_vs_torch']:.2f}x"
+            if "speedup_p20" in r:
+                timing += f" ({r['speedup_p20']:.2f}-{r['speedup_p80']:.2f})"
         else:
             timing = "- | - | -"
         lines.append(f"| {r['case']} | {r['mode']} | {r['impl']} | {r.get('ran', '-')} | {timing} | {r['gate'][:80]} |")
@@ -236,25 +263,31 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_results(rows: list[dict], info: dict, out_dir: Path, plots: bool = True) -> list[Path]:
-    """table.md, results.json, results.csv and (with ``plots``) the speedup plots under ``out_dir``."""
+    """table.md, results.json, results.csv and (with ``plots``) speedup.png and the sweep plots under
+    ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    add_speedup_spread(rows)
     written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "table.md"]
     written[0].write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     keys = sorted({k for r in rows for k in r})
     with written[1].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
-        writer.writerows(rows)
+        # A row's repeat times go in one cell, space-separated.
+        writer.writerows({k: " ".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v for k, v in r.items()}
+                         for r in rows)
     header = (f"Machine: {info.get('gpu') or info['cpu']} ({info['torch_threads']} threads), torch {info['torch']}, "
               f"triton {info['triton']}, commit {info['git_commit']}\n\n")
     written[2].write_text(header + markdown_table(rows))
     if not plots:
         return written
+    from benchmarks.plots import plot_speedup, plot_sweeps
+
     try:
-        from benchmarks.plots import plot_sweeps
-    except ImportError:
+        return written + [plot_speedup(rows, info, out_dir)] + plot_sweeps(rows, out_dir)
+    except ImportError as e:  # matplotlib missing: the numbers are written, the pictures are not
+        print(f"no plots: {e}", file=sys.stderr)
         return written
-    return written + plot_sweeps(rows, out_dir)
 
 
 def _progress(items: list, desc: str):

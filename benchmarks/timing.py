@@ -1,10 +1,10 @@
-"""Timing and memory measurement: medians with p20/p80, warm-up excluded."""
+"""Timing and memory measurement: medians with p20/p80 and every repeat's time, warm-up excluded."""
 
 from __future__ import annotations
 
 import resource
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -16,6 +16,11 @@ class Timing:
     p20_ms: float
     p80_ms: float
     repeats: int
+    # Every repeat (on the CPU a block's mean per call), or past MAX_KEPT repeats that many evenly spaced quantiles.
+    times_ms: list[float] = field(default_factory=list)
+
+
+MAX_KEPT = 200
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -24,6 +29,20 @@ def _quantile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _timing(times: list[float]) -> Timing:
+    kept = list(times) if len(times) <= MAX_KEPT else [_quantile(times, i / (MAX_KEPT - 1)) for i in range(MAX_KEPT)]
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times), kept)
+
+
+def ratio_quantiles(base_ms: list[float], ms: list[float], qs: tuple[float, ...] = (0.2, 0.8)) -> list[float]:
+    """Quantiles of the speedup ``base / t`` over every pair of a baseline repeat and a repeat of the measured
+    implementation (the two are timed separately, so any pairing is as likely as any other)."""
+    if not base_ms or not ms:
+        raise ValueError("ratio_quantiles needs at least one time on each side")
+    ratios = [b / t for b in base_ms for t in ms]
+    return [_quantile(ratios, q) for q in qs]
 
 
 def time_cpu(fn: Callable[[], object], min_run_time: float = 0.5, min_repeats: int = 5) -> Timing:
@@ -36,7 +55,7 @@ def time_cpu(fn: Callable[[], object], min_run_time: float = 0.5, min_repeats: i
     times = [t * 1e3 for t in timer.blocked_autorange(min_run_time=min_run_time).times]
     while len(times) < min_repeats:
         times.append(timer.timeit(1).median * 1e3)
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+    return _timing(times)
 
 
 def time_cuda(fn: Callable[[], object], rep_ms: int = 100) -> Timing:
@@ -44,8 +63,11 @@ def time_cuda(fn: Callable[[], object], rep_ms: int = 100) -> Timing:
     try:
         from triton.testing import do_bench
 
-        p50, p20, p80 = do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-        return Timing(p50, p20, p80, -1)
+        try:
+            return _timing(do_bench(fn, warmup=25, rep=rep_ms, return_mode="all"))
+        except (TypeError, ValueError, AssertionError):  # a Triton without return_mode="all": quantiles only
+            p50, p20, p80 = do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+            return Timing(p50, p20, p80, -1)
     except ImportError:
         fn()
         torch.cuda.synchronize()
@@ -57,7 +79,7 @@ def time_cuda(fn: Callable[[], object], rep_ms: int = 100) -> Timing:
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
-        return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+        return _timing(times)
 
 
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:

@@ -7,6 +7,17 @@ import torch
 
 from benchmarks import run
 from benchmarks.grid import PRESETS, Case, select
+from benchmarks.plots import case_label, plot_speedup
+from benchmarks.timing import ratio_quantiles
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path, min_height: int = 100) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert matplotlib.image.imread(path).shape[0] >= min_height
 
 
 def test_filter_selects_by_key_value_and_word():
@@ -59,6 +70,72 @@ def test_tiny_run_writes_table_json_csv_and_plots(tmp_path, monkeypatch):
     assert "speedup vs torch.nn.RNN" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "results.csv").read_text().count("\n") == len(data["rows"]) + 1
     assert (tmp_path / "speedup_vs_T.png").stat().st_size > 1000
+    assert_png(tmp_path / "speedup.png")
+    for r in data["rows"]:  # every repeat is kept, and the chart's spread comes from them
+        assert len(r["times_ms"]) == r["repeats"] >= 5
+        assert min(r["times_ms"]) <= r["median_ms"] <= max(r["times_ms"])
+        assert r["speedup_spread"] == "repeats" and 0 < r["speedup_p20"] <= r["speedup_p80"]
+    assert "(p20-p80)" in (tmp_path / "table.md").read_text()
+
+
+def test_ratio_spread_on_known_numbers():
+    # Pairs of base / t: 2/1, 2/2, 4/1, 4/2 = [2, 1, 4, 2]; sorted [1, 2, 2, 4]; p20 at 0.6 -> 1.6, p80 at 2.4 -> 2.8.
+    assert ratio_quantiles([2.0, 4.0], [1.0, 2.0]) == pytest.approx([1.6, 2.8])
+    assert ratio_quantiles([3.0], [1.5], qs=(0.2, 0.5, 0.8)) == pytest.approx([2.0, 2.0, 2.0])
+    with pytest.raises(ValueError, match="at least one time"):
+        ratio_quantiles([], [1.0])
+
+
+def _row(case, impl, mode, times=None, **timing):
+    row = {"case": case, "impl": impl, "mode": mode, "gate": "pass", **timing}
+    if times:
+        row.update(median_ms=sorted(times)[len(times) // 2], p20_ms=min(times), p80_ms=max(times), times_ms=times)
+    return row
+
+
+def test_speedup_spread_pairs_each_row_with_its_cases_baseline():
+    rows = [
+        _row("a", "torch.nn.RNN", "training", [2.0, 4.0]),
+        _row("a", "fastrnn[cpp]", "training", [1.0, 2.0]),
+        _row("a", "torch.nn.RNN", "inference", [10.0, 10.0]),
+        _row("a", "fastrnn[cpp]", "inference", [5.0]),
+        # No repeats kept (a cell-loop row, an older run): bounds from each side's p20 / p80.
+        _row("loop", "torch.nn.GRUCell", "training", median_ms=3.0, p20_ms=2.0, p80_ms=4.0),
+        _row("loop", "fastrnn.GRUCell", "training", median_ms=1.0, p20_ms=0.5, p80_ms=2.0),
+        _row("b", "fastrnn[cpp]", "training", gate="REFUSED: output"),
+    ]
+    run.add_speedup_spread(rows)
+    assert (rows[1]["speedup_p20"], rows[1]["speedup_p80"]) == pytest.approx((1.6, 2.8))
+    assert rows[1]["speedup_spread"] == "repeats"
+    assert (rows[3]["speedup_p20"], rows[3]["speedup_p80"]) == pytest.approx((2.0, 2.0))
+    assert (rows[5]["speedup_p20"], rows[5]["speedup_p80"]) == pytest.approx((1.0, 8.0))
+    assert rows[5]["speedup_spread"] == "p20/p80 bounds"
+    # The baseline against itself: 2/2, 2/4, 4/2, 4/4 sorted [0.5, 1, 1, 2] -> 0.8 and 1.4, its own run-to-run noise.
+    assert (rows[0]["speedup_p20"], rows[0]["speedup_p80"]) == pytest.approx((0.8, 1.4))
+    assert "speedup_p20" not in rows[6]
+
+
+def test_speedup_chart_labels_and_a_refused_case(tmp_path):
+    rows = [
+        {**_row("c1", "torch.nn.LSTM", mode, [2.0, 2.2]), "cell": "lstm", "T": 100, "B": 32, "H": 128,
+         "proj_size": 64, "speedup_vs_torch": 1.0} for mode in ("inference", "training")
+    ] + [
+        {**_row("c1", "fastrnn[cpp]", mode, [1.0, 1.1]), "cell": "lstm", "T": 100, "B": 32, "H": 128,
+         "proj_size": 64, "speedup_vs_torch": 2.0} for mode in ("inference", "training")
+    ] + [
+        {**_row("c2", "torch.nn.RNN", "training", [1.0]), "T": 5, "B": 1, "H": 8, "speedup_vs_torch": 1.0},
+        {"case": "c2", "impl": "fastrnn[cpp]", "mode": "training", "gate": "REFUSED: output", "T": 5, "B": 1,
+         "H": 8},
+    ]
+    run.add_speedup_spread(rows)
+    info = {"cpu": "Test CPU", "torch_threads": 2, "torch": torch.__version__, "git_commit": "abc1234",
+            "preset": "tiny"}
+    assert_png(plot_speedup(rows, info, tmp_path))
+    assert case_label(rows[2]) == "LSTM T=100 B=32 H=128, proj=64"
+    assert case_label({"T": 200, "B": 16, "H": 64, "layers": 2, "bidirectional": True, "packed": True}) == (
+        "RNN T=200 B=16 H=64, 2 layers, bidirectional, packed")
+    assert case_label({"steps": 100, "B": 1, "H": 32, "impl": "fastrnn.GRUCell", "cell": "gru"}) == (
+        "GRUCell loop, 100 steps, B=1 H=32")
 
 
 def test_family_cases_compare_with_torchs_gru_and_lstm(tmp_path, monkeypatch):
