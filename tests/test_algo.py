@@ -1,5 +1,7 @@
 """The CUDA algorithm finder's choice logic, on CPU with a fake timer (torch's own RNN stands in for cuDNN:
-``torch._VF.rnn_tanh`` is what runs there on a CPU tensor)."""
+``torch._VF.rnn_tanh`` is what runs there on a CPU tensor). These tests run the finder explicitly
+(``FASTRNN_CUDA_ALGO=finder``); what ``auto`` means per architecture and the finder's result check are in
+tests/test_algo_safety.py."""
 
 import pytest
 import torch
@@ -14,8 +16,10 @@ KW = dict(has_biases=True, num_layers=2, dropout=0.0, training=False, bidirectio
 def fresh_cache(monkeypatch):
     monkeypatch.setattr(algo, "_choices", {})
     monkeypatch.setattr(algo, "_timings", {})
+    monkeypatch.setattr(algo, "_rejections", {})
+    monkeypatch.setattr(algo, "_warned", set())
     monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
-    monkeypatch.delenv(algo.ALGO_ENV, raising=False)
+    monkeypatch.setenv(algo.ALGO_ENV, "finder")
 
 
 def _call(batch=3, steps=5, requires_grad=False):
@@ -42,7 +46,7 @@ def test_cudnn_wins_and_returns_torchs_own_result():
     rnn, x, hx, weights = _call()
     timer = FakeTimer(triton=2.0, cudnn=1.0)
     got = algo.cuda_call(functional.rnn, x, hx, weights, timer=timer, **KW)
-    assert got is not None and timer.calls == ["triton", "cudnn"]
+    assert got is not None and timer.calls == ["cudnn", "triton"]  # cuDNN first: the others are checked on it
     out, h_n = rnn(x, hx)
     torch.testing.assert_close(got[0], out, rtol=0, atol=0)
     torch.testing.assert_close(got[1], h_n, rtol=0, atol=0)
@@ -55,7 +59,7 @@ def test_triton_wins_ties_and_the_choice_is_cached_per_shape_class():
     assert algo.cuda_call(functional.rnn, x, hx, weights, timer=timer, **KW) is None
     _, x7, hx7, weights = _call(batch=7, steps=7)  # same class: batch and steps bucket to 8
     assert algo.cuda_call(functional.rnn, x7, hx7, weights, timer=timer, **KW) is None
-    assert timer.calls == ["triton", "cudnn"]
+    assert timer.calls == ["cudnn", "triton"]
     _, x9, hx9, weights = _call(batch=9, steps=7)  # a new class is timed again
     algo.cuda_call(functional.rnn, x9, hx9, weights, timer=FakeTimer(triton=3.0, cudnn=1.0), **KW)
     assert sorted(w for w, _ in algo.choices().values()) == ["cudnn", "triton"]
@@ -83,6 +87,7 @@ def test_environment_forces_an_algorithm_without_timing(monkeypatch, forced, exp
 
 def test_forced_backend_is_not_second_guessed_and_bad_values_raise(monkeypatch):
     monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    monkeypatch.setenv(algo.ALGO_ENV, "auto")
     _, x, hx, weights = _call()
     timer = FakeTimer()
     assert algo.cuda_call(functional.rnn, x, hx, weights, timer=timer, **KW) is None and timer.calls == []
