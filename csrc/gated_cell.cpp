@@ -21,6 +21,7 @@
 #include "activations.h"
 #include "gate_rows.h"
 #include "rnn_cpu.h"
+#include "saved_inputs.h"
 
 namespace fastrnn {
 namespace {
@@ -160,7 +161,16 @@ class GatedCellFunction : public torch::autograd::Function<GatedCellFunction> {
                           w_hh.data_ptr<T>(), ptr_or_null<T>(b_ih), ptr_or_null<T>(b_hh), ho.data_ptr<T>(),
                           ptr_or_null<T>(co), ws.data_ptr<T>());
     });
-    ctx->save_for_backward({x, h, c, w_ih, w_hh, b_ih, b_hh, ws});
+    // What torch's cell saves (saved_inputs.h), plus copies of h (GRU: h - n) and c (LSTM: c * f') where torch
+    // saves an intermediate made from them instead and the raw backward reads them.
+    const bool any_but_c = x.requires_grad() || h.requires_grad() || w_ih.requires_grad() ||
+                           w_hh.requires_grad() || (b_ih.defined() && (b_ih.requires_grad() || b_hh.requires_grad()));
+    const at::Tensor h_kept = w_hh.requires_grad() ? h : d.lstm ? at::Tensor() : h.clone();
+    const at::Tensor c_kept = !d.lstm || any_but_c ? c : c.clone();
+    ctx->save_for_backward({if_saved(w_ih.requires_grad(), x), h_kept, c_kept, if_saved(x.requires_grad(), w_ih),
+                            if_saved(h.requires_grad(), w_hh), ws});
+    keep_for_recompute(ctx, {x, h, c, w_ih, w_hh, b_ih, b_hh});
+    ctx->saved_data["shape"] = std::vector<int64_t>{d.N, d.I, d.H, d.G, d.lstm};
     if (d.lstm) return {ho, co};
     return {ho};
   }
@@ -169,20 +179,28 @@ class GatedCellFunction : public torch::autograd::Function<GatedCellFunction> {
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &h = saved[1], &c = saved[2], &w_ih = saved[3], &w_hh = saved[4],
-                     &b_ih = saved[5], &b_hh = saved[6], &ws = saved[7];
-    const bool lstm = c.defined();
+                     &ws = saved[5];
+    const auto dims = ctx->saved_data["shape"].toIntVector();
+    const CellShape d{dims[0], dims[1], dims[2], dims[3], dims[4] != 0};
+    const bool lstm = d.lstm;
     at::Tensor gh = grads[0], gc = lstm ? grads[1] : at::Tensor();
     torch::autograd::variable_list result(7);
     if (!gh.defined() && !gc.defined()) return result;
-    if (!gh.defined()) gh = at::zeros({x.size(0), h.size(1)}, x.options());
-    const std::vector<at::Tensor> inputs = {x, h, c, w_ih, w_hh, b_ih, b_hh};
+    if (!gh.defined()) gh = at::zeros({d.N, d.H}, ws.options());
+    const auto kept = ctx->saved_data["recompute_inputs"].toOptionalTensorList();
     // needs_input_grad counts graph inputs, which skip the absent optional arguments.
-    std::vector<bool> wanted(inputs.size(), false);
-    for (size_t i = 0, edge = 0; i < inputs.size(); ++i) {
-      if (inputs[i].defined()) wanted[i] = ctx->needs_input_grad(edge++);
+    std::vector<bool> wanted(kept.size(), false), present(kept.size(), false);
+    for (size_t i = 0, edge = 0; i < kept.size(); ++i) {
+      present[i] = static_cast<std::optional<at::Tensor>>(kept[i]).has_value();
+      if (present[i]) wanted[i] = ctx->needs_input_grad(edge++);
     }
-    if (at::GradMode::is_enabled()) {
-      // create_graph: differentiate torch's own cell, recomputed on the saved inputs.
+    if (at::GradMode::is_enabled() || !plain_grads(grads)) {
+      // create_graph, or batched gradients: differentiate torch's own cell, recomputed on the inputs.
+      const bool create_graph = at::GradMode::is_enabled();
+      at::AutoGradMode recording(true);
+      const std::vector<at::Tensor> inputs = recompute_inputs(ctx);
+      const at::Tensor &x = inputs[0], &h = inputs[1], &c = inputs[2], &w_ih = inputs[3], &w_hh = inputs[4],
+                       &b_ih = inputs[5], &b_hh = inputs[6];
       std::vector<at::Tensor> outputs, grad_outputs = {gh};
       const auto bias = [](const at::Tensor& b) {
         return b.defined() ? std::optional<at::Tensor>(b) : std::nullopt;
@@ -203,23 +221,21 @@ class GatedCellFunction : public torch::autograd::Function<GatedCellFunction> {
         }
       }
       if (wrt.empty()) return result;
-      auto got = torch::autograd::grad(outputs, wrt, grad_outputs, /*retain_graph=*/true, /*create_graph=*/true,
+      auto got = torch::autograd::grad(outputs, wrt, grad_outputs, /*retain_graph=*/true, create_graph,
                                        /*allow_unused=*/true);
       for (size_t k = 0; k < where.size(); ++k) result[where[k]] = got[k];
       return result;
     }
-    const CellShape d = shape_of(x, h, c);
-    const auto maybe = [&](size_t i, at::IntArrayRef shape) {
-      return wanted[i] ? at::empty(shape, x.options()) : at::Tensor();
-    };
+    const int64_t G = d.G;
+    const std::vector<std::vector<int64_t>> shapes = {{d.N, d.I}, {d.N, d.H}, {d.N, d.H}, {G, d.I}, {G, d.H}, {G}, {G}};
     for (size_t i = 0; i < 7; ++i) {
-      if (inputs[i].defined()) result[i] = maybe(i, inputs[i].sizes());
+      if (present[i] && wanted[i]) result[i] = at::empty(shapes[i], ws.options());
     }
     const at::Tensor ghc = gh.contiguous(), gcc = gc.defined() ? gc.contiguous() : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_gated_cell_backward", [&] {
+    AT_DISPATCH_FLOATING_TYPES(ws.scalar_type(), "fastrnn_gated_cell_backward", [&] {
       using T = scalar_t;
-      cell_backward_raw<T>(d, ghc.data_ptr<T>(), ptr_or_null<T>(gcc), x.data_ptr<T>(), h.data_ptr<T>(),
-                           ptr_or_null<T>(c), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), ws.data_ptr<T>(),
+      cell_backward_raw<T>(d, ghc.data_ptr<T>(), ptr_or_null<T>(gcc), ptr_or_null<T>(x), ptr_or_null<T>(h),
+                           ptr_or_null<T>(c), ptr_or_null<T>(w_ih), ptr_or_null<T>(w_hh), ws.data_ptr<T>(),
                            ptr_or_null<T>(result[0]), ptr_or_null<T>(result[1]), ptr_or_null<T>(result[2]),
                            ptr_or_null<T>(result[3]), ptr_or_null<T>(result[4]), ptr_or_null<T>(result[5]),
                            ptr_or_null<T>(result[6]));

@@ -1,6 +1,6 @@
 // One RNNCell step as one dispatcher call with its autograd in C++:
 //
-//   forward:  h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)                 saves x, h, W_ih, W_hh and h'
+//   forward:  h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh)                 saves h' and what torch saves
 //   backward: dz = dh' * act'(h');  dx = dz W_ih;  dh = dz W_hh;  dW_ih = dz^T x;  dW_hh = dz^T h;
 //             db_ih = db_hh = sum over rows of dz
 //
@@ -20,6 +20,7 @@
 #include "activations.h"
 #include "blas.h"
 #include "rnn_cpu.h"
+#include "saved_inputs.h"
 
 namespace fastrnn {
 
@@ -218,7 +219,11 @@ class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
                             const std::optional<at::Tensor>& b_hh, int64_t activation) {
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor out = cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, activation);
-    ctx->save_for_backward({input, hx, w_ih, w_hh, out});
+    // What torch's cell saves (saved_inputs.h): each operand of a product only if the other needs a gradient.
+    ctx->save_for_backward({if_saved(w_ih.requires_grad(), input), if_saved(w_hh.requires_grad(), hx),
+                            if_saved(input.requires_grad(), w_ih), if_saved(hx.requires_grad(), w_hh), out});
+    ctx->saved_data["raw"] = cpu_fast_path(input, hx, w_ih, w_hh, b_ih, b_hh);
+    ctx->saved_data["input_size"] = input.size(1);
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["has_b_ih"] = b_ih.has_value() && b_ih->defined();
     ctx->saved_data["has_b_hh"] = b_hh.has_value() && b_hh->defined();
@@ -238,25 +243,26 @@ class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
     const int64_t activation = ctx->saved_data["activation"].toInt();
     const bool want_b_ih = ctx->saved_data["has_b_ih"].toBool() && ctx->needs_input_grad(4);
     const bool want_b_hh = ctx->saved_data["has_b_hh"].toBool() && ctx->needs_input_grad(5);
-    if (!at::GradMode::is_enabled() && cpu_fast_path(input, hx, w_ih, w_hh, std::nullopt, std::nullopt) &&
-        grad.device().is_cpu() && grad.scalar_type() == input.scalar_type() && grad.sizes() == out.sizes()) {
+    if (!at::GradMode::is_enabled() && ctx->saved_data["raw"].toBool() && plain_grads(grads) &&
+        grad.device().is_cpu() && grad.scalar_type() == out.scalar_type() && grad.sizes() == out.sizes()) {
       // No double backward to record: one pass on raw pointers instead of six ATen ops.
-      const int64_t N = input.size(0), I = input.size(1), H = w_hh.size(0);
-      const auto g = grad.contiguous(), o = out.contiguous(), x = input.contiguous(), h = hx.contiguous(),
-                 wi = w_ih.contiguous(), wh = w_hh.contiguous();
+      const int64_t N = out.size(0), I = ctx->saved_data["input_size"].toInt(), H = out.size(1);
+      const auto dense = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
+      const auto g = grad.contiguous(), o = out.contiguous(), x = dense(input), h = dense(hx), wi = dense(w_ih),
+                 wh = dense(w_hh);
       const auto maybe = [&](bool want, at::IntArrayRef shape) {
-        return want ? at::empty(shape, input.options()) : at::Tensor();
+        return want ? at::empty(shape, out.options()) : at::Tensor();
       };
       result[0] = maybe(ctx->needs_input_grad(0), {N, I});
       result[1] = maybe(ctx->needs_input_grad(1), {N, H});
       result[2] = maybe(ctx->needs_input_grad(2), {H, I});
       result[3] = maybe(ctx->needs_input_grad(3), {H, H});
       at::Tensor db = maybe(want_b_ih || want_b_hh, {H});
-      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastrnn_rnn_cell_backward", [&] {
+      AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastrnn_rnn_cell_backward", [&] {
         const auto ptr = [](at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-        cell_backward_raw<scalar_t>(N, I, H, g.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(),
-                                    x.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), wi.data_ptr<scalar_t>(),
-                                    wh.data_ptr<scalar_t>(), activation, ptr(result[0]), ptr(result[1]),
+        const auto cptr = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+        cell_backward_raw<scalar_t>(N, I, H, g.data_ptr<scalar_t>(), o.data_ptr<scalar_t>(), cptr(x), cptr(h),
+                                    cptr(wi), cptr(wh), activation, ptr(result[0]), ptr(result[1]),
                                     ptr(result[2]), ptr(result[3]), ptr(db));
       });
       if (want_b_ih) result[4] = db;

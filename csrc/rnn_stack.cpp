@@ -18,6 +18,7 @@
 
 #include "blas.h"
 #include "rnn_cpu.h"
+#include "saved_inputs.h"
 #include "step_buffers.h"
 
 namespace fastrnn {
@@ -184,29 +185,31 @@ template <typename T>
 void stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn, const at::Tensor& hx,
                     const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& saved,
                     bool has_biases, int64_t num_layers, int64_t directions, int64_t activation,
-                    const std::vector<bool>& wanted, std::vector<at::Tensor>& grads) {
+                    int64_t input_size, const std::vector<bool>& wanted, std::vector<at::Tensor>& grads) {
   const int64_t per_direction = has_biases ? 4 : 2;
-  const at::Tensor& x0 = saved[0];
-  const int64_t steps = x0.size(0), batch = x0.size(1), H = weights[1].size(0), rows = steps * batch;
-  const auto options = x0.options();
+  const at::Tensor& y0 = saved[1];
+  const int64_t steps = y0.size(0), batch = y0.size(1), H = y0.size(2), rows = steps * batch;
+  const auto options = y0.options();
   // dY: the gradient of the current layer's output [T, B, D * H]; zeros where the caller sent none.
   at::Tensor dY = grad_output.defined() ? step_contiguous(grad_output)
                                         : at::zeros({steps, batch, directions * H}, options);
   const at::Tensor dhn = grad_hn.defined() ? grad_hn.contiguous() : at::Tensor();
-  const T* h0_all = hx.data_ptr<T>();
-  at::Tensor dhx = wanted[1] ? at::empty(hx.sizes(), options) : at::Tensor();
+  const T* h0_all = hx.defined() ? hx.data_ptr<T>() : nullptr;  // saved where a W_hh needs a gradient
+  at::Tensor dhx = wanted[1] ? at::empty({num_layers * directions, batch, H}, options) : at::Tensor();
   // Uninitialised buffers (a std::vector would zero a [T, B, H] dz first: ~50 ms at T=100, B=64, H=1024).
   at::Tensor dz_buffer = step_buffer({rows, H}, options);
   at::Tensor dy_buffer = directions > 1 ? step_buffer({rows, H}, options) : at::Tensor();
   T* dz = dz_buffer.data_ptr<T>();
   std::vector<T> dh(batch * H);
   for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
-    const at::Tensor& x_l = saved[layer * (1 + directions)];
-    const int64_t in = x_l.size(-1);
-    const bool want_dx = layer > 0 || wanted[0];
+    const at::Tensor& x_l = saved[layer * (1 + directions)];  // undefined: layer 0 with no W_ih needing a grad
+    const int64_t in = layer == 0 ? input_size : x_l.size(-1);
+    // W_ih was saved where the layer's input needs a gradient (at layer 0: where the input does).
+    const bool want_dx = weights[layer * directions * per_direction].defined() && (layer > 0 || wanted[0]);
     at::Tensor dx = want_dx ? step_buffer({steps, batch, in}, options) : at::Tensor();
     for (int64_t d = 0; d < directions; ++d) {
       const int64_t k = layer * directions + d;
+      if (!weights[k * per_direction + 1].defined()) continue;  // nothing in this direction needs a gradient
       const T* y = saved[layer * (1 + directions) + 1 + d].data_ptr<T>();
       const at::Tensor* w = weights.data() + k * per_direction;
       const T* dy = dY.data_ptr<T>();
@@ -302,11 +305,35 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
     std::vector<at::Tensor> keep;
     auto [output, h_n] =
         dispatch_stack(x, hx, weights, std::nullopt, has_biases, num_layers, directions, activation, batch, H, &keep);
-    std::vector<at::Tensor> to_save{x, hx};
-    to_save.insert(to_save.end(), weights.begin(), weights.end());
+    // What torch's stack saves (saved_inputs.h): W_ih where the layer's input needs a gradient, the input where
+    // a W_ih does, W_hh where anything in its chain (layer input, hx, that direction's weights) does, hx where
+    // a W_hh does; biases never. The layers' outputs (each step's activation output) always.
+    const int64_t per_direction = has_biases ? 4 : 2;
+    std::vector<at::Tensor> saved_weights(weights.size());
+    bool input_rg = x.requires_grad(), any_w_hh_rg = false, any_w_ih0_rg = false;
+    for (int64_t layer = 0; layer < num_layers; ++layer) {
+      bool output_rg = false;
+      for (int64_t d = 0; d < directions; ++d) {
+        const int64_t k = (layer * directions + d) * per_direction;
+        bool chain_rg = input_rg || hx.requires_grad();
+        for (int64_t i = 0; i < per_direction; ++i) chain_rg = chain_rg || weights[k + i].requires_grad();
+        saved_weights[k] = if_saved(input_rg, weights[k]);
+        saved_weights[k + 1] = if_saved(chain_rg, weights[k + 1]);
+        any_w_hh_rg = any_w_hh_rg || weights[k + 1].requires_grad();
+        if (layer == 0) any_w_ih0_rg = any_w_ih0_rg || weights[k].requires_grad();
+        output_rg = output_rg || chain_rg;
+      }
+      input_rg = output_rg;
+    }
+    keep[0] = if_saved(any_w_ih0_rg, keep[0]);
+    std::vector<at::Tensor> to_save{if_saved(any_w_hh_rg, hx)};
+    to_save.insert(to_save.end(), saved_weights.begin(), saved_weights.end());
     to_save.insert(to_save.end(), keep.begin(), keep.end());
     ctx->save_for_backward(to_save);
-    ctx->saved_data["shape"] = std::vector<int64_t>{has_biases, num_layers, directions, activation};
+    std::vector<at::Tensor> inputs{x, hx};
+    inputs.insert(inputs.end(), weights.begin(), weights.end());
+    keep_for_recompute(ctx, inputs);
+    ctx->saved_data["shape"] = std::vector<int64_t>{has_biases, num_layers, directions, activation, x.size(-1)};
     // The caller may edit the output in place before backward, as torch's: the saved top y stays apart.
     if (directions == 1) output = step_buffer(output.sizes(), output.options()).copy_(output);
     return {output, h_n};
@@ -317,14 +344,18 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
     const auto saved = ctx->get_saved_variables();  // once: non-reentrant checkpointing unpacks once
     const auto shape = ctx->saved_data["shape"].toIntVector();
     const bool has_biases = shape[0] != 0;
-    const int64_t num_layers = shape[1], directions = shape[2], activation = shape[3];
+    const int64_t num_layers = shape[1], directions = shape[2], activation = shape[3], input_size = shape[4];
     const int64_t count = num_layers * directions * (has_biases ? 4 : 2);
-    const at::Tensor &x = saved[0], &hx = saved[1];
-    const std::vector<at::Tensor> weights(saved.begin() + 2, saved.begin() + 2 + count);
     std::vector<bool> wanted(2 + count);
     for (int64_t i = 0; i < 2 + count; ++i) wanted[i] = ctx->needs_input_grad(i);
     torch::autograd::variable_list result(2 + count + 7);
-    if (at::GradMode::is_enabled()) {  // create_graph: differentiate a recorded recomputation
+    if (at::GradMode::is_enabled() || !plain_grads(grads)) {
+      // create_graph, or batched gradients: differentiate a recorded recomputation.
+      const bool create_graph = at::GradMode::is_enabled();
+      at::AutoGradMode recording(true);
+      const std::vector<at::Tensor> all = recompute_inputs(ctx);
+      const at::Tensor &x = all[0], &hx = all[1];
+      const std::vector<at::Tensor> weights(all.begin() + 2, all.end());
       std::vector<at::Tensor> inputs, outputs, grad_outputs;
       std::vector<int64_t> where;
       for (int64_t i = 0; i < 2 + count; ++i) {
@@ -341,17 +372,18 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
         }
       }
       if (outputs.empty() || inputs.empty()) return result;
-      auto found = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true,
-                                         /*create_graph=*/true, /*allow_unused=*/true);
+      auto found = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true, create_graph,
+                                         /*allow_unused=*/true);
       for (size_t j = 0; j < where.size(); ++j) result[where[j]] = found[j];
       return result;
     }
-    const std::vector<at::Tensor> layers(saved.begin() + 2 + count, saved.end());  // contiguous already
+    const at::Tensor& hx = saved[0];
+    const std::vector<at::Tensor> layers(saved.begin() + 1 + count, saved.end());  // contiguous already
     std::vector<at::Tensor> dense(count);
-    for (int64_t i = 0; i < count; ++i) dense[i] = weights[i].contiguous();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_rnn_stack_backward", [&] {
-      stack_backward<scalar_t>(grads[0], grads[1], hx.contiguous(), dense, layers, has_biases, num_layers,
-                               directions, activation, wanted, result);
+    for (int64_t i = 0; i < count; ++i) dense[i] = saved[1 + i].defined() ? saved[1 + i].contiguous() : saved[1 + i];
+    AT_DISPATCH_FLOATING_TYPES(layers[1].scalar_type(), "fastrnn_rnn_stack_backward", [&] {
+      stack_backward<scalar_t>(grads[0], grads[1], hx.defined() ? hx.contiguous() : hx, dense, layers, has_biases,
+                               num_layers, directions, activation, input_size, wanted, result);
     });
     return result;
   }

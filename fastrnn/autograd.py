@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastrnn.backends import select_backend
+from fastrnn.backends import needs_any_order, select_backend
 from fastrnn.ops import (
     check_same_device,
     recurrence,
@@ -26,7 +26,7 @@ from fastrnn.ops import (
     recurrent_weight_grad,
     save_recurrence_context,
 )
-from fastrnn.reference import ACTIVATIONS, activation_id
+from fastrnn.reference import ACTIVATIONS, activation_id, rnn_recurrence_ref
 
 __all__ = ["RNNRecurrenceFunction", "recurrent_weight_grad", "rnn_recurrence"]
 
@@ -105,6 +105,8 @@ def rnn_recurrence(
             raise TypeError(f"fastrnn.rnn_recurrence(): argument '{name}' must be Tensor, not {type(t).__name__}")
     check_same_device(xw, h0, w_hh)
     args = (xw, h0, w_hh, batch_sizes, reverse, activation_id(activation))
+    if needs_any_order(xw, h0, w_hh):
+        return rnn_recurrence_ref(xw, h0, w_hh, batch_sizes, reverse, activation)
     if torch._C._are_functorch_transforms_active():
         return _RecurrenceUnderTransforms.apply(*args)
     if _traced(xw):

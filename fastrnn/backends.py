@@ -12,6 +12,7 @@ import warnings
 from typing import Optional, Protocol
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 from fastrnn import reference
@@ -162,12 +163,47 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+def _base_tensor(t: Tensor) -> Tensor:
+    """The plain tensor under every torch.func wrapper (grad, vmap, jvp levels) of ``t``."""
+    from torch._C._functorch import get_unwrapped, is_functorch_wrapped_tensor
+
+    while is_functorch_wrapped_tensor(t):
+        t = get_unwrapped(t)
+    return t
+
+
+def needs_any_order(*tensors: Optional[Tensor]) -> bool:
+    """Whether a call must be differentiable beyond one reverse-mode pass at the torch.func level it runs at:
+    forward-mode AD (an open ``torch.autograd.forward_ad.dual_level``, or ``torch.func.jvp`` / ``jacfwd`` /
+    ``hessian``), or two reverse-mode levels (``torch.func.grad`` of ``grad``, ``vjp`` of ``vjp``, or one
+    ``grad`` level over tensors that eager autograd records as well). fastrnn's ops give exact first-order
+    reverse gradients under transforms and no forward-mode rule; such calls run the pure-PyTorch reference,
+    which every transform differentiates to any order (slower, never a wrong number)."""
+    if forward_ad._current_level >= 0:
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    reverse = 0
+    for interpreter in retrieve_all_functorch_interpreters():
+        kind = interpreter.key()
+        if kind == TransformType.Jvp:
+            return True
+        reverse += kind == TransformType.Grad
+    if reverse == 1 and torch.is_grad_enabled():
+        reverse += any(t is not None and _base_tensor(t).requires_grad for t in tensors)
+    return reverse >= 2
+
+
 def _eager_cpp_call(input: Tensor) -> bool:
     forced = forced_backend()
     if forced and forced != "cpp":
         return False
     if (
         type(input) is not Tensor
+        or forward_ad._current_level >= 0  # dual tensors: the C++ nodes have no forward-mode rule
         or torch.compiler.is_compiling()
         or torch._C._get_tracing_state() is not None
         or torch._C._are_functorch_transforms_active()

@@ -19,7 +19,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import gated_functional
-from fastrnn.backends import _eager_cpp_call, forced_backend
+from fastrnn.backends import _eager_cpp_call, forced_backend, needs_any_order
 from fastrnn.conversion import TorchConversion
 from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy, weights_in_use
 
@@ -328,7 +328,7 @@ class LSTM(_GatedBase):
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The eager computation: fastrnn's op where it takes the call, else torch's."""
         weights = self._weights()
-        fast = _fast_path_takes(input, list(hx), weights, batch_sizes)
+        fast = len(hx) == 2 and _fast_path_takes(input, list(hx), weights, batch_sizes)  # else torch's error
         if fast and batch_sizes is not None:
             # A packed call that would fail torch's Python checks goes to _VF.lstm, which raises torch's error.
             try:
@@ -391,6 +391,12 @@ class _GatedCellBase(TorchConversion, nn.RNNCellBase):
             return None
         return run(gates, input, h, c, self._parameters)
 
+    def _needs_any_order(self, input: Tensor, *states: Tensor) -> bool:
+        """Higher-order or forward-mode derivatives under a transform (:func:`fastrnn.backends.needs_any_order`):
+        the step runs the layer path, whose reference every transform composes with (torch's cell kernel fails
+        under vmap of grad of grad)."""
+        return needs_any_order(input, *states, self.weight_ih, self.weight_hh)
+
     def _config(self) -> tuple[tuple, dict]:
         args = (self.input_size, self.hidden_size, self.bias)
         return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
@@ -432,7 +438,7 @@ class GRUCell(_GatedCellBase):
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: Tensor) -> Tensor:
-        if forced_backend():
+        if forced_backend() or self._needs_any_order(input, hx):
             if self._cell_fast_path_takes(input, [hx]):
                 return gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         else:
@@ -480,7 +486,7 @@ class LSTMCell(_GatedCellBase):
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        if forced_backend():
+        if forced_backend() or (isinstance(hx, tuple) and self._needs_any_order(input, *hx)):
             if self._cell_fast_path_takes(input, list(hx)):
                 h, c = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
                 return h, c

@@ -22,12 +22,13 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 
 from fastrnn import gated_reference as ref
 from fastrnn._cpp import load_cpp_ops
-from fastrnn.backends import BACKEND_ENV
+from fastrnn.backends import BACKEND_ENV, needs_any_order
 from fastrnn.reference import prev_state_index
 
 DOUBLE_BACKWARD_ERROR = (
@@ -444,10 +445,35 @@ def layer_input_grads(need: tuple, x: Tensor, w_ih: Tensor, bias: Optional[Tenso
     """``(dx, dW_ih, db)`` of ``xw = x W_ih^T + bias`` from ``dxw`` (``[..., G]``); ``need`` says which of
     ``(x, w_ih, bias)`` want a gradient (None where not)."""
     flat = dxw.reshape(-1, dxw.size(-1))
-    dx = _mm(flat, w_ih).view(x.shape) if need[0] else None
+    dx = _mm(flat, w_ih).view(*dxw.shape[:-1], w_ih.size(1)) if need[0] else None
     dw_ih = flat.t().mm(x.reshape(-1, x.size(-1))) if need[1] else None
     db = flat.sum(0) if bias is not None and need[2] else None
     return dx, dw_ih, db
+
+
+def _needed(flag: bool, t: Optional[Tensor]) -> Optional[Tensor]:
+    return t if flag else None
+
+
+def _keep_for_recompute(ctx, inputs: tuple) -> None:
+    """The layer nodes save for backward only what torch's backward reads (``x W^T`` keeps ``W`` only where
+    ``x`` needs a gradient, ``x`` only where ``W`` does; biases never), so a user may edit the others in place
+    between forward and backward as with torch's modules. A create_graph backward recomputes the layer from
+    all inputs: they are kept here with their versions, and :func:`_recompute_inputs` raises torch's in-place
+    error if one changed, rather than differentiating the edited values."""
+    ctx.recompute = inputs
+    ctx.versions = tuple(None if t is None else t._version for t in inputs)
+
+
+def _recompute_inputs(ctx) -> tuple:
+    for t, version in zip(ctx.recompute, ctx.versions):
+        if t is not None and t._version != version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                f"[{t.type()} {list(t.shape)}] is at version {t._version}; expected version {version} instead. "
+                "(fastrnn: a create_graph backward recomputes the layer from its inputs)"
+            )
+    return ctx.recompute
 
 
 def _differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) -> list:
@@ -468,18 +494,22 @@ class LSTMLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
         output = torch.ops.fastrnn.lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-        ctx.save_for_backward(x, w_ih, bias, h0, c0, w_hh, w_hr, output[0], output[3])
+        ctx.save_for_backward(_needed(w_ih.requires_grad, x), _needed(x.requires_grad, w_ih),
+                              _needed(w_hh.requires_grad, h0), c0, w_hh, w_hr, output[0], output[3])
+        _keep_for_recompute(ctx, (x, w_ih, bias, h0, c0, w_hh, w_hr))
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1], output[2]
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n):
-        x, w_ih, bias, h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
+        x, w_ih, h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
         if torch.is_grad_enabled():
-            inputs = (x, w_ih, bias, h0, c0, w_hh, w_hr)
+            inputs = _recompute_inputs(ctx)
+            x, w_ih, bias, h0, c0, w_hh, w_hr = inputs
             outputs = ref.lstm_recurrence_ref(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, ctx.batch_sizes,
                                               ctx.reverse)[:3]
             return tuple(_differentiate_reference(ctx, inputs, outputs, (dy, dh_n, dc_n)))
+        bias = ctx.recompute[2]  # only whether there is one: its gradient is a sum of da
         need = ctx.needs_input_grad
         da, dh0, dc0, dw, dw_hr = _lstm_recurrence_grads(dy, dh_n, dc_n, (h0, c0, w_hh, w_hr, y, ws), need[3:7],
                                                          ctx.batch_sizes, ctx.reverse, lstm_bwd)
@@ -492,17 +522,23 @@ class GRULayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
         output = torch.ops.fastrnn.gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
-        ctx.save_for_backward(x, w_ih, bias, h0, w_hh, b_hn, output[0], output[2])
+        # torch keeps h0 - n (an intermediate) where w_hh needs no gradient; the backward reads h0 itself.
+        h0_kept = h0 if w_hh.requires_grad else h0.clone()
+        ctx.save_for_backward(_needed(w_ih.requires_grad, x), _needed(x.requires_grad, w_ih), h0_kept, w_hh,
+                              output[0], output[2])
+        _keep_for_recompute(ctx, (x, w_ih, bias, h0, w_hh, b_hn))
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1]
 
     @staticmethod
     def backward(ctx, dy, dh_n):
-        x, w_ih, bias, h0, w_hh, b_hn, y, ws = ctx.saved_tensors
+        x, w_ih, h0, w_hh, y, ws = ctx.saved_tensors
         if torch.is_grad_enabled():
-            inputs = (x, w_ih, bias, h0, w_hh, b_hn)
+            inputs = _recompute_inputs(ctx)
+            x, w_ih, bias, h0, w_hh, b_hn = inputs
             outputs = ref.gru_recurrence_ref(F.linear(x, w_ih, bias), h0, w_hh, b_hn, ctx.batch_sizes, ctx.reverse)[:2]
             return (*_differentiate_reference(ctx, inputs, outputs, (dy, dh_n)),)
+        bias, b_hn = ctx.recompute[2], ctx.recompute[5]  # only whether there are any: their gradients are sums
         need = ctx.needs_input_grad
         dxw, dh0, dw, db_hn = _gru_recurrence_grads(dy, dh_n, (h0, w_hh, y, ws), need[3:6], b_hn is not None,
                                                     ctx.batch_sizes, ctx.reverse, gru_bwd)
@@ -526,7 +562,7 @@ def _one_call(x: Tensor, *tensors: Optional[Tensor]) -> Optional[str]:
     """How a layer call runs as one call, decided once: ``"infer"`` (one C++ inference op: nothing will
     differentiate it), ``"train"`` (one layer node: no autocast, tracer or dispatch mode looks either), or
     None (the per-op path, which compile, export and torch.func see). Both need the C++ backend."""
-    if torch._C._are_functorch_transforms_active() or _traced(x):
+    if torch._C._are_functorch_transforms_active() or _traced(x) or forward_ad._current_level >= 0:
         return None
     if not _differentiated(x, *tensors):
         return "infer" if _use_cpp(x) else None
@@ -593,6 +629,8 @@ def gru_recurrence(
     Returns:
         ``y`` (``[T, B, H]`` or ``[N, H]``) and ``h_n`` ``[B, H]``.
     """
+    if needs_any_order(xw, h0, w_hh, b_hn):
+        return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)[:2]
     if torch._C._are_functorch_transforms_active():
         y, h_n, _ = _GRUUnderTransforms.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
         return y, h_n
@@ -623,6 +661,8 @@ def lstm_recurrence(
     Returns:
         ``y`` (``[T, B, P]`` or ``[N, P]``), ``h_n`` ``[B, P]`` and ``c_n`` ``[B, H]``.
     """
+    if needs_any_order(xw, h0, c0, w_hh, w_hr):
+        return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
     if torch._C._are_functorch_transforms_active():
         y, h_n, c_n, _ = _LSTMUnderTransforms.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         return y, h_n, c_n

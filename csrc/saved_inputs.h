@@ -1,0 +1,58 @@
+// What the C++ autograd nodes keep for backward, shared by rnn_stack.cpp, rnn_cell.cpp and gated_cell.cpp.
+//
+// torch saves a tensor for backward only where its own first-order backward reads it (x W^T keeps W only if x
+// needs a gradient, x only if W does; biases never), so a user may edit the others in place between forward
+// and backward. The nodes save the same set. A create_graph backward here recomputes the forward from all
+// inputs (any order of gradient then follows), so the node also keeps every input with its version, and such
+// a backward raises torch's in-place error if one was edited, instead of differentiating the edited values.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include <vector>
+
+namespace fastrnn {
+
+// Keeps `inputs` (undefined ones allowed) and their versions for recompute_inputs.
+inline void keep_for_recompute(torch::autograd::AutogradContext* ctx, const std::vector<at::Tensor>& inputs) {
+  std::vector<int64_t> versions;
+  for (const at::Tensor& t : inputs) versions.push_back(t.defined() ? t._version() : 0);
+  c10::List<std::optional<at::Tensor>> kept;
+  for (const at::Tensor& t : inputs) kept.push_back(t.defined() ? std::optional<at::Tensor>(t) : std::nullopt);
+  ctx->saved_data["recompute_inputs"] = kept;
+  ctx->saved_data["recompute_versions"] = versions;
+}
+
+// The inputs keep_for_recompute kept, after checking that none was edited in place since.
+inline std::vector<at::Tensor> recompute_inputs(torch::autograd::AutogradContext* ctx) {
+  const auto kept = ctx->saved_data["recompute_inputs"].toOptionalTensorList();
+  const auto versions = ctx->saved_data["recompute_versions"].toIntVector();
+  std::vector<at::Tensor> inputs;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    const std::optional<at::Tensor> t = kept[i];
+    if (!t.has_value()) {
+      inputs.emplace_back();
+      continue;
+    }
+    TORCH_CHECK(t->_version() == versions[i],
+                "one of the variables needed for gradient computation has been modified by an inplace operation: [",
+                t->toString(), " ", t->sizes(), "] is at version ", t->_version(), "; expected version ", versions[i],
+                " instead. (fastrnn: a create_graph backward recomputes the forward from its inputs)");
+    inputs.push_back(*t);
+  }
+  return inputs;
+}
+
+// Whether every defined gradient has storage: a batched gradient (is_grads_batched, vmap) has none, and
+// takes the nodes' ATen-op branch instead of their raw-pointer one.
+inline bool plain_grads(const torch::autograd::variable_list& grads) {
+  for (const at::Tensor& g : grads)
+    if (g.defined() && !g.has_storage()) return false;
+  return true;
+}
+
+// `t` if `saved`, else undefined: what save_for_backward gets for a tensor torch's backward would not read.
+inline at::Tensor if_saved(bool saved, const at::Tensor& t) { return saved ? t : at::Tensor(); }
+
+}  // namespace fastrnn
