@@ -62,7 +62,8 @@ def _family(cases: list[Case]) -> list[Case]:
     for cell in ("gru", "lstm"):
         out += [replace(c, cell=cell) for c in cases if c.nonlinearity == "tanh"]
     projected = [Case(T=1000, B=4, H=64, cell="lstm", proj_size=32),
-                 Case(T=100, B=32, H=128, cell="lstm", proj_size=64)]
+                 Case(T=100, B=32, H=128, cell="lstm", proj_size=64),
+                 Case(T=200, B=8, H=64, cell="gru", dtype="bfloat16")]
     return out + projected
 
 
@@ -74,6 +75,7 @@ PRESETS: dict[str, list[Case]] = {
         Case(T=200, B=16, H=64, packed=True),
         Case(T=200, B=16, H=64, nonlinearity="relu"),
         Case(T=5, B=1, H=8),  # a tiny call: per-call overhead, not arithmetic
+        Case(T=200, B=8, H=64, dtype="bfloat16"),  # 16-bit on the CPU: torch's own implementation runs it
     ],
     # H crosses the CPU op's small-loop / BLAS switch (rows * H^2 = 64^3) and, on GPU, the Triton tiers.
     "full": CPU_TARGETS
