@@ -3,7 +3,8 @@
 //
 // float sigmoid: 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0, with e = exp(-|x|), so it is accurate in
 // relative terms on both sides (0.5 + 0.5 tanh(x / 2) loses all relative accuracy below x = -17 and returns
-// exactly 0 below -18). Bounded in [0, 1]; NaN in gives NaN out.
+// exactly 0 below -18). Bounded in [0, 1]; NaN in gives NaN out. Exactly 0 below -88.7228 (where torch's
+// 1 / (1 + exp(-x)) is 0 because exp overflows), so that 0 * inf makes NaN where it does in torch's cells.
 #pragma once
 
 #include "activations.h"
@@ -14,7 +15,8 @@ FASTRNN_INLINE float sigmoid_float(float x) {
   // std::min keeps a NaN; below -86 the true value is under 4e-38 and this returns about that.
   const float e = exp_bounded(-std::min(std::fabs(x), 86.0f));
   const float pos = 1.0f / (1.0f + e);
-  return x < 0.0f ? e * pos : pos;
+  const float y = x < 0.0f ? e * pos : pos;
+  return x < -88.72283935546875f ? 0.0f : y;
 }
 
 FASTRNN_INLINE float sigmoid_scalar(float x) { return sigmoid_float(x); }

@@ -136,3 +136,63 @@ def test_saturated_units_give_gradients_with_torchs_error():
         err = (got[key].double() - want).abs().max().item()
         err_torch = (base[key].double() - want).abs().max().item()
         assert err <= 2 * err_torch + 1e-6 * max(1.0, want.abs().max().item()), key
+
+
+def _family_nan_pattern(module, name: str, x, h, c):
+    """The RNN's _nan_pattern for any of the six modules (LSTM state (h, c); cells return h' or (h', c'))."""
+    x, h, c = (t.clone().requires_grad_() for t in (x, h, c))
+    out = module(x, (h, c) if "LSTM" in name else h)
+    if name.endswith("Cell"):
+        outs = dict(zip(("h1", "c1"), out)) if "LSTM" in name else {"h1": out}
+    else:
+        outs = {"output": out[0], **(dict(zip(("h_n", "c_n"), out[1])) if "LSTM" in name else {"h_n": out[1]})}
+    sum(o.sum() for o in outs.values()).backward()
+    tensors = {**outs, "grad_input": x.grad, "grad_hx": h.grad}
+    if "LSTM" in name:
+        tensors["grad_cx"] = c.grad
+    tensors.update({f"grad_{n}": p.grad for n, p in module.named_parameters()})
+    return {k: v.detach() for k, v in tensors.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["input_nan", "hx_nan", "weight_hh_nan", "inf_minus_inf", "hx_inf", "hx_minus_inf",
+                                   "weight_hh_inf", "input_inf"])
+@pytest.mark.parametrize("name", ["GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"])
+def test_nonfinite_values_propagate_like_torch_in_every_module(name, where, dtype):
+    """Exact NaN positions in outputs and every gradient against torch's module (a GRU with inf in h0 gave no
+    NaN where torch's gives 27: its float sigmoid returned 4e-38 where torch's is exactly 0, and 0 * inf)."""
+    gen = torch.Generator().manual_seed(3)
+    sequence = not name.endswith("Cell")
+    kwargs = {"num_layers": 2, "bidirectional": True} if sequence else {}
+    ref = getattr(torch.nn, name)(3, 6, dtype=dtype, **kwargs)
+    x = torch.randn(*((5, 2, 3) if sequence else (2, 3)), generator=gen, dtype=dtype)
+    h = torch.randn(*((4, 2, 6) if sequence else (2, 6)), generator=gen, dtype=dtype)
+    c = torch.randn(h.shape, generator=gen, dtype=dtype)
+    w_hh = ref.weight_hh_l0 if sequence else ref.weight_hh
+    flat_x, flat_h = x.view(-1), h.view(-1)
+    with torch.no_grad():
+        if where == "input_nan":
+            flat_x[4] = NAN
+        elif where == "input_inf":
+            flat_x[4] = INF
+        elif where == "hx_nan":
+            flat_h[7] = NAN
+        elif where == "hx_inf":
+            flat_h[0] = INF
+        elif where == "hx_minus_inf":
+            flat_h[9] = -INF
+        elif where == "weight_hh_nan":
+            w_hh[2, 3] = NAN
+        elif where == "weight_hh_inf":
+            w_hh[1, 2] = INF
+        else:
+            flat_x[0], flat_x[1] = INF, -INF
+            w_ih = ref.weight_ih_l0 if sequence else ref.weight_ih
+            w_ih[:, 1] = w_ih[:, 0]
+    ours = getattr(fastrnn, name).from_torch(ref)
+    want, got = _family_nan_pattern(ref, name, x, h, c), _family_nan_pattern(ours, name, x, h, c)
+    assert any(v.isnan().any() for v in want.values())
+    for key, expected in want.items():
+        assert torch.equal(got[key].isnan(), expected.isnan()), f"{key}: NaN positions differ from torch"
+        finite = expected.isfinite()
+        torch.testing.assert_close(got[key][finite], expected[finite], msg=key)
