@@ -3,8 +3,10 @@
 # place, runs the GPU tests and the Triton kernel tests on CUDA tensors (both tiers, every multi-tier launch
 # mode, the never-hanging persistent launch, the algorithm finder), the grid-barrier microbenchmark, then
 # times fastrnn against torch.nn.RNN (cuDNN, TF32 off) on the GPU grid: fastrnn[triton] is the Triton
-# kernels forced, fastrnn[auto] what a user gets (the finder's pick, in the "ran" column). Everything lands
-# in $OUT/<gpu>-<date>/ (or benchmarks/results/ without $OUT); the table is printed last.
+# kernels forced, fastrnn[auto] the algorithm finder (FASTRNN_CUDA_ALGO=finder: its pick, checked against
+# cuDNN, in the "ran" column; on an architecture not yet in fastrnn.algo.PROVEN_ARCHS a user's default is
+# cuDNN itself). Everything lands in $OUT/<gpu>-<date>/ (or benchmarks/results/ without $OUT); the table is
+# printed, then, if every test passed, the PROVEN_ARCHS entry this run earns (added by hand, with the log).
 # Each step has its own time limit so that the whole call stays under 10 minutes:
 # build ~1 min, GPU tests <= 160 s, Triton tests on CUDA <= 110 s, barrier <= 20 s, benchmark <= 160 s.
 #   bash benchmarks/gpu_check.sh
@@ -35,7 +37,11 @@ echo "== performance model (kernels/plan.py) the benchmark should be read agains
 $PY -m fastrnn.kernels.plan
 
 echo "== benchmark (T=1000, B in 1..256, H in 128..2048 fp32, bf16 at B=64, packed; written after every case)"
-timeout 160 $PY -m benchmarks.run --preset gpu --skip "fastrnn[reference],nn.RNNCell loop,fastrnn[cpp],torch.nn.RNN (no cuDNN)" \
+FASTRNN_CUDA_ALGO=finder timeout 160 $PY -m benchmarks.run --preset gpu --skip "fastrnn[reference],nn.RNNCell loop,fastrnn[cpp],torch.nn.RNN (no cuDNN)" \
   --out "$dir/bench" | grep -v "^|---" | sed 's/,L=1,uni,tanh//'
 echo "tests exit code: $tests_rc; results in $dir"
+if [ "$tests_rc" -eq 0 ]; then
+  arch=$($PY -c "import torch; print('(%d, %d)' % torch.cuda.get_device_capability())")
+  echo "gpu_check passed: add to fastrnn.algo.PROVEN_ARCHS  $arch: (\"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\", \"$(date +%F)\"),"
+fi
 exit $tests_rc

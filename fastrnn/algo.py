@@ -18,8 +18,8 @@ choice for that class, with one warning naming the class and what was found; oth
 in training the two draw different masks, so the check runs both once more without dropout.
 
 ``FASTRNN_CUDA_ALGO=triton`` runs fastrnn's backends (as ``FASTRNN_BACKEND`` picks them) anywhere, unchecked;
-``cudnn`` runs torch's. ``auto`` with ``FASTRNN_BACKEND`` set keeps fastrnn's path: a forced backend is never
-second-guessed. Nothing is timed while a CUDA graph is being captured or while torch.compile / export
+``cudnn`` runs torch's. ``auto`` or ``finder`` with ``FASTRNN_BACKEND`` set keeps fastrnn's path: a forced
+backend is never second-guessed. Nothing is timed while a CUDA graph is being captured or while torch.compile / export
 traces: there the cached choice is used as a constant (fastrnn's path when none is cached under ``finder``).
 """
 
@@ -371,11 +371,10 @@ def cuda_call(fastrnn_impl: Callable, input: Tensor, hx: Tensor, weights, timer:
     if not tracing and getattr(_inside, "active", False):
         return None
     algo = forced_algo()
-    if algo == "auto":
-        if forced_backend():
-            algo = "triton"
-        else:
-            algo = _traced_auto(str(input.device)) if tracing else _auto(str(input.device))
+    if algo in ("auto", "finder") and forced_backend():
+        algo = "triton"
+    elif algo == "auto":
+        algo = _traced_auto(str(input.device)) if tracing else _auto(str(input.device))
     if algo == "finder":
         key = shape_class(input, hx, weights, **kwargs)
         if tracing:

@@ -97,6 +97,16 @@ def test_explicit_opt_in_runs_the_kernels_on_any_architecture(monkeypatch, expli
     assert got is None and said == [] and bool(timer.calls) == timed
 
 
+@pytest.mark.parametrize("value", ["auto", "finder"])
+def test_a_forced_backend_keeps_fastrnn_s_path(monkeypatch, value):
+    monkeypatch.setenv(algo.ALGO_ENV, value)
+    monkeypatch.setenv("FASTRNN_BACKEND", "reference")
+    _, x, hx, weights = _call()
+    timer = FakeTimer(**FAST_TRITON)
+    got, said = _recorded(lambda: algo.cuda_call(functional.rnn, x, hx, weights, timer=timer, **KW))
+    assert got is None and said == [] and timer.calls == []
+
+
 def test_auto_is_a_cudnn_constant_under_torch_compile_on_an_unproven_architecture():
     rnn, x, hx, weights = _call()
 

@@ -215,30 +215,75 @@ def test_packed_call_captures_in_a_cuda_graph(use_backend):
     torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.parametrize("algo", ["cudnn", "auto"])
+@pytest.mark.parametrize("algo", ["cudnn", "auto", "finder"])
 def test_algorithm_finder_on_cuda(monkeypatch, algo):
     from fastrnn import algo as finder
 
     monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
     monkeypatch.setenv(finder.ALGO_ENV, algo)
+    for state in ("_choices", "_rejections"):
+        monkeypatch.setattr(finder, state, {})
+    monkeypatch.setattr(finder, "_warned", set())
     torch.manual_seed(0)
     torch_rnn = torch.nn.RNN(24, 256, num_layers=2, device="cuda")
     ours = fastrnn.RNN.from_torch(torch_rnn)
     x = torch.randn(100, 8, 24, device="cuda", requires_grad=True)
     expected = outputs_and_grads(torch_rnn, x)
-    got = outputs_and_grads(ours, x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = outputs_and_grads(ours, x)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-4, msg=key)
-    assert finder.last_choice(x) in ("triton", "cudnn")
-    if algo == "auto":
+    proven = finder.device_arch(x.device) in finder.PROVEN_ARCHS
+    if algo == "finder" or (algo == "auto" and proven):
         assert finder.choices(), "the finder decided nothing"
+        assert not finder.rejections(), finder.rejections()  # the kernels passed the finder's check
+    else:
+        assert finder.last_choice(x) == "cudnn"
+    said = [str(w.message) for w in caught if "not proven on this GPU" in str(w.message)]
+    assert len(said) == (1 if algo == "auto" and not proven else 0), said
+
+
+# (H, B, T, dtype, TF32) classes the finder must accept: correct kernels within its tolerance of cuDNN.
+FINDER_CLASSES = [(64, 1, 1000, torch.float32, False), (128, 16, 200, torch.float32, True),
+                  (512, 64, 100, torch.float32, False), (1024, 8, 100, torch.float32, True),
+                  (128, 64, 200, torch.bfloat16, False), (512, 16, 100, torch.float16, False)]
+
+
+@pytest.mark.parametrize("hidden,batch,steps,dtype,tf32", FINDER_CLASSES,
+                         ids=[f"H{h}-B{b}-T{t}-{str(d)[6:]}-tf32{int(f)}" for h, b, t, d, f in FINDER_CLASSES])
+def test_the_finder_accepts_the_kernels_and_says_how_close_they_are(monkeypatch, hidden, batch, steps, dtype, tf32):
+    """The finder's check on real kernels: no rejection (a rejection would hide a kernel bug or a tolerance
+    too tight behind cuDNN), and the error it measured, printed as a fraction of the tolerance."""
+    from fastrnn import algo as finder
+
+    monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
+    monkeypatch.setenv(finder.ALGO_ENV, "finder")
+    monkeypatch.setattr(finder, "_choices", {})
+    monkeypatch.setattr(finder, "_rejections", {})
+    measured = {}
+    real = finder.mismatch
+
+    def spy(got, want, tol):
+        measured.update({k: real({k: got.get(k)}, {k: v}, 0.0) for k, v in want.items()})
+        return real(got, want, tol)
+
+    monkeypatch.setattr(finder, "mismatch", spy)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
+        rnn = fastrnn.RNN(32, hidden, num_layers=2, device="cuda", dtype=dtype)
+        x = torch.randn(steps, batch, 32, device="cuda", dtype=dtype, requires_grad=True)
+        out, h_n = rnn(x)
+        (out.float().sum() + h_n.float().sum()).backward()
+    print(f"tolerance {finder.tolerance(dtype, steps, 2):.3g}:", "; ".join(str(v) for v in measured.values() if v))
+    assert not finder.rejections(), finder.rejections()
+    assert finder.choices() and measured
 
 
 def test_compiled_module_uses_the_cached_choice(monkeypatch):
     from fastrnn import algo as finder
 
     monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
-    monkeypatch.delenv(finder.ALGO_ENV, raising=False)
+    monkeypatch.setenv(finder.ALGO_ENV, "finder")
     rnn = fastrnn.RNN(24, 256, device="cuda")
     x = torch.randn(50, 4, 24, device="cuda")
     with torch.no_grad():
