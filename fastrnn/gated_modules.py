@@ -386,8 +386,10 @@ class _GatedCellBase(TorchConversion, nn.RNNCellBase):
     def _step_if_plain(self, gates: int, input: Tensor, h: Tensor, c: Optional[Tensor]):
         """The step in one C++ call with one autograd node (csrc/gated_cell.cpp: ``gated_cell_if_plain``) when
         it is a plain eager CPU float32/float64 call; else None."""
+        if not _eager_cpp_call(input):  # first: under dynamo the cached getter below would be traced
+            return None
         run = _gated_cell_if_plain()
-        if run is None or not _eager_cpp_call(input):
+        if run is None:
             return None
         return run(gates, input, h, c, self._parameters)
 

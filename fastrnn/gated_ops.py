@@ -165,7 +165,7 @@ def state_weight_grad(dg: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[T
     """
     gates, width = dg.size(-1), y.size(-1)
     if batch_sizes is None:
-        first = y.size(0) - 1 if reverse else 0
+        first = -1 if reverse else 0  # not size(0) - 1: a traced backward would specialize on T
         dw = dg[first].t().mm(h0)
         if y.size(0) > 1:
             later, prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])

@@ -76,7 +76,7 @@ def recurrent_weight_grad(
     """
     hidden = y.size(-1)
     if batch_sizes is None:
-        first = y.size(0) - 1 if reverse else 0
+        first = -1 if reverse else 0  # not size(0) - 1: a traced backward would specialize on T
         dw = dz[first].t().mm(h0)
         if y.size(0) > 1:
             later, prev = (dz[:-1], y[1:]) if reverse else (dz[1:], y[:-1])

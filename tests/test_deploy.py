@@ -260,6 +260,46 @@ def test_compile_makes_a_static_then_a_dynamic_graph_only(config, varying):
     assert counts[-1] <= 2 and counts[1] == counts[-1], counts
 
 
+TRAINING_COMPILE_CASES = [
+    pytest.param(name, bi, varying, id=f"{name}-{'bi' if bi else 'uni'}-{varying}")
+    for name in ("RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell")
+    for bi in ((False,) if name.endswith("Cell") else (False, True))
+    for varying in (("batch",) if name.endswith("Cell") else ("length", "batch"))
+]
+
+
+@pytest.mark.parametrize("name,bidirectional,varying", TRAINING_COMPILE_CASES)
+def test_compiled_training_makes_a_static_then_a_dynamic_graph_only(name, bidirectional, varying):
+    """Forward and backward through aot_autograd under fullgraph (a reversed direction's dW_hh indexed its last
+    step as dz[T - 1], which specialized every backward on T: one graph per length until the recompile limit)."""
+    from torch._dynamo.utils import counters
+
+    cell = name.endswith("Cell")
+    torch.manual_seed(0)
+    module = getattr(fastrnn, name)(4, 6, **({} if cell else dict(num_layers=2, bidirectional=bidirectional,
+                                                                    batch_first=True)))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+
+    def run(fn, x):
+        x = x.clone().requires_grad_()
+        out = fn(x)
+        first = out[0] if isinstance(out, tuple) else out
+        first.sum().backward()
+        return first.detach(), x.grad
+
+    graphs = []
+    for n in range(2, 11):
+        shape = (n, 4) if cell else (3, n, 4) if varying == "length" else (n, 5, 4)
+        x = torch.randn(*shape)
+        got = run(compiled, x)
+        graphs.append(counters["stats"]["unique_graphs"])
+    want = run(module, x)
+    assert graphs[-1] <= 2 and graphs[1] == graphs[-1], graphs
+    torch.testing.assert_close(got, want)
+
+
 def test_compile_packed_input_does_not_recompile_per_length():
     from torch._dynamo.testing import CompileCounter
 
