@@ -29,6 +29,7 @@ from torch import Tensor
 from fastrnn import gated_reference as ref
 from fastrnn._cpp import load_cpp_ops
 from fastrnn.backends import BACKEND_ENV, needs_any_order
+from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import prev_state_index
 
 DOUBLE_BACKWARD_ERROR = (
@@ -672,3 +673,6 @@ def lstm_recurrence(
     if not _differentiated(xw, h0, c0, w_hh, w_hr):
         return lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
     return LSTMRecurrenceFunction.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
+register_flop_formulas()
