@@ -48,6 +48,9 @@ from fastrnn.kernels.rnn_single import (
 )
 from torch import Tensor
 
+# The kernels keep in-tile offsets (a tile index below aot_check.TILE_INDEX_LIMIT = 128, times H) in int32 and
+# every other offset in int64; H below this keeps the former under 2^31. W_hh alone would be 2^48 elements.
+MAX_HIDDEN = 2**31 // 128
 MODE_ENV = "FASTRNN_MULTI_MODE"
 TIMEOUT_ENV = "FASTRNN_SPIN_TIMEOUT_MS"
 INTERPRETER_SPIN_LIMIT = 200
@@ -153,6 +156,8 @@ def plan(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -> M
 
 def _geometry(xw: Tensor, batch_sizes: Optional[Tensor]) -> tuple[int, int, int]:
     hidden = xw.size(-1)
+    if hidden >= MAX_HIDDEN:
+        raise ValueError(f"fastrnn's Triton kernels take hidden sizes below {MAX_HIDDEN}, got {hidden}")
     if batch_sizes is None:
         return xw.size(0), xw.size(1), hidden
     return batch_sizes.numel(), int(batch_sizes[0]) if batch_sizes.numel() else 0, hidden

@@ -32,7 +32,9 @@ boundaries are the barrier), plus, for the backward, a last launch with n_steps 
 That mode, and persistent grids of one column program, are what TRITON_INTERPRET=1 runs.
 
 Limits: power-of-two BLOCK_*; W_ON_CHIP needs BLOCK_N * next_pow2(H) elements of registers per program;
-tl.dot needs BLOCK_K >= 16 (M, N may be smaller since Triton 3.x pads them).
+tl.dot needs BLOCK_K >= 16 (M, N may be smaller since Triton 3.x pads them). Offsets: first columns, rows
+and steps times H are int64 scalars (T * B * H and H * H pass 2^31 on large tensors), offsets within a
+tile int32 (< BLOCK * H); ``aot_check --offsets`` fails any 32-bit product in an offset.
 """
 
 from __future__ import annotations
@@ -50,21 +52,23 @@ from fastrnn.kernels.rnn_common import (
 
 
 @triton.jit
-def _load_slice(p_a, o_n, m_n, H, W_ON_CHIP: tl.constexpr, BLOCK_H: tl.constexpr):
-    """This program's rows of A, ``[BLOCK_N, BLOCK_H]``, when they stay on chip (else a placeholder)."""
+def _load_slice(p_a, o_c, m_n, H, W_ON_CHIP: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's rows of A, ``[BLOCK_N, BLOCK_H]``, when they stay on chip (else a placeholder).
+    ``p_a`` points at the slice's first row."""
     if W_ON_CHIP:
         o_k = tl.arange(0, BLOCK_H)
-        return tl.load(p_a + o_n[:, None] * H + o_k[None, :], mask=m_n[:, None] & (o_k < H)[None, :], other=0.0)
+        return tl.load(p_a + o_c[:, None] * H + o_k[None, :], mask=m_n[:, None] & (o_k < H)[None, :], other=0.0)
     else:
         return tl.zeros((1, 1), dtype=p_a.dtype.element_ty)
 
 
 @triton.jit
-def _slice_times_rows(b_a, p_a, p_s, b0, n_rows, o_n, m_n, H,
+def _slice_times_rows(b_a, p_a, p_s, b0, n_rows, o_c, m_n, H,
                       W_ON_CHIP: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``acc[n, j] = sum_k A[o_n[n], k] S[b0 + j, k]`` ``[BLOCK_N, BLOCK_B]``; rows ``>= n_rows`` of S read
-    as zero. ``p_s`` points at row 0 of S (row-major, H wide); S is written by other programs (volatile)."""
+    """``acc[n, j] = sum_k A[o_c[n], k] S[b0 + j, k]`` ``[BLOCK_N, BLOCK_B]``; rows ``>= n_rows`` of S read
+    as zero. ``p_a`` points at the slice's first row, ``p_s`` at row 0 of S (row-major, H wide; written by
+    other programs: volatile). ``b0`` is int64."""
     o_j = tl.arange(0, BLOCK_B)
     acc = tl.zeros((BLOCK_N, BLOCK_B), dtype=tl.float32)
     if W_ON_CHIP:
@@ -81,7 +85,7 @@ def _slice_times_rows(b_a, p_a, p_s, b0, n_rows, o_n, m_n, H,
         for k0 in range(0, H, BLOCK_K):
             o_k = k0 + tl.arange(0, BLOCK_K)
             m_k = o_k < H
-            b_ak = tl.load(p_a + o_n[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_ak = tl.load(p_a + o_c[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
             for j in tl.static_range(BLOCK_B):
                 row = b0 + j
                 b_s = tl.load(p_s + row * H + o_k, mask=o_k < tl.where(row < n_rows, H, 0), other=0.0,
@@ -89,29 +93,28 @@ def _slice_times_rows(b_a, p_a, p_s, b0, n_rows, o_n, m_n, H,
                 b_z = tl.sum(b_ak * b_s[None, :], axis=1)
                 acc += tl.where(o_j[None, :] == j, b_z[:, None], 0.0)
     else:
-        o_b = b0 + o_j
-        m_b = o_b < n_rows
+        m_b = o_j < n_rows - b0
+        p_s0 = p_s + b0 * H
         for k0 in range(0, H, BLOCK_K):
             o_k = k0 + tl.arange(0, BLOCK_K)
             m_k = o_k < H
-            b_ak = tl.load(p_a + o_n[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
-            b_st = tl.load(p_s + o_b[None, :] * H + o_k[:, None], mask=m_k[:, None] & m_b[None, :], other=0.0,
+            b_ak = tl.load(p_a + o_c[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_st = tl.load(p_s0 + o_j[None, :] * H + o_k[:, None], mask=m_k[:, None] & m_b[None, :], other=0.0,
                            volatile=True)
             acc += _matmul(b_ak, b_st.to(b_ak.dtype), FP32_DOT, PRECISION)
     return acc
 
 
 @triton.jit
-def _load_tile(p_x, p_batch_sizes, p_offsets, s, s_end, b0, g_hi, o_n, m_n, T, B, H,
+def _load_tile(p_x, p_batch_sizes, p_offsets, s, s_end, b0, g_hi, n_lo, o_tile, m_n, T, B, H,
                REVERSE: tl.constexpr, PACKED: tl.constexpr, BLOCK_B: tl.constexpr):
-    """The ``[BLOCK_N, BLOCK_B]`` float32 tile (columns o_n, rows b0..) of a per-step array (xw, y, dy) at
+    """The ``[BLOCK_N, BLOCK_B]`` float32 tile (columns n_lo.., rows b0..) of a per-step array (xw, y, dy) at
     processing step s in REVERSE order; zeros when ``s >= s_end`` (a prefetch past the last step)."""
     t = _step_index(tl.minimum(s, T - 1), T, REVERSE)
     n_t, row0 = _step_rows(p_batch_sizes, p_offsets, t, B, PACKED)
-    o_b = b0 + tl.arange(0, BLOCK_B)
-    m_b = o_b < tl.where(s < s_end, tl.minimum(n_t, g_hi), 0)
-    o = (row0 + o_b)[None, :] * H + o_n[:, None]
-    return tl.load(p_x + o, mask=m_n[:, None] & m_b[None, :], other=0.0).to(tl.float32)
+    m_b = tl.arange(0, BLOCK_B) < tl.where(s < s_end, tl.minimum(n_t, g_hi), 0) - b0
+    return tl.load(p_x + ((row0 + b0) * H + n_lo) + o_tile, mask=m_n[:, None] & m_b[None, :],
+                   other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -131,17 +134,22 @@ def _rnn_fwd_multi_kernel(
     CLOCK: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    i_n = tl.program_id(0)
     i_g = tl.program_id(1)
     n_cols = tl.num_programs(0)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < H
+    # Offsets: the first column n_lo, the group's rows g_lo.. and each tile's and step's first row are
+    # int64 scalars (row * H passes 2^31 on large tensors); within a tile, o_tile = o_j * H + o_c stays int32
+    # (< BLOCK_B * H).
+    n_lo = tl.program_id(0).to(tl.int64) * BLOCK_N
+    o_c = tl.arange(0, BLOCK_N)
+    m_n = o_c < H - n_lo
     o_j = tl.arange(0, BLOCK_B)
-    g_lo = i_g * rows_per_group
+    o_tile = o_j[None, :] * H + o_c[:, None]
+    g_lo = i_g.to(tl.int64) * rows_per_group
     g_hi = tl.minimum(g_lo + rows_per_group, B)
     s_end = s_first + n_steps
-    b_a = _load_slice(p_w, o_n, m_n, H, W_ON_CHIP, BLOCK_H)
-    b_x = _load_tile(p_xw, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, o_n, m_n, T, B, H,
+    p_w_n = p_w + n_lo * H
+    b_a = _load_slice(p_w_n, o_c, m_n, H, W_ON_CHIP, BLOCK_H)
+    b_x = _load_tile(p_xw, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, n_lo, o_tile, m_n, T, B, H,
                      REVERSE, PACKED, BLOCK_B)
     for s in range(s_first, s_end):
         t = _step_index(s, T, REVERSE)
@@ -149,23 +157,22 @@ def _rnn_fwd_multi_kernel(
         p_cur = p_state + tl.cast(s % 2, tl.int64) * B * H
         p_nxt = p_state + tl.cast((s + 1) % 2, tl.int64) * B * H
         for b0 in range(g_lo, g_hi, BLOCK_B):
-            o_b = b0 + o_j
-            m_b = o_b < g_hi
-            m_row = m_b & (o_b < n_t)
-            o_state = o_b[None, :] * H + o_n[:, None]
+            m_b = o_j < g_hi - b0
+            m_row = m_b & (o_j < n_t - b0)
+            o_state = b0 * H + n_lo
             m_state = m_n[:, None] & m_b[None, :]
             if PACKED:  # rows this step skips keep their state: issued before the matmul, used after it
-                b_old = tl.load(p_cur + o_state, mask=m_state, other=0.0)
-            acc = _slice_times_rows(b_a, p_w, p_cur, b0, tl.minimum(n_t, g_hi), o_n, m_n, H, W_ON_CHIP, FP32_DOT,
-                                    PRECISION, BLOCK_B, BLOCK_N, BLOCK_H, BLOCK_K)
+                b_old = tl.load(p_cur + o_state + o_tile, mask=m_state, other=0.0)
+            acc = _slice_times_rows(b_a, p_w_n, p_cur, b0, tl.minimum(n_t, g_hi), o_c, m_n, H, W_ON_CHIP,
+                                    FP32_DOT, PRECISION, BLOCK_B, BLOCK_N, BLOCK_H, BLOCK_K)
             b_h = _activation(b_x + acc, ACTIVATION, TANH)
             if PACKED:
                 b_h = tl.where(m_row[None, :], b_h, b_old)
             ns, nb0 = _next_tile(s, b0, g_lo, g_hi, BLOCK_B)
-            b_x = _load_tile(p_xw, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
+            b_x = _load_tile(p_xw, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, n_lo, o_tile, m_n, T, B, H,
                              REVERSE, PACKED, BLOCK_B)
-            tl.store(p_nxt + o_state, b_h, mask=m_state)
-            tl.store(p_y + (row0 + o_b)[None, :] * H + o_n[:, None], b_h.to(p_y.dtype.element_ty),
+            tl.store(p_nxt + o_state + o_tile, b_h, mask=m_state)
+            tl.store(p_y + ((row0 + b0) * H + n_lo) + o_tile, b_h.to(p_y.dtype.element_ty),
                      mask=m_n[:, None] & m_row[None, :])
         if PERSISTENT:
             _grid_barrier(p_counter + i_g, n_cols * (s - s_first + 1), p_error, spin_limit, CLOCK)
@@ -183,19 +190,21 @@ def _rnn_bwd_multi_kernel(
     """``p_dh`` ``[B, H]`` float32 holds dh_n on entry and dh0 once the launch with ``s_first + n_steps == T``
     ends. The backward walks steps in the opposite order to the forward (ORDER below)."""
     ORDER: tl.constexpr = REVERSE == 0
-    i_n = tl.program_id(0)
     i_g = tl.program_id(1)
     n_cols = tl.num_programs(0)
-    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < H
+    n_lo = tl.program_id(0).to(tl.int64) * BLOCK_N  # int64 scalars and an int32 in-tile offset, as forward
+    o_c = tl.arange(0, BLOCK_N)
+    m_n = o_c < H - n_lo
     o_j = tl.arange(0, BLOCK_B)
-    g_lo = i_g * rows_per_group
+    o_tile = o_j[None, :] * H + o_c[:, None]
+    g_lo = i_g.to(tl.int64) * rows_per_group
     g_hi = tl.minimum(g_lo + rows_per_group, B)
     s_end = s_first + n_steps
-    b_a = _load_slice(p_wt, o_n, m_n, H, W_ON_CHIP, BLOCK_H)
-    b_dy = _load_tile(p_dy, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, o_n, m_n, T, B, H,
+    p_wt_n = p_wt + n_lo * H
+    b_a = _load_slice(p_wt_n, o_c, m_n, H, W_ON_CHIP, BLOCK_H)
+    b_dy = _load_tile(p_dy, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, n_lo, o_tile, m_n, T, B, H,
                       ORDER, PACKED, BLOCK_B)
-    b_y = _load_tile(p_y, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, o_n, m_n, T, B, H,
+    b_y = _load_tile(p_y, p_batch_sizes, p_offsets, s_first, s_end, g_lo, g_hi, n_lo, o_tile, m_n, T, B, H,
                      ORDER, PACKED, BLOCK_B)
     # s = T is the epilogue: dh0 = dz of the last step times W, for rows that step covers. Persistent: after
     # the last step's barrier; per step: a launch of its own (n_steps = 0), the kernel boundary its barrier.
@@ -210,25 +219,24 @@ def _rnn_bwd_multi_kernel(
         n_p, row0_p = _step_rows(p_batch_sizes, p_offsets, t_p, B, PACKED)
         n_p = tl.where(s > 0, tl.minimum(n_p, g_hi), 0)  # rows whose dh comes from the previous step's dz
         for b0 in range(g_lo, g_hi, BLOCK_B):
-            o_b = b0 + o_j
-            m_b = o_b < g_hi
-            o_state = o_b[None, :] * H + o_n[:, None]
+            m_b = o_j < g_hi - b0
+            o_state = b0 * H + n_lo
             m_state = m_n[:, None] & m_b[None, :]
-            b_dh = tl.load(p_dh + o_state, mask=m_state, other=0.0)
+            b_dh = tl.load(p_dh + o_state + o_tile, mask=m_state, other=0.0)
             if n_p > b0:
-                acc = _slice_times_rows(b_a, p_wt, p_dz + row0_p * H, b0, n_p, o_n, m_n, H, W_ON_CHIP, FP32_DOT,
-                                        PRECISION, BLOCK_B, BLOCK_N, BLOCK_H, BLOCK_K)
-                b_dh = tl.where((o_b < n_p)[None, :], acc, b_dh)
-            tl.store(p_dh + o_state, b_dh, mask=m_state)
+                acc = _slice_times_rows(b_a, p_wt_n, p_dz + row0_p * H, b0, n_p, o_c, m_n, H, W_ON_CHIP,
+                                        FP32_DOT, PRECISION, BLOCK_B, BLOCK_N, BLOCK_H, BLOCK_K)
+                b_dh = tl.where((o_j < n_p - b0)[None, :], acc, b_dh)
+            tl.store(p_dh + o_state + o_tile, b_dh, mask=m_state)
             if s < T:
                 b_dz = _activation_backward(b_dy + b_dh, b_y, ACTIVATION)
                 ns, nb0 = _next_tile(s, b0, g_lo, g_hi, BLOCK_B)
-                b_dy = _load_tile(p_dy, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
-                                  ORDER, PACKED, BLOCK_B)
-                b_y = _load_tile(p_y, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, o_n, m_n, T, B, H,
+                b_dy = _load_tile(p_dy, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, n_lo, o_tile, m_n, T, B,
+                                  H, ORDER, PACKED, BLOCK_B)
+                b_y = _load_tile(p_y, p_batch_sizes, p_offsets, ns, s_end, nb0, g_hi, n_lo, o_tile, m_n, T, B, H,
                                  ORDER, PACKED, BLOCK_B)
-                tl.store(p_dz + (row0 + o_b)[None, :] * H + o_n[:, None], b_dz.to(p_dz.dtype.element_ty),
-                         mask=m_n[:, None] & (m_b & (o_b < n_t))[None, :])
+                tl.store(p_dz + ((row0 + b0) * H + n_lo) + o_tile, b_dz.to(p_dz.dtype.element_ty),
+                         mask=m_n[:, None] & (m_b & (o_j < n_t - b0))[None, :])
         if PERSISTENT:
             if s < s_end:
                 _grid_barrier(p_counter + i_g, n_cols * (s - s_first + 1), p_error, spin_limit, CLOCK)

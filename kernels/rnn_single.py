@@ -34,7 +34,9 @@ Two ways to hold A for all T steps (``W_IN_REGS``, chosen by the launcher with p
              that loop-invariant load. Hopper's wgmma, were Triton to pick it, reads its B operand from
              shared memory by hardware design, so the tensor-core path keeps W in shared memory either way.
 
-Limits: H <= MAX_H. tl.dot needs BLOCK_H >= 16 (its K); power-of-two BLOCK_B (1..32) and BLOCK_H.
+Limits: H <= MAX_H. tl.dot needs BLOCK_H >= 16 (its K); power-of-two BLOCK_B (1..32) and BLOCK_H. Offsets:
+the tile's and each step's first row times H are int64 scalars (T * B * H passes 2^31 on large tensors),
+offsets within a tile int32 (< BLOCK_B * H); ``aot_check --offsets`` fails any 32-bit product in an offset.
 """
 
 from __future__ import annotations
@@ -81,8 +83,13 @@ SPILLING = {("tf32", 128, 16, 4), ("fp16", 128, 4, 8)}
 # across the step loop on the stack (stored before the loop, loaded after it, never inside: SASS) and stops
 # at 48-64 registers even with --maxrregcount 128. bfloat16 backward H 64 1 row 8 warps; float32 / TF32
 # (the same code) backward H 128 1 row 16 warps; 16-bit forward H 32 4 rows 8 warps.
+# The int64 row offsets (issue 19) added the same kind of spill (8-32 bytes, the last store's offset or mask
+# kept across the loop) to seven 4-row configs, packed specialisations only: float32 / TF32 backward H 128
+# 16 warps; forward H 16 8 warps (reverse); 16-bit H 128 8 warps; bfloat16 forward H 64 8 warps.
 REGS_SPILLING = {("bf16", 64, 1, 8), ("fp32", 128, 1, 16), ("tf32", 128, 1, 16), ("fp16", 32, 4, 8),
-                 ("bf16", 32, 4, 8)}
+                 ("bf16", 32, 4, 8), ("fp32", 128, 4, 16), ("tf32", 128, 4, 16), ("fp32", 16, 4, 8),
+                 ("tf32", 16, 4, 8), ("fp16", 16, 4, 8), ("bf16", 16, 4, 8), ("fp16", 128, 4, 8),
+                 ("bf16", 128, 4, 8), ("bf16", 64, 4, 8)}
 
 
 def mode_of(fp32_dot: bool, precision: str, dtype_name: str) -> str:
@@ -165,33 +172,36 @@ def _rnn_fwd_single_kernel(
     W_IN_REGS: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    i_b = tl.program_id(0)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    # Offsets: the tile's first row b_lo and each step's first row are int64 scalars (row * H passes 2^31
+    # on large tensors); within the tile, o_tile = o_j * H + o_h stays int32 (< BLOCK_B * H).
+    b_lo = tl.program_id(0).to(tl.int64) * BLOCK_B
+    o_j = tl.arange(0, BLOCK_B)
     o_h = tl.arange(0, BLOCK_H)
-    m_b = o_b < B
+    m_b = o_j < B - b_lo
     m_h = o_h < H
+    o_tile = o_j[:, None] * H + o_h[None, :]
     # W^T, transposed on the host so this load is row-major like the backward's: a strided (transposing)
     # load here makes ptxas spill at BLOCK_H = 64. Loaded once: z = h @ W^T.
     b_wt = tl.load(p_wt + o_h[:, None] * H + o_h[None, :], mask=m_h[:, None] & m_h[None, :], other=0.0)
     if W_IN_REGS:
         b_wt = b_wt.to(tl.float32)
     m_bh = m_b[:, None] & m_h[None, :]
-    b_h = tl.load(p_h0 + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0.0).to(tl.float32)
+    b_h = tl.load(p_h0 + b_lo * H + o_tile, mask=m_bh, other=0.0).to(tl.float32)
     for s in range(T):
         if REVERSE:
             t = T - 1 - s
         else:
             t = s
         n_t, row0 = _step_rows(p_batch_sizes, p_offsets, t, B, PACKED)
-        m_row = o_b < n_t
+        m_row = o_j < n_t - b_lo
         m = m_row[:, None] & m_h[None, :]
-        o_xy = (row0 + o_b)[:, None] * H + o_h[None, :]
-        b_x = tl.load(p_xw + o_xy, mask=m, other=0.0).to(tl.float32)
+        o_step = (row0 + b_lo) * H
+        b_x = tl.load(p_xw + o_step + o_tile, mask=m, other=0.0).to(tl.float32)
         b_z = b_x + _rows_times(b_h, b_wt, W_IN_REGS, FP32_DOT, PRECISION, BLOCK_B)
         b_new = tl.where(m_h[None, :], _activation(b_z, ACTIVATION, TANH), 0.0)
         b_h = tl.where(m_row[:, None], b_new, b_h)
-        tl.store(p_y + o_xy, b_h.to(p_y.dtype.element_ty), mask=m)
-    tl.store(p_hn + o_b[:, None] * H + o_h[None, :], b_h.to(p_hn.dtype.element_ty), mask=m_bh)
+        tl.store(p_y + o_step + o_tile, b_h.to(p_y.dtype.element_ty), mask=m)
+    tl.store(p_hn + b_lo * H + o_tile, b_h.to(p_hn.dtype.element_ty), mask=m_bh)
 
 
 @_autotune
@@ -203,30 +213,31 @@ def _rnn_bwd_single_kernel(
     W_IN_REGS: tl.constexpr, FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    i_b = tl.program_id(0)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_lo = tl.program_id(0).to(tl.int64) * BLOCK_B  # int64 row offsets as in the forward
+    o_j = tl.arange(0, BLOCK_B)
     o_h = tl.arange(0, BLOCK_H)
-    m_b = o_b < B
+    m_b = o_j < B - b_lo
     m_h = o_h < H
+    o_tile = o_j[:, None] * H + o_h[None, :]
     # W[k, j] as it is: dh = dz @ W.
     b_w = tl.load(p_w + o_h[:, None] * H + o_h[None, :], mask=m_h[:, None] & m_h[None, :], other=0.0)
     if W_IN_REGS:
         b_w = b_w.to(tl.float32)
     m_bh = m_b[:, None] & m_h[None, :]
-    b_dh = tl.load(p_dhn + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0.0).to(tl.float32)
+    b_dh = tl.load(p_dhn + b_lo * H + o_tile, mask=m_bh, other=0.0).to(tl.float32)
     for s in range(T):
         if REVERSE:
             t = s
         else:
             t = T - 1 - s
         n_t, row0 = _step_rows(p_batch_sizes, p_offsets, t, B, PACKED)
-        m_row = o_b < n_t
+        m_row = o_j < n_t - b_lo
         m = m_row[:, None] & m_h[None, :]
-        o_xy = (row0 + o_b)[:, None] * H + o_h[None, :]
-        b_y = tl.load(p_y + o_xy, mask=m, other=0.0).to(tl.float32)
-        b_dy = tl.load(p_dy + o_xy, mask=m, other=0.0).to(tl.float32)
+        o_step = (row0 + b_lo) * H
+        b_y = tl.load(p_y + o_step + o_tile, mask=m, other=0.0).to(tl.float32)
+        b_dy = tl.load(p_dy + o_step + o_tile, mask=m, other=0.0).to(tl.float32)
         b_dz = _activation_backward(b_dy + b_dh, b_y, ACTIVATION)
-        tl.store(p_dz + o_xy, b_dz.to(p_dz.dtype.element_ty), mask=m)
+        tl.store(p_dz + o_step + o_tile, b_dz.to(p_dz.dtype.element_ty), mask=m)
         b_new = tl.where(m_h[None, :], _rows_times(b_dz, b_w, W_IN_REGS, FP32_DOT, PRECISION, BLOCK_B), 0.0)
         b_dh = tl.where(m_row[:, None], b_new, b_dh)
-    tl.store(p_dh0 + o_b[:, None] * H + o_h[None, :], b_dh.to(p_dh0.dtype.element_ty), mask=m_bh)
+    tl.store(p_dh0 + b_lo * H + o_tile, b_dh.to(p_dh0.dtype.element_ty), mask=m_bh)
