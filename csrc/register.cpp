@@ -123,6 +123,47 @@ PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_
   END_HANDLE_TH_ERRORS
 }
 
+// fastrnn._C.gated_forward_if_plain(gates, input, hx, cx, weights, has_biases, num_layers, bidirectional,
+// batch_first, input_size, hidden_size, proj_size) -> (output, h_n, c_n or None) or None: see rnn_cpu.h.
+PyObject* gated_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  const auto tensor_or_none = [](PyObject* o) { return o == Py_None || THPVariable_Check(o); };
+  if (nargs != 12 || !THPVariable_Check(args[1]) || !tensor_or_none(args[2]) || !tensor_or_none(args[3]) ||
+      !PyList_Check(args[4])) {
+    Py_RETURN_NONE;
+  }
+  const Py_ssize_t count = PyList_GET_SIZE(args[4]);
+  std::vector<at::Tensor> weights;
+  weights.reserve(count);
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyObject* w = PyList_GET_ITEM(args[4], i);
+    if (!THPVariable_Check(w)) Py_RETURN_NONE;
+    weights.push_back(THPVariable_Unpack(w));
+  }
+  const long gates = PyLong_AsLong(args[0]), num_layers = PyLong_AsLong(args[6]);
+  const long input_size = PyLong_AsLong(args[9]), hidden_size = PyLong_AsLong(args[10]);
+  const long proj_size = PyLong_AsLong(args[11]);
+  if (PyErr_Occurred()) return nullptr;
+  const auto unpack = [](PyObject* o) { return o == Py_None ? at::Tensor() : THPVariable_Unpack(o); };
+  auto result = fastrnn::gated_forward_if_plain(
+      gates, THPVariable_Unpack(args[1]), unpack(args[2]), unpack(args[3]), weights, PyObject_IsTrue(args[5]) == 1,
+      num_layers, PyObject_IsTrue(args[7]) == 1, PyObject_IsTrue(args[8]) == 1, input_size, hidden_size, proj_size);
+  if (!result.has_value()) Py_RETURN_NONE;
+  auto& [output, h_n, c_n] = *result;
+  PyObject* tuple = PyTuple_New(3);
+  if (tuple == nullptr) return nullptr;
+  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(output)));
+  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(h_n)));
+  if (c_n.defined()) {
+    PyTuple_SET_ITEM(tuple, 2, THPVariable_Wrap(std::move(c_n)));
+  } else {
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(tuple, 2, Py_None);
+  }
+  return tuple;
+  END_HANDLE_TH_ERRORS
+}
+
 // A cell module's weights from its _parameters dict: weight_ih, weight_hh (tensors) and bias_ih, bias_hh
 // (tensors or None). False when a name is missing (as under a parametrization) or holds something else.
 struct CellParameters {
@@ -197,6 +238,9 @@ PyMethodDef methods[] = {
     {"rnn_forward_if_plain",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward_if_plain_py)),
      METH_FASTCALL, "torch.nn.RNN's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},
+    {"gated_forward_if_plain",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gated_forward_if_plain_py)), METH_FASTCALL,
+     "torch.nn.GRU / LSTM's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},
     {"rnn_stack_forward",
      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_stack_forward_py)),
      METH_FASTCALL, "The whole RNN stack forward without autograd (see csrc/rnn_stack.cpp)."},

@@ -109,6 +109,14 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
     int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
     int64_t hidden_size);
 
+// torch.nn.GRU / LSTM.forward's eager inference call (gated_stack.cpp) when it is plain, as
+// rnn_forward_if_plain: gates 3 (GRU) or 4 (LSTM); hx (and cx) undefined for zeros; nothing recording
+// gradients. Returns (output, h_n, c_n) as torch shapes them (c_n undefined for the GRU), or nullopt.
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gated_forward_if_plain(
+    int64_t gates, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+    const std::vector<at::Tensor>& weights, bool has_biases, int64_t num_layers, bool bidirectional,
+    bool batch_first, int64_t input_size, int64_t hidden_size, int64_t proj_size);
+
 // One RNNCell step with its autograd (rnn_cell.cpp): h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh).
 at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                              const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,

@@ -78,10 +78,33 @@ def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor],
     )
 
 
+@functools.cache
+def _gated_forward_if_plain():
+    """The built extension's whole GRU / LSTM inference call (csrc/gated_stack.cpp), or None."""
+    try:
+        from fastrnn._C import gated_forward_if_plain
+    except ImportError:
+        return None
+    return gated_forward_if_plain
+
+
 class _GatedBase(TorchConversion, nn.RNNBase):
     """What GRU and LSTM share: weights read at call time, silent flatten_parameters, from/to torch."""
 
     _torch_class: type[nn.RNNBase]
+
+    @torch.jit.unused
+    def _plain_inference(self, input: Tensor, h: Optional[Tensor], c: Optional[Tensor]):
+        """The whole call in one C++ call when it is a plain eager inference call on CPU tensors (a tiny call is
+        otherwise mostly Python). The C++ side declines (None) anything not plainly well-formed, and the call
+        then takes torch's checks, so errors stay torch's. Returns (output, h_n, c_n or None) or None."""
+        if type(input) is not Tensor or (self.dropout != 0 and self.training) or not _eager_cpp_call(input):
+            return None
+        run = _gated_forward_if_plain()
+        if run is None:
+            return None
+        return run(3 if self.mode == "GRU" else 4, input, h, c, self._weights(), self.bias, self.num_layers,
+                   self.bidirectional, self.batch_first, self.input_size, self.hidden_size, self.proj_size)
 
     def flatten_parameters(self) -> None:
         """Does nothing: fastrnn reads the parameters where they are at every call."""
@@ -134,8 +157,13 @@ class GRU(_GatedBase):
 
     def forward(self, input, hx=None):  # noqa: F811  (the overloads above type it for TorchScript)
         if not torch.jit.is_scripting():
-            if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx
-                return _fx_leaf_gru(self, input, hx)
+            if type(input) is not Tensor:
+                if _is_fx_proxy(input):  # one call_module node under torch.fx
+                    return _fx_leaf_gru(self, input, hx)
+            elif hx is None or type(hx) is Tensor:
+                plain = self._plain_inference(input, hx, None)
+                if plain is not None:
+                    return plain[0], plain[1]
         # Up to check_forward_args this is torch.nn.GRU.forward, so every check and message is torch's.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -255,8 +283,13 @@ class LSTM(_GatedBase):
 
     def forward(self, input, hx=None):  # noqa: F811  (the overloads above type it for TorchScript)
         if not torch.jit.is_scripting():
-            if type(input) is not Tensor and _is_fx_proxy(input):  # one call_module node under torch.fx
-                return _fx_leaf_lstm(self, input, hx)
+            if type(input) is not Tensor:
+                if _is_fx_proxy(input):  # one call_module node under torch.fx
+                    return _fx_leaf_lstm(self, input, hx)
+            elif hx is None or (type(hx) is tuple and len(hx) == 2):
+                plain = self._plain_inference(input, *((None, None) if hx is None else hx))
+                if plain is not None:
+                    return plain[0], (plain[1], plain[2])
         # Up to check_forward_args this is torch.nn.LSTM.forward, so every check and message is torch's.
         orig_input = input
         batch_sizes = None
