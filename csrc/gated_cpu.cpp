@@ -105,7 +105,21 @@ at::Tensor step_layout(const at::Tensor& kn) {
   if (zmm_kernel_on()) {
     const int64_t K = kn.size(0), N = kn.size(1), PW = 4 * Zmm<T>::L;
     const int64_t panels = (N + PW - 1) / PW;
-    return at::constant_pad_nd(kn, {0, panels * PW - N}).view({K, panels, PW}).permute({1, 0, 2}).contiguous();
+    if (K * N > (1 << 16)) {
+      return at::constant_pad_nd(kn, {0, panels * PW - N}).view({K, panels, PW}).permute({1, 0, 2}).contiguous();
+    }
+    // Small weights (tiny calls): one loop instead of four ATen ops, a few microseconds a call.
+    at::Tensor out = at::empty({panels, K, PW}, kn.options());
+    const T* src = kn.data_ptr<T>();
+    const int64_t sk = kn.stride(0), sn = kn.stride(1);
+    T* dst = out.data_ptr<T>();
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < PW; ++j, ++dst) {
+          const int64_t n = p * PW + j;
+          *dst = n < N ? src[k * sk + n * sn] : T(0);
+        }
+    return out;
   }
 #endif
   return kn.contiguous();

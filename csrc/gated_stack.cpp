@@ -99,7 +99,9 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gated_forward_if_p
         c_finals.push_back(c_n);
       } else {
         if (has_biases) {  // b_hh folds into r and z; b_hn stays inside the reset product, as torch computes it
-          bias = at::cat({w[2].narrow(0, 0, 2 * H) + w[3].narrow(0, 0, 2 * H), w[2].narrow(0, 2 * H, H)});
+          at::Tensor folded = w[2].clone(at::MemoryFormat::Contiguous);
+          folded.narrow(0, 0, 2 * H).add_(w[3].narrow(0, 0, 2 * H));
+          bias = folded;
           b_hn = w[3].narrow(0, 2 * H, H);
         }
         auto [y, h_n] = gru_infer_cpu(layer_input, w[0], bias, (*h0)[k], w[1], b_hn, std::nullopt, d == 1);
