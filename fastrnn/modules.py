@@ -14,7 +14,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import functional
-from fastrnn.backends import CppBackend, _eager_cpp_call, fused_cell_takes, stack_forward_takes
+from fastrnn.backends import CppBackend, _eager_cpp_call, forced_backend, fused_cell_takes, stack_forward_takes
 from fastrnn.conversion import TorchConversion
 
 
@@ -26,7 +26,7 @@ def _fast_path_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
     if device.type not in ("cpu", "cuda") or not dtype.is_floating_point:
         return False
     same_dtype = not torch.is_autocast_enabled(device.type)
-    if device.type == "cpu" and same_dtype and dtype not in CppBackend.dtypes:
+    if device.type == "cpu" and same_dtype and dtype not in CppBackend.dtypes and not forced_backend():
         return False  # 16-bit on the CPU: fastrnn has no kernel for it, torch's own is faster than the reference
     for t in (hx, *weights):
         if t.device != device or (same_dtype and t.dtype != dtype):

@@ -35,11 +35,13 @@ def use_backend(monkeypatch):
 @pytest.fixture
 def entry_calls(monkeypatch):
     """``entry_calls(name)`` watches one of fastrnn.modules' cached getters of a C++ entry (``_forward_if_plain``,
-    ``_cell_if_plain``) and returns a list that gets, per call of the entry, whether it took the call."""
-    from fastrnn import modules
+    ``_cell_if_plain``; ``entry_calls(name, fastrnn.gated_modules)`` the gated modules' ones) and returns a list
+    that gets, per call of the entry, whether it took the call."""
+    from fastrnn import modules as default_owner
 
-    def watch(name: str) -> list[bool]:
+    def watch(name: str, modules=default_owner) -> list[bool]:
         entry = getattr(modules, name)()
+        assert entry is not None, f"the built extension has no {name}"
         taken: list[bool] = []
 
         def spy(*args):

@@ -19,18 +19,9 @@ pytestmark = pytest.mark.skipif(gated_modules._gated_cell_if_plain() is None, re
 
 
 @pytest.fixture
-def taken(monkeypatch):
+def taken(entry_calls):
     """Per C++ step call: whether it took the call (True) or declined it (False)."""
-    calls = []
-    run = gated_modules._gated_cell_if_plain()
-
-    def spy(*args):
-        out = run(*args)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(gated_modules, "_gated_cell_if_plain", lambda: spy)
-    return calls
+    return entry_calls("_gated_cell_if_plain", gated_modules)
 
 
 def _pair(name, input_size, hidden, bias=True, dtype=torch.float64):

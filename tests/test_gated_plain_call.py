@@ -12,19 +12,9 @@ from tests.test_errors import _outcome
 
 
 @pytest.fixture
-def plain_calls(monkeypatch):
+def plain_calls(entry_calls):
     """Per call of the C++ entry, whether it took the call."""
-    entry = gated_modules._gated_forward_if_plain()
-    assert entry is not None, "the built extension has no gated_forward_if_plain"
-    taken: list[bool] = []
-
-    def spy(*args):
-        result = entry(*args)
-        taken.append(result is not None)
-        return result
-
-    monkeypatch.setattr(gated_modules, "_gated_forward_if_plain", lambda: spy)
-    return taken
+    return entry_calls("_gated_forward_if_plain", gated_modules)
 
 
 CONFIGS = {

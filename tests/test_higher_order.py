@@ -234,3 +234,20 @@ def test_gradcheck_with_batched_grad(name, kwargs):
 
     assert torch.autograd.gradcheck(f, (x, h0), check_batched_grad=True)
     assert torch.autograd.gradgradcheck(f, (x, h0), check_batched_grad=True)
+
+
+@pytest.mark.parametrize("name,kwargs", MODULES)
+def test_eager_backward_through_a_torch_func_grad(name, kwargs):
+    """torch.func.grad over the module's own parameters (which eager autograd records), then an eager backward
+    of a penalty on that gradient: a second order across the two levels, which the fast ops' functorch
+    Functions cannot give (their backward is first-order), so such calls run the reference."""
+    case = Case(name, kwargs)
+
+    def compute(f):
+        leaves = {k: v.clone().requires_grad_() for k, v in case.args.items()}
+        g = grad(f)(leaves)
+        penalty = sum((v * v).sum() for v in g.values())
+        return torch.autograd.grad(penalty, list(leaves.values()))
+
+    got, want = both(case, compute)
+    assert_trees_close(got, want, "eager d/dp |torch.func.grad|^2")
