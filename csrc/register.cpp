@@ -92,21 +92,27 @@ PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssi
   END_HANDLE_TH_ERRORS
 }
 
+// A module's weights from a Python list of tensors; false when it is not one.
+bool read_weight_list(PyObject* list, std::vector<at::Tensor>& weights) {
+  if (!PyList_Check(list)) return false;
+  const Py_ssize_t count = PyList_GET_SIZE(list);
+  weights.reserve(count);
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyObject* w = PyList_GET_ITEM(list, i);  // borrowed
+    if (!THPVariable_Check(w)) return false;
+    weights.push_back(THPVariable_Unpack(w));
+  }
+  return true;
+}
+
 // fastrnn._C.rnn_forward_if_plain(input, hx, weights, has_biases, num_layers, bidirectional, activation,
 // batch_first, input_size, hidden_size) -> (output, h_n) or None: see rnn_cpu.h.
 PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 10 || !THPVariable_Check(args[0]) || (args[1] != Py_None && !THPVariable_Check(args[1])) ||
-      !PyList_Check(args[2])) {
-    Py_RETURN_NONE;
-  }
-  const Py_ssize_t count = PyList_GET_SIZE(args[2]);
   std::vector<at::Tensor> weights;
-  weights.reserve(count);
-  for (Py_ssize_t i = 0; i < count; ++i) {
-    PyObject* w = PyList_GET_ITEM(args[2], i);
-    if (!THPVariable_Check(w)) Py_RETURN_NONE;
-    weights.push_back(THPVariable_Unpack(w));
+  if (nargs != 10 || !THPVariable_Check(args[0]) || (args[1] != Py_None && !THPVariable_Check(args[1])) ||
+      !read_weight_list(args[2], weights)) {
+    Py_RETURN_NONE;
   }
   const long num_layers = PyLong_AsLong(args[4]);
   const long activation = PyLong_AsLong(args[6]);
@@ -128,17 +134,10 @@ PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_
 PyObject* gated_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   const auto tensor_or_none = [](PyObject* o) { return o == Py_None || THPVariable_Check(o); };
-  if (nargs != 12 || !THPVariable_Check(args[1]) || !tensor_or_none(args[2]) || !tensor_or_none(args[3]) ||
-      !PyList_Check(args[4])) {
-    Py_RETURN_NONE;
-  }
-  const Py_ssize_t count = PyList_GET_SIZE(args[4]);
   std::vector<at::Tensor> weights;
-  weights.reserve(count);
-  for (Py_ssize_t i = 0; i < count; ++i) {
-    PyObject* w = PyList_GET_ITEM(args[4], i);
-    if (!THPVariable_Check(w)) Py_RETURN_NONE;
-    weights.push_back(THPVariable_Unpack(w));
+  if (nargs != 12 || !THPVariable_Check(args[1]) || !tensor_or_none(args[2]) || !tensor_or_none(args[3]) ||
+      !read_weight_list(args[4], weights)) {
+    Py_RETURN_NONE;
   }
   const long gates = PyLong_AsLong(args[0]), num_layers = PyLong_AsLong(args[6]);
   const long input_size = PyLong_AsLong(args[9]), hidden_size = PyLong_AsLong(args[10]);
