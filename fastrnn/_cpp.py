@@ -1,10 +1,12 @@
-"""Loads the C++ CPU op: the built extension ``fastrnn._C``, or a compile on first use."""
+"""Loads the C++ CPU op: the built extension ``fastrnn._C``, or a compile on first use. Imports nothing from the
+package: what must follow the load (fakes, FLOP formulas) is handed in through :func:`on_load`."""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,6 +17,7 @@ OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
 _lock = threading.Lock()
 _error: str | None = None
 _loaded = False
+_hooks: list[Callable[[], None]] = []  # what on_load was given before the ops registered
 
 
 def _sources() -> list[str]:
@@ -64,7 +67,7 @@ def load_built_ops() -> None:
     with _lock:
         if not _loaded and _registered():
             _loaded = True
-            _register_fakes()
+            _run_load_hooks()
 
 
 def load_cpp_ops() -> str | None:
@@ -92,7 +95,7 @@ def load_cpp_ops() -> str | None:
             _error = "the C++ extension loaded but did not register torch.ops.fastrnn"
         _loaded = _error is None
         if _loaded:
-            _register_fakes()
+            _run_load_hooks()
         return _error
 
 
@@ -109,27 +112,19 @@ def empty_cache() -> int:
     return int(torch.ops.fastrnn._release_step_buffers())
 
 
-def _register_fakes() -> None:
-    """Shape-only implementations of the C++ ops (the Elman and the gated ones), for tracing and
-    torch.library.opcheck, and their FLOPs."""
-    from fastrnn.flops import register_flop_formulas
+def on_load(hook: Callable[[], None]) -> None:
+    """Runs ``hook`` once the C++ ops are registered: now if they are, else when they load. The modules that
+    define the ops' fakes and FLOP formulas register them this way, so this module imports nothing from the
+    package (no import cycle)."""
+    with _lock:
+        if not _loaded:
+            _hooks.append(hook)
+            return
+    hook()
 
-    register_flop_formulas()
 
-    from fastrnn.ops import check_same_device
-
-    @torch.library.register_fake("fastrnn::rnn_fwd")
-    def _(xw, h0, w_hh, batch_sizes, reverse, activation):
-        check_same_device(xw, h0, w_hh)
-        return torch.empty_like(xw), torch.empty_like(h0)
-
-    @torch.library.register_fake("fastrnn::rnn_bwd")
-    def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0=True):
-        check_same_device(dy, dh_n, y, w_hh)
-        return torch.empty_like(y), torch.empty_like(dh_n)
-
-    # The gated ops' fakes live next to their Python entries; registered here so that a direct
-    # torch.ops.fastrnn.* call under a tracer finds them before any module has run.
-    from fastrnn.gated_ops import _register_cpp_fakes
-
-    _register_cpp_fakes()
+def _run_load_hooks() -> None:
+    """Called with ``_lock`` held, once, right after the ops registered."""
+    for hook in _hooks:
+        hook()
+    _hooks.clear()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastrnn import gated_reference as ref
-from fastrnn._cpp import load_cpp_ops
+from fastrnn._cpp import load_cpp_ops, on_load
 from fastrnn.backends import BACKEND_ENV, needs_any_order
 from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import prev_state_index
@@ -42,8 +42,8 @@ _warned = False
 
 
 def _register_cpp_fakes() -> None:
-    """Shape-only kernels of the C++ ops, for torch.library.opcheck and tracers that reach them; called by
-    :mod:`fastrnn._cpp` when the ops load."""
+    """Shape-only kernels of the C++ ops, for torch.library.opcheck and tracers that reach them; run by
+    :func:`fastrnn._cpp.on_load` when the ops load."""
     global _fakes_registered
     if _fakes_registered:
         return
@@ -676,3 +676,6 @@ def lstm_recurrence(
 
 
 register_flop_formulas()
+# The C++ ops' fakes as soon as the ops load, so that a direct torch.ops.fastrnn.* call under a tracer finds
+# them before any module has run.
+on_load(_register_cpp_fakes)

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fastrnn._cpp import on_load
 from fastrnn.backends import select_backend
 from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import ACTIVATIONS, prev_state_index, rnn_recurrence_bwd_ref, rnn_recurrence_double_bwd_ref
@@ -220,4 +221,21 @@ if hasattr(recurrence, "register_vmap"):  # torch >= 2.5; older torch runs torch
     recurrence_double_backward.register_vmap(_vmap_by_loop(recurrence_double_backward, 6))
 
 
+def _register_cpp_fakes() -> None:
+    """Shape-only kernels of the Elman C++ ops, for tracers and torch.library.opcheck (the gated ones: see
+    :func:`fastrnn.gated_ops._register_cpp_fakes`)."""
+
+    @torch.library.register_fake("fastrnn::rnn_fwd")
+    def _(xw, h0, w_hh, batch_sizes, reverse, activation):
+        check_same_device(xw, h0, w_hh)
+        return torch.empty_like(xw), torch.empty_like(h0)
+
+    @torch.library.register_fake("fastrnn::rnn_bwd")
+    def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0=True):
+        check_same_device(dy, dh_n, y, w_hh)
+        return torch.empty_like(y), torch.empty_like(dh_n)
+
+
 register_flop_formulas()
+on_load(_register_cpp_fakes)
+on_load(register_flop_formulas)
