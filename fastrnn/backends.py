@@ -233,6 +233,33 @@ def stack_forward_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> boo
     return True
 
 
+def cpp_runs(x: Tensor, family: str) -> bool:
+    """Whether the C++ op runs a ``family`` op (``"GRU/LSTM"``: no Triton kernels yet) on ``x``, else the
+    reference: CPU float32 / float64 with the library loaded (one warning when it is missing), as
+    :func:`select_backend` chooses for the RNN. ``FASTRNN_BACKEND`` forces, with a clear error where the forced
+    backend cannot run ``x``."""
+    forced = forced_backend()
+    if forced == "reference":
+        return False
+    if forced and forced != "cpp":
+        if forced not in _BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}")
+        raise RuntimeError(f"{BACKEND_ENV}={forced}: fastrnn has no {forced} kernels for {family} yet")
+    cpp = _BACKENDS["cpp"]
+    reason = cpp.cannot_run(x)
+    if reason is not None:
+        if forced:
+            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run here: {reason}")
+        return False
+    missing = cpp.unavailable_reason()
+    if missing is not None:
+        if forced:
+            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run here: {missing}")
+        _warn_once(f"cpu:{family}", f"fastrnn: {family} use the reference backend on cpu because {missing}")
+        return False
+    return True
+
+
 def select_backend(xw: Tensor) -> Backend:
     """The backend that runs the op on ``xw``'s device and dtype."""
     forced = forced_backend()

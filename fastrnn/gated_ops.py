@@ -17,8 +17,6 @@ and torch.func calls reach) are first-order: a second backward raises :data:`DOU
 
 from __future__ import annotations
 
-import os
-import warnings
 from typing import Optional
 
 import torch
@@ -27,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastrnn import gated_reference as ref
-from fastrnn._cpp import load_cpp_ops, on_load
-from fastrnn.backends import BACKEND_ENV, needs_any_order
+from fastrnn._cpp import on_load
+from fastrnn.backends import cpp_runs, needs_any_order
 from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import prev_state_index
 
@@ -38,7 +36,6 @@ DOUBLE_BACKWARD_ERROR = (
     "torch.nn.GRU / torch.nn.LSTM do everywhere"
 )
 _fakes_registered = False
-_warned = False
 
 
 def _register_cpp_fakes() -> None:
@@ -97,28 +94,8 @@ def _register_cpp_fakes() -> None:
 
 
 def _use_cpp(x: Tensor) -> bool:
-    """The C++ op for CPU float32/float64 when it loads, else the reference; ``FASTRNN_BACKEND`` forces."""
-    global _warned
-    forced = os.environ.get(BACKEND_ENV, "").strip()
-    if forced == "reference":
-        return False
-    runnable = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-    if forced and forced != "cpp":
-        raise RuntimeError(f"{BACKEND_ENV}={forced}: fastrnn has no {forced} kernels for GRU and LSTM yet")
-    if not runnable:
-        if forced:
-            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run {x.dtype} tensors on {x.device}")
-        return False
-    missing = load_cpp_ops()
-    if missing is not None:
-        if forced:
-            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run here: {missing}")
-        if not _warned:
-            _warned = True
-            warnings.warn(f"fastrnn: GRU/LSTM use the reference backend on cpu because {missing}",
-                          RuntimeWarning, stacklevel=4)
-        return False
-    return True
+    """The C++ op for CPU float32/float64 when it loads, else the reference (:func:`fastrnn.backends.cpp_runs`)."""
+    return cpp_runs(x, "GRU/LSTM")
 
 
 def gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse):

@@ -98,3 +98,23 @@ def test_missing_built_op_is_compiled_on_first_use(tmp_path):
     env.pop(backends.BACKEND_ENV, None)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_gru_lstm_backend_choice_follows_the_same_rules(monkeypatch):
+    """GRU / LSTM ops choose cpp or the reference with the RNN's chooser's environment read and warning."""
+    x = torch.zeros(2, 1, 3)
+    monkeypatch.setenv(backends.BACKEND_ENV, "triton")
+    with pytest.raises(RuntimeError, match="FASTRNN_BACKEND=triton: fastrnn has no triton kernels for GRU/LSTM"):
+        fastrnn.GRU(3, 4)(x)
+    monkeypatch.setenv(backends.BACKEND_ENV, "cpp")
+    with pytest.raises(RuntimeError, match="FASTRNN_BACKEND=cpp cannot run here: it supports float32"):
+        backends.cpp_runs(x.half(), "GRU/LSTM")
+    monkeypatch.setenv(backends.BACKEND_ENV, "nonsense")
+    with pytest.raises(ValueError, match="is not a fastrnn backend"):
+        fastrnn.GRU(3, 4)(x)
+    monkeypatch.delenv(backends.BACKEND_ENV)
+    monkeypatch.setattr(backends.CppBackend, "unavailable_reason", lambda self: "no compiler here")
+    monkeypatch.setattr(backends, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="GRU/LSTM use the reference backend on cpu because no compiler here"):
+        out = fastrnn.GRU(3, 4)(x)[0]
+    assert out.shape == (2, 1, 4)
