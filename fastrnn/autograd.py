@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastrnn.backends import needs_any_order, select_backend
+from fastrnn.backends import needs_any_order, select_backend, traced
 from fastrnn.ops import (
     check_same_device,
     recurrence,
@@ -77,12 +77,6 @@ class _RecurrenceUnderTransforms(torch.autograd.Function):
             return recurrence_input_grads(ctx, h0, y, dz, dh0)
 
 
-def _traced(xw: Tensor) -> bool:
-    """Dynamo, export, torch.jit.trace or fake tensors: the custom-op entry (a tracer records an op, never a
-    Python autograd.Function)."""
-    return torch.compiler.is_compiling() or type(xw) is not Tensor or torch._C._get_tracing_state() is not None
-
-
 def rnn_recurrence(
     xw: Tensor,
     h0: Tensor,
@@ -109,6 +103,6 @@ def rnn_recurrence(
         return rnn_recurrence_ref(xw, h0, w_hh, batch_sizes, reverse, activation)
     if torch._C._are_functorch_transforms_active():
         return _RecurrenceUnderTransforms.apply(*args)
-    if _traced(xw):
+    if traced(xw):
         return recurrence(*args)
     return RNNRecurrenceFunction.apply(*args)

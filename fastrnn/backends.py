@@ -197,6 +197,12 @@ def needs_any_order(*tensors: Optional[Tensor]) -> bool:
     return reverse >= 2
 
 
+def traced(x: Tensor) -> bool:
+    """Dynamo, export, torch.jit.trace or fake tensors look at this call: the ops' custom-op entry (a tracer
+    records an op, never a Python autograd.Function). One predicate for every family."""
+    return torch.compiler.is_compiling() or type(x) is not Tensor or torch._C._get_tracing_state() is not None
+
+
 def _eager_cpp_call(input: Tensor) -> bool:
     forced = forced_backend()
     if forced and forced != "cpp":

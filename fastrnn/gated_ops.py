@@ -26,7 +26,7 @@ from torch import Tensor
 
 from fastrnn import gated_reference as ref
 from fastrnn._cpp import on_load
-from fastrnn.backends import cpp_runs, needs_any_order
+from fastrnn.backends import cpp_runs, needs_any_order, traced
 from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import prev_state_index
 
@@ -526,11 +526,6 @@ class GRULayerFunction(torch.autograd.Function):
 # --- entries --------------------------------------------------------------------------------------------
 
 
-def _traced(xw: Tensor) -> bool:
-    """Dynamo, export or fake tensors: the custom-op entry."""
-    return torch.compiler.is_compiling() or type(xw) is not Tensor
-
-
 def _differentiated(*tensors: Optional[Tensor]) -> bool:
     """Whether autograd will record this call: otherwise the op need not save anything for a backward."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -540,7 +535,7 @@ def _one_call(x: Tensor, *tensors: Optional[Tensor]) -> Optional[str]:
     """How a layer call runs as one call, decided once: ``"infer"`` (one C++ inference op: nothing will
     differentiate it), ``"train"`` (one layer node: no autocast, tracer or dispatch mode looks either), or
     None (the per-op path, which compile, export and torch.func see). Both need the C++ backend."""
-    if torch._C._are_functorch_transforms_active() or _traced(x) or forward_ad._current_level >= 0:
+    if torch._C._are_functorch_transforms_active() or traced(x) or forward_ad._current_level >= 0:
         return None
     if not _differentiated(x, *tensors):
         return "infer" if _use_cpp(x) else None
@@ -612,7 +607,7 @@ def gru_recurrence(
     if torch._C._are_functorch_transforms_active():
         y, h_n, _ = _GRUUnderTransforms.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
         return y, h_n
-    if _traced(xw):
+    if traced(xw):
         y, h_n, _ = gru_recurrence_op(xw, h0, w_hh, b_hn, batch_sizes, reverse)
         return y, h_n
     if not _differentiated(xw, h0, w_hh, b_hn):
@@ -644,7 +639,7 @@ def lstm_recurrence(
     if torch._C._are_functorch_transforms_active():
         y, h_n, c_n, _ = _LSTMUnderTransforms.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         return y, h_n, c_n
-    if _traced(xw):
+    if traced(xw):
         y, h_n, c_n, _ = lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         return y, h_n, c_n
     if not _differentiated(xw, h0, c0, w_hh, w_hr):

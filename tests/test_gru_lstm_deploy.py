@@ -166,3 +166,19 @@ def test_scripted_packed_input_like_torchs(name):
     scripted = torch.jit.script(_Packed(our_cls.from_torch(ref)))
     packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 3, 2]))
     torch.testing.assert_close(scripted(packed), ref(packed)[0].data)
+
+
+def test_jit_trace_of_the_gated_ops_records_the_custom_ops():
+    """The GRU / LSTM op entries take the custom op under torch.jit.trace, as the RNN's does (one `traced`
+    predicate for every family), so the trace holds fastrnn's op rather than an untraceable Function."""
+    from fastrnn.gated_ops import gru_recurrence, lstm_recurrence
+
+    torch.manual_seed(0)
+    xw, h0, w = torch.randn(4, 2, 9), torch.randn(2, 3), torch.randn(9, 3)
+    traced = torch.jit.trace(lambda a, b, c: gru_recurrence(a, b, c)[0], (xw, h0, w))
+    assert "fastrnn::gru_recurrence" in str(traced.graph)
+    torch.testing.assert_close(traced(xw, h0, w), gru_recurrence(xw, h0, w)[0])
+    xw4, c0, w4 = torch.randn(4, 2, 12), torch.randn(2, 3), torch.randn(12, 3)
+    traced = torch.jit.trace(lambda a, b, c, d: lstm_recurrence(a, b, c, d)[0], (xw4, h0, c0, w4))
+    assert "fastrnn::lstm_recurrence" in str(traced.graph)
+    torch.testing.assert_close(traced(xw4, h0, c0, w4), lstm_recurrence(xw4, h0, c0, w4)[0])
