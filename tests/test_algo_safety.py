@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastrnn import algo, functional
+from tests.test_algo import FakeTimer, _call
 
 KW = dict(has_biases=True, num_layers=2, dropout=0.0, training=False, bidirectional=True, nonlinearity="tanh",
           batch_sizes=None)
@@ -27,27 +28,6 @@ def fresh_state(monkeypatch):
     monkeypatch.setattr(algo, "device_arch", lambda device: ARCH)
     monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
     monkeypatch.delenv(algo.ALGO_ENV, raising=False)
-
-
-def _call(batch=3, steps=5, requires_grad=False, seed=0):
-    torch.manual_seed(seed)
-    rnn = torch.nn.RNN(4, 6, num_layers=2, bidirectional=True)
-    x = torch.randn(steps, batch, 4, requires_grad=requires_grad)
-    hx = torch.randn(4, batch, 6)
-    return rnn, x, hx, list(rnn._flat_weights)
-
-
-class FakeTimer:
-    """Runs each candidate once (so its result is recorded and a broken one raises) and answers the seconds
-    it was told."""
-
-    def __init__(self, **seconds):
-        self.seconds, self.calls = seconds, []
-
-    def __call__(self, fn):
-        fn()
-        self.calls.append(fn.algo)
-        return self.seconds[fn.algo]
 
 
 FAST_TRITON = dict(triton=1.0, cudnn=2.0)
