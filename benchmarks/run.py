@@ -121,7 +121,7 @@ def torch_module(case: Case, device: torch.device, dtype: torch.dtype) -> nn.Mod
 def _family_candidates(case: Case, device: torch.device, torch_module: nn.Module) -> dict:
     """GRU / LSTM: the C++ op and the reference on the CPU; on CUDA fastrnn runs torch's own implementation."""
     ours = (fastrnn.GRU if case.cell == "gru" else fastrnn.LSTM).from_torch(torch_module)
-    if device.type != "cpu":
+    if device.type != "cpu" or case.dtype not in ("float32", "float64"):
         return {"fastrnn (torch's implementation)": (ours, None)}
     return {f"fastrnn[{b}]": (ours, b) for b in fastrnn.available_backends() if b in ("cpp", "reference")}
 
@@ -146,9 +146,10 @@ def _candidates(case: Case, device: torch.device, torch_rnn: nn.RNN,
             except RuntimeError:
                 continue
         found[f"fastrnn[{backend}]"] = (ours, backend)
-    if device.type == "cuda":
-        # fastrnn as a user gets it: the algorithm finder picks Triton or cuDNN per shape class (fastrnn.algo);
-        # the fastrnn[triton] row keeps the Triton kernels forced, so their own ratio stays visible.
+    if device.type == "cuda" or "fastrnn[cpp]" not in found:
+        # fastrnn as a user gets it: on CUDA the algorithm finder picks Triton or cuDNN per shape class
+        # (fastrnn.algo; the fastrnn[triton] row keeps the Triton kernels forced, so their own ratio stays
+        # visible); on the CPU, where the C++ op cannot run the dtype (16-bit), torch's own implementation.
         found[AUTO] = (ours, None)
     if not case.packed:
         found[CELL_LOOP] = (CellLoop(torch_rnn), None)
@@ -220,6 +221,8 @@ def _ran(name: str, backend: Optional[str], x) -> str:
     torch's module cuDNN on CUDA or torch's CPU implementation (ATen, oneDNN for the LSTM)."""
     data = x.data if isinstance(x, PackedSequence) else x
     if name == AUTO:
+        if not data.is_cuda:
+            return "torch-cpu"  # the CPU's auto row exists only where the C++ op cannot run the dtype
         from fastrnn import algo
 
         return algo.last_choice(data) or "triton"

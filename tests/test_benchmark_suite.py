@@ -162,3 +162,15 @@ def test_cell_loop_case_times_torchs_cell_and_fastrnns_behind_the_gate(cell):
     assert {r["mode"] for r in rows} == {"inference", "training"}
     assert all(r["gate"] == "pass" and r["median_ms"] > 0 and r["case"].startswith(f"{name} loop") for r in rows)
     assert {c.cell for c in GATED_CELL_LOOP_CASES} == {"gru", "lstm"}
+
+
+def test_a_16_bit_cpu_case_times_fastrnn_as_a_user_gets_it(tmp_path, monkeypatch):
+    """fastrnn's C++ op cannot run bfloat16: the case still has a fastrnn row (torch's implementation, which
+    fastrnn runs then), so the table and chart show what a user gets, not only the forced reference."""
+    cases = [Case(T=3, B=2, H=4, dtype="bfloat16"), Case(T=3, B=2, H=4, cell="gru", dtype="bfloat16")]
+    monkeypatch.setattr(run, "select", lambda preset, flt: cases)
+    assert run.main(["--preset", "tiny", "--out", str(tmp_path), "--min-run-time", "0.01"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {(r["impl"], r["ran"]) for r in rows if r["cell"] == "rnn"} >= {("fastrnn[auto]", "torch-cpu")}
+    assert "fastrnn (torch's implementation)" in {r["impl"] for r in rows if r["cell"] == "gru"}
+    assert any(c.dtype == "bfloat16" for c in select("quick")) and any(c.dtype == "bfloat16" for c in select("family"))
