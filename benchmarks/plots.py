@@ -104,7 +104,7 @@ def plot_speedup(rows: list[dict], info: dict, out_dir: Path) -> Path:
     ax.grid(True, axis="x", which="minor", alpha=0.12)
     shown = sorted({r["impl"] for modes in cases.values() for r in modes.values()})
     notes = ["speedup against torch: torch's median time / fastrnn's (> 1: fastrnn is faster)",
-             f"fastrnn as run: {', '.join(shown)}; error bars: p20-p80 of the ratio over pairs of repeats"]
+             f"fastrnn as run: {', '.join(shown)}", "error bars: p20-p80 of the ratio over pairs of repeats"]
     if bounds_used:
         notes.append("dashed error bars: bounds from each side's p20 and p80 (those rows kept no repeats)")
     ax.set_xlabel("\n".join(notes), fontsize=9)
