@@ -169,8 +169,10 @@ class GatedCellFunction : public torch::autograd::Function<GatedCellFunction> {
     const at::Tensor c_kept = !d.lstm || any_but_c ? c : c.clone();
     ctx->save_for_backward({if_saved(w_ih.requires_grad(), x), h_kept, c_kept, if_saved(x.requires_grad(), w_ih),
                             if_saved(h.requires_grad(), w_hh), ws});
-    keep_for_recompute(ctx, {x, h, c, w_ih, w_hh, b_ih, b_hh});
-    ctx->saved_data["shape"] = std::vector<int64_t>{d.N, d.I, d.H, d.G, d.lstm};
+    keep_for_recompute(ctx, {x, h, c, w_ih, w_hh, b_ih, b_hh},
+                       {w_ih.requires_grad(), w_hh.requires_grad(), !d.lstm || any_but_c, x.requires_grad(),
+                        h.requires_grad(), false, false});
+    ctx->saved_data["shape"] = std::vector<int64_t>{d.N, d.I, d.H, d.G, d.lstm, b_ih.defined()};
     if (d.lstm) return {ho, co};
     return {ho};
   }
@@ -187,18 +189,17 @@ class GatedCellFunction : public torch::autograd::Function<GatedCellFunction> {
     torch::autograd::variable_list result(7);
     if (!gh.defined() && !gc.defined()) return result;
     if (!gh.defined()) gh = at::zeros({d.N, d.H}, ws.options());
-    const auto kept = ctx->saved_data["recompute_inputs"].toOptionalTensorList();
-    // needs_input_grad counts graph inputs, which skip the absent optional arguments.
-    std::vector<bool> wanted(kept.size(), false), present(kept.size(), false);
-    for (size_t i = 0, edge = 0; i < kept.size(); ++i) {
-      present[i] = static_cast<std::optional<at::Tensor>>(kept[i]).has_value();
+    // needs_input_grad counts graph inputs, which skip the absent optional arguments (c, the biases).
+    const std::vector<bool> present = {true, true, lstm, true, true, dims[5] != 0, dims[5] != 0};
+    std::vector<bool> wanted(present.size(), false);
+    for (size_t i = 0, edge = 0; i < present.size(); ++i) {
       if (present[i]) wanted[i] = ctx->needs_input_grad(edge++);
     }
     if (at::GradMode::is_enabled() || !plain_grads(grads)) {
       // create_graph, or batched gradients: differentiate torch's own cell, recomputed on the inputs.
       const bool create_graph = at::GradMode::is_enabled();
       at::AutoGradMode recording(true);
-      const std::vector<at::Tensor> inputs = recompute_inputs(ctx);
+      const std::vector<at::Tensor> inputs = recompute_inputs(ctx, {x, h, c, w_ih, w_hh, {}, {}});
       const at::Tensor &x = inputs[0], &h = inputs[1], &c = inputs[2], &w_ih = inputs[3], &w_hh = inputs[4],
                        &b_ih = inputs[5], &b_hh = inputs[6];
       std::vector<at::Tensor> outputs, grad_outputs = {gh};

@@ -325,14 +325,18 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
       }
       input_rg = output_rg;
     }
+    // keep[0] is the input made contiguous: x itself unless x is a view of another layout (batch_first).
+    const bool x_saved = any_w_ih0_rg && keep[0].is_same(x);
     keep[0] = if_saved(any_w_ih0_rg, keep[0]);
     std::vector<at::Tensor> to_save{if_saved(any_w_hh_rg, hx)};
     to_save.insert(to_save.end(), saved_weights.begin(), saved_weights.end());
     to_save.insert(to_save.end(), keep.begin(), keep.end());
     ctx->save_for_backward(to_save);
     std::vector<at::Tensor> inputs{x, hx};
+    std::vector<bool> saved{x_saved, any_w_hh_rg};
     inputs.insert(inputs.end(), weights.begin(), weights.end());
-    keep_for_recompute(ctx, inputs);
+    for (const at::Tensor& w : saved_weights) saved.push_back(w.defined());
+    keep_for_recompute(ctx, inputs, saved);
     ctx->saved_data["shape"] = std::vector<int64_t>{has_biases, num_layers, directions, activation, x.size(-1)};
     // The caller may edit the output in place before backward, as torch's: the saved top y stays apart.
     if (directions == 1) output = step_buffer(output.sizes(), output.options()).copy_(output);
@@ -353,7 +357,9 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
       // create_graph, or batched gradients: differentiate a recorded recomputation.
       const bool create_graph = at::GradMode::is_enabled();
       at::AutoGradMode recording(true);
-      const std::vector<at::Tensor> all = recompute_inputs(ctx);
+      std::vector<at::Tensor> unpacked{saved[1 + count], saved[0]};  // x (contiguous), hx, the weights
+      unpacked.insert(unpacked.end(), saved.begin() + 1, saved.begin() + 1 + count);
+      const std::vector<at::Tensor> all = recompute_inputs(ctx, unpacked);
       const at::Tensor &x = all[0], &hx = all[1];
       const std::vector<at::Tensor> weights(all.begin() + 2, all.end());
       std::vector<at::Tensor> inputs, outputs, grad_outputs;

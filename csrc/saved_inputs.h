@@ -14,25 +14,34 @@
 
 namespace fastrnn {
 
-// Keeps `inputs` (undefined ones allowed) and their versions for recompute_inputs.
-inline void keep_for_recompute(torch::autograd::AutogradContext* ctx, const std::vector<at::Tensor>& inputs) {
+// Keeps the `inputs` (undefined ones allowed) that save_for_backward does not hold (`saved[i]` false), with
+// their versions, for recompute_inputs: only what torch's backward would not keep, so that a node under
+// non-reentrant checkpointing holds no activation beyond its saved tensors (those it does not keep are
+// parameters, states and the like, or an input whose saved copy is not the input itself).
+inline void keep_for_recompute(torch::autograd::AutogradContext* ctx, const std::vector<at::Tensor>& inputs,
+                               const std::vector<bool>& saved) {
   std::vector<int64_t> versions;
-  for (const at::Tensor& t : inputs) versions.push_back(t.defined() ? t._version() : 0);
   c10::List<std::optional<at::Tensor>> kept;
-  for (const at::Tensor& t : inputs) kept.push_back(t.defined() ? std::optional<at::Tensor>(t) : std::nullopt);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const bool keep = !saved[i] && inputs[i].defined();
+    versions.push_back(keep ? inputs[i]._version() : 0);
+    kept.push_back(keep ? std::optional<at::Tensor>(inputs[i]) : std::nullopt);
+  }
   ctx->saved_data["recompute_inputs"] = kept;
   ctx->saved_data["recompute_versions"] = versions;
 }
 
-// The inputs keep_for_recompute kept, after checking that none was edited in place since.
-inline std::vector<at::Tensor> recompute_inputs(torch::autograd::AutogradContext* ctx) {
+// Every input for a recomputation: those keep_for_recompute kept, after checking that none was edited in
+// place since, and `unpacked[i]` (the saved tensor, unpacked) for the others.
+inline std::vector<at::Tensor> recompute_inputs(torch::autograd::AutogradContext* ctx,
+                                                const std::vector<at::Tensor>& unpacked) {
   const auto kept = ctx->saved_data["recompute_inputs"].toOptionalTensorList();
   const auto versions = ctx->saved_data["recompute_versions"].toIntVector();
   std::vector<at::Tensor> inputs;
   for (size_t i = 0; i < kept.size(); ++i) {
     const std::optional<at::Tensor> t = kept[i];
     if (!t.has_value()) {
-      inputs.emplace_back();
+      inputs.push_back(unpacked[i]);
       continue;
     }
     TORCH_CHECK(t->_version() == versions[i],

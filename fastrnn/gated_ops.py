@@ -433,17 +433,20 @@ def _needed(flag: bool, t: Optional[Tensor]) -> Optional[Tensor]:
     return t if flag else None
 
 
-def _keep_for_recompute(ctx, inputs: tuple) -> None:
+def _keep_for_recompute(ctx, inputs: tuple, saved: tuple) -> None:
     """The layer nodes save for backward only what torch's backward reads (``x W^T`` keeps ``W`` only where
     ``x`` needs a gradient, ``x`` only where ``W`` does; biases never), so a user may edit the others in place
     between forward and backward as with torch's modules. A create_graph backward recomputes the layer from
-    all inputs: they are kept here with their versions, and :func:`_recompute_inputs` raises torch's in-place
-    error if one changed, rather than differentiating the edited values."""
-    ctx.recompute = inputs
-    ctx.versions = tuple(None if t is None else t._version for t in inputs)
+    all inputs: those not saved (``saved[i]`` false; parameters and states, never an activation that
+    non-reentrant checkpointing would free) are kept here with their versions, and :func:`_recompute_inputs`
+    raises torch's in-place error if one changed, rather than differentiating the edited values."""
+    ctx.recompute = tuple(None if s else t for t, s in zip(inputs, saved))
+    ctx.versions = tuple(None if t is None else t._version for t in ctx.recompute)
 
 
-def _recompute_inputs(ctx) -> tuple:
+def _recompute_inputs(ctx, unpacked: tuple) -> tuple:
+    """Every input of the layer: the kept ones, checked, and ``unpacked[i]`` (from ``ctx.saved_tensors``) for
+    the saved ones."""
     for t, version in zip(ctx.recompute, ctx.versions):
         if t is not None and t._version != version:
             raise RuntimeError(
@@ -451,7 +454,7 @@ def _recompute_inputs(ctx) -> tuple:
                 f"[{t.type()} {list(t.shape)}] is at version {t._version}; expected version {version} instead. "
                 "(fastrnn: a create_graph backward recomputes the layer from its inputs)"
             )
-    return ctx.recompute
+    return tuple(u if t is None else t for t, u in zip(ctx.recompute, unpacked))
 
 
 def _differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) -> list:
@@ -474,7 +477,8 @@ class LSTMLayerFunction(torch.autograd.Function):
         output = torch.ops.fastrnn.lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
         ctx.save_for_backward(_needed(w_ih.requires_grad, x), _needed(x.requires_grad, w_ih),
                               _needed(w_hh.requires_grad, h0), c0, w_hh, w_hr, output[0], output[3])
-        _keep_for_recompute(ctx, (x, w_ih, bias, h0, c0, w_hh, w_hr))
+        _keep_for_recompute(ctx, (x, w_ih, bias, h0, c0, w_hh, w_hr),
+                            (w_ih.requires_grad, x.requires_grad, False, w_hh.requires_grad, True, True, True))
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1], output[2]
 
@@ -482,7 +486,7 @@ class LSTMLayerFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         x, w_ih, h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
         if torch.is_grad_enabled():
-            inputs = _recompute_inputs(ctx)
+            inputs = _recompute_inputs(ctx, (x, w_ih, None, h0, c0, w_hh, w_hr))
             x, w_ih, bias, h0, c0, w_hh, w_hr = inputs
             outputs = ref.lstm_recurrence_ref(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, ctx.batch_sizes,
                                               ctx.reverse)[:3]
@@ -504,7 +508,8 @@ class GRULayerFunction(torch.autograd.Function):
         h0_kept = h0 if w_hh.requires_grad else h0.clone()
         ctx.save_for_backward(_needed(w_ih.requires_grad, x), _needed(x.requires_grad, w_ih), h0_kept, w_hh,
                               output[0], output[2])
-        _keep_for_recompute(ctx, (x, w_ih, bias, h0, w_hh, b_hn))
+        _keep_for_recompute(ctx, (x, w_ih, bias, h0, w_hh, b_hn),
+                            (w_ih.requires_grad, x.requires_grad, False, w_hh.requires_grad, True, False))
         ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
         return output[0], output[1]
 
@@ -512,7 +517,7 @@ class GRULayerFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n):
         x, w_ih, h0, w_hh, y, ws = ctx.saved_tensors
         if torch.is_grad_enabled():
-            inputs = _recompute_inputs(ctx)
+            inputs = _recompute_inputs(ctx, (x, w_ih, None, h0, w_hh, None))
             x, w_ih, bias, h0, w_hh, b_hn = inputs
             outputs = ref.gru_recurrence_ref(F.linear(x, w_ih, bias), h0, w_hh, b_hn, ctx.batch_sizes, ctx.reverse)[:2]
             return (*_differentiate_reference(ctx, inputs, outputs, (dy, dh_n)),)
