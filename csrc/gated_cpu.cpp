@@ -46,6 +46,10 @@ namespace {
 
 constexpr int64_t kGatedSmallStep = 64 * 64 * 64;
 constexpr int64_t kZmmSmallStep = int64_t{1} << 30;
+// Largest W_ih a forward op projects with step by step (see layer_input): W_ih and W_hh together stay in this
+// CPU's L3 up to H = 512 (4 MB each, float32); at H = 1024 (16 MB each) they do not.
+constexpr int64_t kFusedWeightBytes = int64_t{1} << 23;
+constexpr int64_t kFusedStreamRows = 32;  // rows a thread from which a streamed W_ih costs no more than a GEMM
 constexpr int64_t kGatedRowsPerThreadMin = 2;
 
 // R * J = 128 bytes' worth of rows by columns per block (8 AVX-512 accumulators): enough independent FMA
@@ -573,7 +577,12 @@ LayerInput layer_input(const at::Tensor& x, const std::optional<at::Tensor>& w_i
   check_layout(x, in.I, batch, batch_sizes, "x");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_layer_input", [&] {
     const int64_t rows = gated_rows_per_thread(batch);
-    in.fuse = zmm_kernel_on() && gated_small<scalar_t>(rows, in.I, G) && gated_small<scalar_t>(rows, P, G);
+    // Fused, each step streams W_ih once more: worth it while W_ih stays in cache, or while a thread's rows
+    // are enough to hide the stream. At H = 1024 (16 MB) and 4-16 rows a thread the per-step projection made
+    // LSTM inference memory-bound (B=8: 0.75x torch's oneDNN, which projects all steps in one GEMM).
+    const bool w_ih_cached = in.I * G * static_cast<int64_t>(sizeof(scalar_t)) <= kFusedWeightBytes;
+    in.fuse = zmm_kernel_on() && (w_ih_cached || rows >= kFusedStreamRows) &&
+              gated_small<scalar_t>(rows, in.I, G) && gated_small<scalar_t>(rows, P, G);
   });
   in.x = in.fuse ? x.contiguous() : at::linear(x, *w_ih, bias).contiguous();
   return in;

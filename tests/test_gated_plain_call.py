@@ -90,3 +90,16 @@ def test_malformed_calls_are_declined_with_torchs_error(plain_calls, name, bad):
     assert expected[0] is not None
     assert _outcome(lambda: call(fastrnn)) == expected
     assert True not in plain_calls
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+@pytest.mark.parametrize("batch", [4, 64], ids=["streamed-W_ih-projected-first", "fused-per-step"])
+def test_both_sides_of_the_fused_projection_switch_equal_torch(name, batch):
+    """At H = 1024 W_ih (16 MB) leaves the cache: with few rows a thread the layer ops project all steps in
+    one GEMM first, with many they project each step in the step kernel (csrc/gated_cpu.cpp, layer_input)."""
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, name)(1024, 1024, dtype=torch.float64)
+    ours = getattr(fastrnn, name).from_torch(theirs)
+    x = torch.randn(2, batch, 1024, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
