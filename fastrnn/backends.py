@@ -244,12 +244,10 @@ def cpp_runs(x: Tensor, family: str) -> bool:
     reference: CPU float32 / float64 with the library loaded (one warning when it is missing), as
     :func:`select_backend` chooses for the RNN. ``FASTRNN_BACKEND`` forces, with a clear error where the forced
     backend cannot run ``x``."""
-    forced = forced_backend()
+    forced = _known_forced_backend()
     if forced == "reference":
         return False
     if forced and forced != "cpp":
-        if forced not in _BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}")
         raise RuntimeError(f"{BACKEND_ENV}={forced}: fastrnn has no {forced} kernels for {family} yet")
     cpp = _BACKENDS["cpp"]
     reason = cpp.cannot_run(x)
@@ -266,14 +264,18 @@ def cpp_runs(x: Tensor, family: str) -> bool:
     return True
 
 
+def _known_forced_backend() -> str:
+    """FASTRNN_BACKEND ('' when unset), a ValueError when it names no fastrnn backend."""
+    forced = forced_backend()
+    if forced and forced not in _BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}")
+    return forced
+
+
 def select_backend(xw: Tensor) -> Backend:
     """The backend that runs the op on ``xw``'s device and dtype."""
-    forced = forced_backend()
+    forced = _known_forced_backend()
     if forced:
-        if forced not in _BACKENDS:
-            raise ValueError(
-                f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}"
-            )
         backend = _BACKENDS[forced]
         reason = backend.unavailable_reason() or backend.cannot_run(xw)
         if reason is not None:

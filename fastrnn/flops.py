@@ -23,9 +23,16 @@ def _rows(shape) -> int:
     return rows
 
 
+def _state_matmul_flops(rows: int, w_hh_shape, w_hr_shape=None, c_width: int = 0) -> int:
+    """``rows`` steps' state matmuls: ``h W_hh^T`` (``[G, P]``: ``[H, H]`` for the Elman cell, ``[3H, H]`` /
+    ``[4H, P]`` for GRU / LSTM), and the LSTM's projection ``u W_hr^T`` (``[P, H]``)."""
+    gates, width = w_hh_shape
+    return 2 * rows * gates * width + (2 * rows * w_hr_shape[0] * c_width if w_hr_shape is not None else 0)
+
+
 def recurrence_flops(xw_shape, h0_shape, w_hh_shape, *args, **kwargs) -> int:
-    hidden = w_hh_shape[0]
-    return 2 * _rows(xw_shape) * hidden * hidden
+    """The Elman and the GRU recurrence (``xw``, ``h0``, ``w_hh`` first in both)."""
+    return _state_matmul_flops(_rows(xw_shape), w_hh_shape)
 
 
 def _first_step_rows(dh_n_shape, batch_sizes, reverse: bool) -> int:
@@ -40,8 +47,9 @@ def _first_step_rows(dh_n_shape, batch_sizes, reverse: bool) -> int:
 
 
 def _shapes(formula):
-    """``formula`` called with tensor shapes, except ``batch_sizes`` (the 5th to 8th argument, by name), whose
-    values it reads: register_flop_formula(get_raw=True) hands it the raw arguments."""
+    """``formula`` called with tensor shapes, except ``batch_sizes`` (the argument at
+    ``formula.batch_sizes_at``), whose values it reads: register_flop_formula(get_raw=True) hands it the raw
+    arguments."""
 
     def wrapped(*args, out_val=None, **kwargs):
         shaped = [a.shape if isinstance(a, torch.Tensor) and i != formula.batch_sizes_at else a
@@ -53,18 +61,11 @@ def _shapes(formula):
 
 def recurrence_backward_flops(dy_shape, dh_n_shape, y_shape, w_hh_shape, batch_sizes, reverse, activation,
                               need_dh0=True, *args, **kwargs) -> int:
-    hidden = w_hh_shape[0]
-    rows = _rows(y_shape) - (0 if need_dh0 else _first_step_rows(dh_n_shape, batch_sizes, reverse))
-    return 2 * rows * hidden * hidden
+    skipped = 0 if need_dh0 else _first_step_rows(dh_n_shape, batch_sizes, reverse)
+    return _state_matmul_flops(_rows(y_shape) - skipped, w_hh_shape)
 
 
 recurrence_backward_flops.batch_sizes_at = 4
-
-
-def _gated_step_flops(rows: int, w_hh_shape, w_hr_shape, c_width: int) -> int:
-    """``rows`` steps' state matmuls: ``h W_hh^T`` (``[G, P]``), and the LSTM's projection ``u W_hr^T``."""
-    gates, width = w_hh_shape
-    return 2 * rows * gates * width + (2 * rows * w_hr_shape[0] * c_width if w_hr_shape is not None else 0)
 
 
 def _projection_flops(x_shape, w_ih_shape) -> int:
@@ -72,33 +73,29 @@ def _projection_flops(x_shape, w_ih_shape) -> int:
     return 0 if w_ih_shape is None else 2 * _rows(x_shape) * w_ih_shape[0] * w_ih_shape[1]
 
 
-def gru_flops(xw_shape, h0_shape, w_hh_shape, *args, **kwargs) -> int:
-    return _gated_step_flops(_rows(xw_shape), w_hh_shape, None, 0)
-
-
 def gru_backward_flops(dy_shape, dh_n_shape, y_shape, ws_shape, h0_shape, w_hh_shape, batch_sizes, reverse,
                        need_dh0=True, *args, **kwargs) -> int:
     skipped = 0 if need_dh0 else _first_step_rows(dh_n_shape, batch_sizes, reverse)
-    return _gated_step_flops(_rows(y_shape) - skipped, w_hh_shape, None, 0)
+    return _state_matmul_flops(_rows(y_shape) - skipped, w_hh_shape)
 
 
 gru_backward_flops.batch_sizes_at = 6
 
 
 def gru_layer_flops(x_shape, w_ih_shape, bias_shape, h0_shape, w_hh_shape, *args, **kwargs) -> int:
-    return _projection_flops(x_shape, w_ih_shape) + _gated_step_flops(_rows(x_shape), w_hh_shape, None, 0)
+    return _projection_flops(x_shape, w_ih_shape) + _state_matmul_flops(_rows(x_shape), w_hh_shape)
 
 
 def lstm_flops(xw_shape, h0_shape, c0_shape, w_hh_shape, w_hr_shape, *args, **kwargs) -> int:
-    return _gated_step_flops(_rows(xw_shape), w_hh_shape, w_hr_shape, c0_shape[-1])
+    return _state_matmul_flops(_rows(xw_shape), w_hh_shape, w_hr_shape, c0_shape[-1])
 
 
 def lstm_backward_flops(dy_shape, dh_n_shape, dc_n_shape, ws_shape, c0_shape, w_hh_shape, w_hr_shape, batch_sizes,
                         reverse, need_dh0=True, *args, **kwargs) -> int:
     rows = _rows(ws_shape)
     skipped = 0 if need_dh0 else _first_step_rows(dh_n_shape, batch_sizes, reverse)
-    recurrent = _gated_step_flops(rows - skipped, w_hh_shape, None, 0)
-    return recurrent + _gated_step_flops(rows, (0, 0), w_hr_shape, c0_shape[-1])  # du = dh W_hr
+    recurrent = _state_matmul_flops(rows - skipped, w_hh_shape)
+    return recurrent + _state_matmul_flops(rows, (0, 0), w_hr_shape, c0_shape[-1])  # du = dh W_hr
 
 
 lstm_backward_flops.batch_sizes_at = 7
@@ -116,8 +113,9 @@ def mm_flops(a_shape, b_shape, *args, **kwargs) -> int:
 _FORMULAS = {
     "recurrence": recurrence_flops, "recurrence_backward": recurrence_backward_flops,
     "rnn_fwd": recurrence_flops, "rnn_bwd": recurrence_backward_flops,
-    "gru_recurrence": gru_flops, "gru_recurrence_backward": gru_backward_flops,
-    "gru_fwd": gru_flops, "gru_bwd": gru_backward_flops, "gru_infer": gru_layer_flops, "gru_layer_fwd": gru_layer_flops,
+    "gru_recurrence": recurrence_flops, "gru_recurrence_backward": gru_backward_flops,
+    "gru_fwd": recurrence_flops, "gru_bwd": gru_backward_flops,
+    "gru_infer": gru_layer_flops, "gru_layer_fwd": gru_layer_flops,
     "lstm_recurrence": lstm_flops, "lstm_recurrence_backward": lstm_backward_flops,
     "lstm_fwd": lstm_flops, "lstm_bwd": lstm_backward_flops, "lstm_infer": lstm_layer_flops,
     "lstm_layer_fwd": lstm_layer_flops, "mm_nn": mm_flops,
