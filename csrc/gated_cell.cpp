@@ -165,13 +165,14 @@ class GatedCellFunction : public torch::autograd::Function<GatedCellFunction> {
     // saves an intermediate made from them instead and the raw backward reads them.
     const bool any_but_c = x.requires_grad() || h.requires_grad() || w_ih.requires_grad() ||
                            w_hh.requires_grad() || (b_ih.defined() && (b_ih.requires_grad() || b_hh.requires_grad()));
-    const at::Tensor h_kept = w_hh.requires_grad() ? h : d.lstm ? at::Tensor() : h.clone();
-    const at::Tensor c_kept = !d.lstm || any_but_c ? c : c.clone();
-    ctx->save_for_backward({if_saved(w_ih.requires_grad(), x), h_kept, c_kept, if_saved(x.requires_grad(), w_ih),
-                            if_saved(h.requires_grad(), w_hh), ws});
-    keep_for_recompute(ctx, {x, h, c, w_ih, w_hh, b_ih, b_hh},
-                       {w_ih.requires_grad(), w_hh.requires_grad(), !d.lstm || any_but_c, x.requires_grad(),
-                        h.requires_grad(), false, false});
+    // saved[i]: whether inputs[i] itself is saved (x, h, c, w_ih, w_hh, b_ih, b_hh).
+    const std::vector<bool> saved = {w_ih.requires_grad(), w_hh.requires_grad(), !d.lstm || any_but_c,
+                                     x.requires_grad(), h.requires_grad(), false, false};
+    const at::Tensor h_kept = saved[1] ? h : d.lstm ? at::Tensor() : h.clone();
+    const at::Tensor c_kept = saved[2] ? c : c.clone();
+    ctx->save_for_backward({if_saved(saved[0], x), h_kept, c_kept, if_saved(saved[3], w_ih), if_saved(saved[4], w_hh),
+                            ws});
+    keep_for_recompute(ctx, {x, h, c, w_ih, w_hh, b_ih, b_hh}, saved);
     ctx->saved_data["shape"] = std::vector<int64_t>{d.N, d.I, d.H, d.G, d.lstm, b_ih.defined()};
     if (d.lstm) return {ho, co};
     return {ho};

@@ -12,16 +12,6 @@
 #include "rnn_cpu.h"
 
 namespace fastrnn {
-
-std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_ih,
-                                                 const std::optional<at::Tensor>& bias, const at::Tensor& h0,
-                                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
-                                                 const std::optional<at::Tensor>& batch_sizes, bool reverse);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& w_ih, const std::optional<at::Tensor>& bias,
-    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse);
-
 namespace {
 
 bool has_shape(const at::Tensor& t, std::initializer_list<int64_t> shape) {

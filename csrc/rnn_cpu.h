@@ -109,6 +109,17 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
     int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
     int64_t hidden_size);
 
+// The gated layers' inference ops (gated_cpu.cpp: fastrnn::gru_infer / lstm_infer): with w_ih, x is the layer
+// input and each step's projection is made in the step kernel where that pays (see layer_input there).
+std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_ih,
+                                                 const std::optional<at::Tensor>& bias, const at::Tensor& h0,
+                                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
+                                                 const std::optional<at::Tensor>& batch_sizes, bool reverse);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& w_ih, const std::optional<at::Tensor>& bias,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse);
+
 // torch.nn.GRU / LSTM.forward's eager inference call (gated_stack.cpp) when it is plain, as
 // rnn_forward_if_plain: gates 3 (GRU) or 4 (LSTM); hx (and cx) undefined for zeros; nothing recording
 // gradients. Returns (output, h_n, c_n) as torch shapes them (c_n undefined for the GRU), or nullopt.
