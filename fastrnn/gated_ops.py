@@ -1,22 +1,23 @@
-"""The gated recurrences (GRU, LSTM) as differentiable ops, wired as the Elman op is (:mod:`fastrnn.ops`,
-:mod:`fastrnn.autograd`): an old-style ``autograd.Function`` for plain eager tensors (least per-call
-overhead) and ``torch.library`` custom ops with fake and registered autograd whenever dynamo, export or
-torch.func look, so graphs hold one opaque node per layer and direction.
+"""The gated recurrences (GRU, LSTM) as differentiable ops, generated from one definition per cell
+(:class:`GatedRecurrence`): an old-style ``autograd.Function`` for plain eager tensors (least per-call overhead),
+``torch.library`` custom ops with fake and registered autograd whenever dynamo, export or torch.func look (graphs
+hold one opaque node per layer and direction), a ``setup_context`` Function for torch.func, and one layer node
+per cell that owns the input projection too.
 
 Each forward runs the C++ op (``torch.ops.fastrnn.gru_fwd`` / ``lstm_fwd``: CPU, float32 and float64) or the
 reference (anything else), and saves the workspace ``ws`` its backward needs (see
 :mod:`fastrnn.gated_reference`). Backward runs BPTT in the same backend and returns the pre-activation
 gradients; ``W_hh``, ``b_hn`` and ``W_hr`` gradients are then one GEMM or reduction each, here.
 
-An eager training call of a whole layer is one node that owns the input projection too
-(``LSTMLayerFunction`` / ``GRULayerFunction``); under ``create_graph`` its backward differentiates the
-pure-PyTorch reference layer recomputed on the saved inputs, so the modules' eager gradients of any order
-are the reference's. The op-level entries (``gru_recurrence`` / ``lstm_recurrence``, which compiled, exported
-and torch.func calls reach) are first-order: a second backward raises :data:`DOUBLE_BACKWARD_ERROR`.
+A backward that must itself be differentiable (``create_graph``) differentiates the pure-PyTorch reference
+recomputed on the saved inputs, so gradients of any order are the reference's, at the op level (a direct call,
+an exported program) as in the modules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -30,11 +31,6 @@ from fastrnn.backends import cpp_runs, needs_any_order, traced
 from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import prev_state_index
 
-DOUBLE_BACKWARD_ERROR = (
-    "fastrnn's gated recurrence op supports first-order gradients only when it is called directly or traced "
-    "(torch.compile, export, torch.func); eager fastrnn.GRU / fastrnn.LSTM modules support higher orders, and "
-    "torch.nn.GRU / torch.nn.LSTM do everywhere"
-)
 _fakes_registered = False
 
 
@@ -98,44 +94,6 @@ def _use_cpp(x: Tensor) -> bool:
     return cpp_runs(x, "GRU/LSTM")
 
 
-def gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse):
-    if _use_cpp(xw):
-        return torch.ops.fastrnn.gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-    return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-
-
-def gru_infer(xw, h0, w_hh, b_hn, batch_sizes, reverse):
-    """``gru_fwd`` without the workspace: for calls that nothing will differentiate."""
-    if _use_cpp(xw):
-        return torch.ops.fastrnn.gru_infer(xw, None, None, h0, w_hh, b_hn, batch_sizes, reverse)
-    return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)[:2]
-
-
-def gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
-    if _use_cpp(y):
-        return torch.ops.fastrnn.gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
-    return ref.gru_recurrence_bwd_ref(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse)
-
-
-def lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    if _use_cpp(xw):
-        return torch.ops.fastrnn.lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-
-
-def lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    """``lstm_fwd`` without the workspace: for calls that nothing will differentiate."""
-    if _use_cpp(xw):
-        return torch.ops.fastrnn.lstm_infer(xw, None, None, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
-
-
-def lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
-    if _use_cpp(ws):
-        return torch.ops.fastrnn.lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0)
-    return ref.lstm_recurrence_bwd_ref(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse)
-
-
 def state_weight_grad(dg: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[Tensor], reverse: bool) -> Tensor:
     """``dW_hh = dg^T h_prev`` over all steps and rows, ``h_prev`` being the state each step read.
 
@@ -158,246 +116,202 @@ def _contiguous(tensors: tuple) -> tuple:
     return tuple(t.contiguous() for t in tensors)
 
 
-def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if grad is None else grad
+# --- what each cell contributes -------------------------------------------------------------------------
+# The op's tensor inputs are t = (xw, *states, w_hh, extra), extra being GRU's b_hn or LSTM's w_hr, followed by
+# (batch_sizes, reverse); its outputs are (y, *finals, ws). Everything below the two specs is written once.
 
 
-# --- GRU ------------------------------------------------------------------------------------------------
-
-
-def _gru_save(ctx, inputs, output) -> None:
-    xw, h0, w_hh, b_hn, batch_sizes, reverse = inputs
-    ctx.save_for_backward(h0, w_hh, output[0], output[2])
-    ctx.has_b_hn, ctx.batch_sizes, ctx.reverse = b_hn is not None, batch_sizes, reverse
-
-
-def _gru_recurrence_grads(dy: Tensor, dh_n: Tensor, saved: tuple, need: tuple, has_b_hn: bool, batch_sizes,
-                          reverse: bool, backward) -> tuple:
-    """``(dxw, dh0, dW_hh, db_hn)`` of the GRU recurrence from ``saved = (h0, w_hh, y, ws)``; ``need`` says which
-    of ``(h0, w_hh, b_hn)`` want a gradient (None where not)."""
-    h0, w_hh, y, ws = saved
-    dxw, dg, dh0 = backward(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need[0])
+def _gru_grads(out: tuple, t: tuple, y: Tensor, ws: Tensor, need: tuple, batch_sizes, reverse: bool) -> tuple:
+    """``(dxw, dh0, dW_hh, db_hn)`` from ``gru_bwd``'s ``(dxw, dg, dh0)``; None where ``need`` says none."""
+    dxw, dg, dh0 = out
     hidden = y.size(-1)
-    dw = state_weight_grad(dg, y, h0, batch_sizes, reverse) if need[1] else None
-    db = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if has_b_hn and need[2] else None
-    return dxw, dh0 if need[0] else None, dw, db
+    dw = state_weight_grad(dg, y, t[1], batch_sizes, reverse) if need[2] else None
+    db = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if need[3] else None
+    return dxw, dh0 if need[1] else None, dw, db
 
 
-def _gru_grads(ctx, dy: Tensor, dh_n: Tensor, backward) -> tuple:
-    """The gradients of (xw, h0, w_hh, b_hn, batch_sizes, reverse)."""
-    grads = _gru_recurrence_grads(dy, dh_n, ctx.saved_tensors, ctx.needs_input_grad[1:4], ctx.has_b_hn,
-                                  ctx.batch_sizes, ctx.reverse, backward)
-    return *grads, None, None
-
-
-class GRURecurrenceFunction(torch.autograd.Function):
-    """``(y, h_n) = gru(xw, h0, w_hh, b_hn)`` on plain eager tensors (see :func:`gru_recurrence`)."""
-
-    @staticmethod
-    def forward(ctx, xw, h0, w_hh, b_hn, batch_sizes, reverse):
-        output = gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-        _gru_save(ctx, (xw, h0, w_hh, b_hn, batch_sizes, reverse), output)
-        return output[0], output[1]
-
-    @staticmethod
-    def backward(ctx, dy, dh_n):
-        if torch.is_grad_enabled():
-            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-        return _gru_grads(ctx, dy, dh_n, gru_bwd)
-
-
-@torch.library.custom_op("fastrnn::gru_recurrence", mutates_args=())
-def gru_recurrence_op(
-    xw: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _contiguous(gru_fwd(xw, h0, w_hh, b_hn, batch_sizes, reverse))
-
-
-@gru_recurrence_op.register_fake
-def _(xw, h0, w_hh, b_hn, batch_sizes, reverse):
-    hidden = h0.size(-1)
-    return xw.new_empty(*xw.shape[:-1], hidden), h0.new_empty(h0.shape), xw.new_empty(*xw.shape[:-1], 4 * hidden)
-
-
-@torch.library.custom_op("fastrnn::gru_recurrence_backward", mutates_args=())
-def gru_recurrence_backward_op(
-    dy: Tensor,
-    dh_n: Tensor,
-    y: Tensor,
-    ws: Tensor,
-    h0: Tensor,
-    w_hh: Tensor,
-    batch_sizes: Optional[Tensor],
-    reverse: bool,
-    need_dh0: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    dxw, dg, dh0 = gru_bwd(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0)
-    return _contiguous((dxw, dg, dh0 if need_dh0 else torch.zeros_like(dh_n)))
-
-
-@gru_recurrence_backward_op.register_fake
-def _(dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0):
-    wide = y.new_empty(*y.shape[:-1], 3 * y.size(-1))
-    return wide, torch.empty_like(wide), dh_n.new_empty(dh_n.shape)
-
-
-def _gru_op_grad(ctx, dy, dh_n, _dws):
-    _, _, y, _ = ctx.saved_tensors
-    h0 = ctx.saved_tensors[0]
-    return _gru_grads(ctx, _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), gru_recurrence_backward_op)
-
-
-gru_recurrence_op.register_autograd(_gru_op_grad, setup_context=_gru_save)
-
-
-# --- LSTM -----------------------------------------------------------------------------------------------
-
-
-def _lstm_save(ctx, inputs, output) -> None:
-    xw, h0, c0, w_hh, w_hr, batch_sizes, reverse = inputs
-    ctx.save_for_backward(h0, c0, w_hh, w_hr, output[0], output[3])
-    ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
-
-
-def _lstm_recurrence_grads(dy: Tensor, dh_n: Tensor, dc_n: Tensor, saved: tuple, need: tuple, batch_sizes,
-                           reverse: bool, backward) -> tuple:
-    """``(da, dh0, dc0, dW_hh, dW_hr)`` of the LSTM recurrence from ``saved = (h0, c0, w_hh, w_hr, y, ws)``;
-    ``need`` says which of ``(h0, c0, w_hh, w_hr)`` want a gradient (None where not)."""
-    h0, c0, w_hh, w_hr, y, ws = saved
-    da, dh_all, dh0, dc0 = backward(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need[0])
-    dw = state_weight_grad(da, y, h0, batch_sizes, reverse) if need[2] else None
+def _lstm_grads(out: tuple, t: tuple, y: Tensor, ws: Tensor, need: tuple, batch_sizes, reverse: bool) -> tuple:
+    """``(da, dh0, dc0, dW_hh, dW_hr)`` from ``lstm_bwd``'s ``(da, dh_all, dh0, dc0)``."""
+    da, dh_all, dh0, dc0 = out
+    dw = state_weight_grad(da, y, t[1], batch_sizes, reverse) if need[3] else None
     dw_hr = None
-    if w_hr is not None and need[3]:
-        hidden = c0.size(-1)
+    if need[4]:
+        hidden = t[2].size(-1)
         u = ws[..., 5 * hidden :].reshape(-1, hidden)
         dw_hr = dh_all.reshape(-1, dh_all.size(-1)).t().mm(u)
-    return da, dh0 if need[0] else None, dc0 if need[1] else None, dw, dw_hr
+    return da, dh0 if need[1] else None, dc0 if need[2] else None, dw, dw_hr
 
 
-def _lstm_grads(ctx, dy: Tensor, dh_n: Tensor, dc_n: Tensor, backward) -> tuple:
-    """The gradients of (xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)."""
-    grads = _lstm_recurrence_grads(dy, dh_n, dc_n, ctx.saved_tensors, ctx.needs_input_grad[1:5], ctx.batch_sizes,
-                                   ctx.reverse, backward)
-    return *grads, None, None
+def _gru_layer_saved(h0: Tensor, w_hh: Tensor, b_hn: Optional[Tensor]) -> tuple[tuple, tuple]:
+    # torch keeps h0 - n (an intermediate) where w_hh needs no gradient; the backward reads h0 itself.
+    return (h0 if w_hh.requires_grad else h0.clone(), w_hh, None), (w_hh.requires_grad, True, False)
 
 
-class LSTMRecurrenceFunction(torch.autograd.Function):
-    """``(y, h_n, c_n) = lstm(xw, h0, c0, w_hh, w_hr)`` on plain eager tensors (see :func:`lstm_recurrence`)."""
-
-    @staticmethod
-    def forward(ctx, xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        output = lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-        _lstm_save(ctx, (xw, h0, c0, w_hh, w_hr, batch_sizes, reverse), output)
-        return output[0], output[1], output[2]
-
-    @staticmethod
-    def backward(ctx, dy, dh_n, dc_n):
-        if torch.is_grad_enabled():
-            raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-        return _lstm_grads(ctx, dy, dh_n, dc_n, lstm_bwd)
+def _lstm_layer_saved(h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor]) -> tuple[tuple, tuple]:
+    return (h0 if w_hh.requires_grad else None, c0, w_hh, w_hr), (w_hh.requires_grad, True, True, True)
 
 
-@torch.library.custom_op("fastrnn::lstm_recurrence", mutates_args=())
-def lstm_recurrence_op(
-    xw: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    w_hh: Tensor,
-    w_hr: Optional[Tensor],
-    batch_sizes: Optional[Tensor],
-    reverse: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _contiguous(lstm_fwd(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse))
+@dataclass(frozen=True)
+class GatedRecurrence:
+    """One gated cell's recurrence, as data."""
+
+    name: str  # "GRU": GRURecurrenceFunction, _GRUUnderTransforms, GRULayerFunction, reference "gru_recurrence_ref"
+    cpp: str  # the C++ ops fastrnn::<cpp>_fwd, _infer, _bwd, _layer_fwd
+    states: int
+    schema: str  # of fastrnn::<cpp>_recurrence; the backward's: of fastrnn::<cpp>_recurrence_backward
+    backward_schema: str
+    fake: Callable  # (*t, batch_sizes, reverse) -> outputs, shapes only
+    fake_backward: Callable
+    backward_args: Callable  # (output grads, t, y, ws) -> the tensor arguments of fastrnn::<cpp>_bwd
+    grads: Callable  # (backward's outputs, t, y, ws, need, batch_sizes, reverse) -> grads of t
+    layer_saved: Callable  # (*t[1:]) -> (what the layer node saves of them, which it saves for real)
+
+    def reference(self, *args):
+        return getattr(ref, f"{self.cpp}_recurrence_ref")(*args)
+
+    def fwd(self, *args):
+        if _use_cpp(args[0]):
+            return getattr(torch.ops.fastrnn, f"{self.cpp}_fwd")(*args)
+        return self.reference(*args)
+
+    def infer(self, *args):
+        """``fwd`` without the workspace: for calls that nothing will differentiate."""
+        if _use_cpp(args[0]):
+            return getattr(torch.ops.fastrnn, f"{self.cpp}_infer")(args[0], None, None, *args[1:])
+        return self.reference(*args)[:-1]
+
+    def bwd(self, *args):
+        if _use_cpp(args[0]):
+            return getattr(torch.ops.fastrnn, f"{self.cpp}_bwd")(*args)
+        return getattr(ref, f"{self.cpp}_recurrence_bwd_ref")(*args[:-1])
 
 
-@lstm_recurrence_op.register_fake
-def _(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-    lead, hidden = xw.shape[:-1], c0.size(-1)
-    saved = 5 * hidden if w_hr is None else 6 * hidden
-    return xw.new_empty(*lead, h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), xw.new_empty(*lead, saved)
+GRU = GatedRecurrence(
+    name="GRU", cpp="gru", states=1,
+    schema="(Tensor xw, Tensor h0, Tensor w_hh, Tensor? b_hn, Tensor? batch_sizes, bool reverse) "
+           "-> (Tensor, Tensor, Tensor)",
+    backward_schema="(Tensor dy, Tensor dh_n, Tensor y, Tensor ws, Tensor h0, Tensor w_hh, Tensor? batch_sizes, "
+                    "bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor)",
+    fake=lambda xw, h0, w_hh, b_hn, batch_sizes, reverse: (
+        xw.new_empty(*xw.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape),
+        xw.new_empty(*xw.shape[:-1], 4 * h0.size(-1))),
+    fake_backward=lambda dy, dh_n, y, ws, h0, w_hh, batch_sizes, reverse, need_dh0: (
+        y.new_empty(*y.shape[:-1], 3 * y.size(-1)), y.new_empty(*y.shape[:-1], 3 * y.size(-1)),
+        dh_n.new_empty(dh_n.shape)),
+    backward_args=lambda g, t, y, ws: (g[0], g[1], y, ws, t[1], t[2]),
+    grads=_gru_grads,
+    layer_saved=_gru_layer_saved,
+)
+
+LSTM = GatedRecurrence(
+    name="LSTM", cpp="lstm", states=2,
+    schema="(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? batch_sizes, bool reverse) "
+           "-> (Tensor, Tensor, Tensor, Tensor)",
+    backward_schema="(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor ws, Tensor c0, Tensor w_hh, Tensor? w_hr, "
+                    "Tensor? batch_sizes, bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor, Tensor)",
+    fake=lambda xw, h0, c0, w_hh, w_hr, batch_sizes, reverse: (
+        xw.new_empty(*xw.shape[:-1], h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+        xw.new_empty(*xw.shape[:-1], (5 if w_hr is None else 6) * c0.size(-1))),
+    fake_backward=lambda dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0: (
+        ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dy.new_empty(dy.shape if w_hr is not None else 0),
+        dh_n.new_empty(dh_n.shape), c0.new_empty(c0.shape)),
+    backward_args=lambda g, t, y, ws: (g[0], g[1], g[2], ws, t[2], t[3], t[4]),
+    grads=_lstm_grads,
+    layer_saved=_lstm_layer_saved,
+)
 
 
-@torch.library.custom_op("fastrnn::lstm_recurrence_backward", mutates_args=())
-def lstm_recurrence_backward_op(
-    dy: Tensor,
-    dh_n: Tensor,
-    dc_n: Tensor,
-    ws: Tensor,
-    c0: Tensor,
-    w_hh: Tensor,
-    w_hr: Optional[Tensor],
-    batch_sizes: Optional[Tensor],
-    reverse: bool,
-    need_dh0: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    da, dh_all, dh0, dc0 = lstm_bwd(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0)
-    return _contiguous((da, dh_all, dh0 if need_dh0 else torch.zeros_like(dh_n), dc0))
+# --- the wiring, once for every cell --------------------------------------------------------------------
 
 
-@lstm_recurrence_backward_op.register_fake
-def _(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, batch_sizes, reverse, need_dh0):
-    dh_all = dy.new_empty(dy.shape) if w_hr is not None else dy.new_empty(0)
-    return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, dh_n.new_empty(dh_n.shape), c0.new_empty(c0.shape)
+def _save(ctx, inputs: tuple, output: tuple) -> None:
+    """Every tensor input (a create_graph backward recomputes the reference from them), ``y`` and ``ws``."""
+    ctx.save_for_backward(*inputs[:-2], output[0], output[-1])
+    ctx.batch_sizes, ctx.reverse = inputs[-2:]
 
 
-def _lstm_op_grad(ctx, dy, dh_n, dc_n, _dws):
-    h0, c0, _, _, y, _ = ctx.saved_tensors
-    grads = (_zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0))
-    return _lstm_grads(ctx, *grads, lstm_recurrence_backward_op)
+def _zeros_if_none(grads: tuple, like: tuple) -> tuple:
+    return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, like))
 
 
-lstm_recurrence_op.register_autograd(_lstm_op_grad, setup_context=_lstm_save)
+def _differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) -> list:
+    """create_graph: the gradients of ``inputs`` through ``outputs``, the pure-PyTorch reference recomputed on
+    the saved inputs under autograd, so that any order of gradient is the reference's."""
+    grads = _zeros_if_none(grads, outputs)
+    wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None and t.requires_grad]
+    result = [None] * len(ctx.needs_input_grad)
+    found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True)
+    for i, grad in zip(wanted, found):
+        result[i] = grad
+    return result
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+def _op_grads(spec: GatedRecurrence, ctx, grads: tuple, backward) -> tuple:
+    """The gradients of the op's inputs ``(*t, batch_sizes, reverse)``; with ``create_graph``, the reference's."""
+    *t, y, ws = ctx.saved_tensors  # once: non-reentrant checkpointing allows one unpack per backward
+    if torch.is_grad_enabled():
+        outputs = spec.reference(*t, ctx.batch_sizes, ctx.reverse)[:-1]
+        return tuple(_differentiate_reference(ctx, tuple(t), outputs, grads))
+    grads = _zeros_if_none(grads, (y, *t[1 : 1 + spec.states]))
+    need = ctx.needs_input_grad
+    out = backward(*spec.backward_args(grads, t, y, ws), ctx.batch_sizes, ctx.reverse, need[1])
+    return *spec.grads(out, t, y, ws, need, ctx.batch_sizes, ctx.reverse), None, None
 
 
-gru_recurrence_backward_op.register_autograd(_no_double_backward)
-lstm_recurrence_backward_op.register_autograd(_no_double_backward)
+def _eager_function(spec: GatedRecurrence) -> type:
+    """The old-style Function for plain eager tensors: a third of the overhead of a ``setup_context`` one."""
+
+    def forward(ctx, *args):
+        output = spec.fwd(*args)
+        _save(ctx, args, output)
+        return output[:-1]
+
+    def backward(ctx, *grads):
+        return _op_grads(spec, ctx, grads, spec.bwd)
+
+    return type(f"{spec.name}RecurrenceFunction", (torch.autograd.Function,), {
+        "__doc__": f"The {spec.name} recurrence on plain eager tensors (see :func:`{spec.cpp}_recurrence`).",
+        "forward": staticmethod(forward), "backward": staticmethod(backward), "__module__": __name__})
 
 
-# --- torch.func ---------------------------------------------------------------------------------------
-# functorch needs setup_context Functions (the custom ops' registered autograd is not one); these call the
-# ops, which functorch batches, under no_grad.
+def _custom_ops(spec: GatedRecurrence):
+    """``fastrnn::<cpp>_recurrence`` and its backward op, with fakes and the registered autograd."""
+    op = torch.library.custom_op(f"fastrnn::{spec.cpp}_recurrence", lambda *args: _contiguous(spec.fwd(*args)),
+                                 mutates_args=(), schema=spec.schema)
+    op.register_fake(spec.fake)
+
+    def backward_impl(*args):
+        out = list(spec.bwd(*args))
+        if not args[-1]:  # need_dh0
+            out[2] = torch.zeros_like(args[1])
+        return _contiguous(out)
+
+    backward_op = torch.library.custom_op(f"fastrnn::{spec.cpp}_recurrence_backward", backward_impl,
+                                          mutates_args=(), schema=spec.backward_schema)
+    backward_op.register_fake(spec.fake_backward)
+    op.register_autograd(lambda ctx, *grads: _op_grads(spec, ctx, grads[:-1], backward_op), setup_context=_save)
+    return op, backward_op
 
 
-class _GRUUnderTransforms(torch.autograd.Function):
-    generate_vmap_rule = True
+def _functorch_function(spec: GatedRecurrence, op, backward_op) -> type:
+    """functorch needs a ``setup_context`` Function (the custom op's registered autograd is not one); it calls
+    the op, which functorch batches, under no_grad. First order: deeper transforms run the reference."""
 
-    @staticmethod
-    def forward(xw, h0, w_hh, b_hn, batch_sizes, reverse):
+    def forward(*args):
         with torch.no_grad():
-            return gru_recurrence_op(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+            return op(*args)
 
-    @staticmethod
     def setup_context(ctx, inputs, output):
-        _gru_save(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[2])
+        _save(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[-1])
 
-    @staticmethod
-    def backward(ctx, dy, dh_n, _dws):
+    def backward(ctx, *grads):
         with torch.no_grad():
-            return _gru_grads(ctx, dy, dh_n, gru_recurrence_backward_op)
+            return _op_grads(spec, ctx, grads[:-1], backward_op)
 
-
-class _LSTMUnderTransforms(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        with torch.no_grad():
-            return lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _lstm_save(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[3])
-
-    @staticmethod
-    def backward(ctx, dy, dh_n, dc_n, _dws):
-        with torch.no_grad():
-            return _lstm_grads(ctx, dy, dh_n, dc_n, lstm_recurrence_backward_op)
+    return type(f"_{spec.name}UnderTransforms", (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "__module__": __name__})
 
 
 # --- whole layers, eager training -----------------------------------------------------------------------
@@ -419,13 +333,13 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
     return a.mm(b)
 
 
-def layer_input_grads(need: tuple, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], dxw: Tensor) -> tuple:
+def layer_input_grads(need: tuple, x: Tensor, w_ih: Tensor, dxw: Tensor) -> tuple:
     """``(dx, dW_ih, db)`` of ``xw = x W_ih^T + bias`` from ``dxw`` (``[..., G]``); ``need`` says which of
     ``(x, w_ih, bias)`` want a gradient (None where not)."""
     flat = dxw.reshape(-1, dxw.size(-1))
     dx = _mm(flat, w_ih).view(*dxw.shape[:-1], w_ih.size(1)) if need[0] else None
     dw_ih = flat.t().mm(x.reshape(-1, x.size(-1))) if need[1] else None
-    db = flat.sum(0) if bias is not None and need[2] else None
+    db = flat.sum(0) if need[2] else None
     return dx, dw_ih, db
 
 
@@ -457,75 +371,45 @@ def _recompute_inputs(ctx, unpacked: tuple) -> tuple:
     return tuple(u if t is None else t for t, u in zip(ctx.recompute, unpacked))
 
 
-def _differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) -> list:
-    """create_graph: the gradients of ``inputs`` through ``outputs``, the pure-PyTorch reference layer recomputed
-    on the saved inputs under autograd, so that any order of gradient is the reference's."""
-    grads = [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads)]
-    wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None and t.requires_grad]
-    result = [None] * len(ctx.needs_input_grad)
-    found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True)
-    for i, grad in zip(wanted, found):
-        result[i] = grad
-    return result
+def _layer_function(spec: GatedRecurrence) -> type:
+    """``<cpp>_recurrence(F.linear(x, w_ih, bias), *rest)`` as one node (see :func:`gru_layer`)."""
 
+    def forward(ctx, x, w_ih, bias, *rest):
+        output = getattr(torch.ops.fastrnn, f"{spec.cpp}_layer_fwd")(x, w_ih, bias, *rest)
+        saved, flags = spec.layer_saved(*rest[:-2])
+        ctx.save_for_backward(_needed(w_ih.requires_grad, x), _needed(x.requires_grad, w_ih), *saved, output[0],
+                              output[-1])
+        _keep_for_recompute(ctx, (x, w_ih, bias, *rest[:-2]), (w_ih.requires_grad, x.requires_grad, False, *flags))
+        ctx.batch_sizes, ctx.reverse = rest[-2:]
+        return output[:-1]
 
-class LSTMLayerFunction(torch.autograd.Function):
-    """``lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr)`` as one node (see :func:`lstm_layer`)."""
-
-    @staticmethod
-    def forward(ctx, x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse):
-        output = torch.ops.fastrnn.lstm_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-        ctx.save_for_backward(_needed(w_ih.requires_grad, x), _needed(x.requires_grad, w_ih),
-                              _needed(w_hh.requires_grad, h0), c0, w_hh, w_hr, output[0], output[3])
-        _keep_for_recompute(ctx, (x, w_ih, bias, h0, c0, w_hh, w_hr),
-                            (w_ih.requires_grad, x.requires_grad, False, w_hh.requires_grad, True, True, True))
-        ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
-        return output[0], output[1], output[2]
-
-    @staticmethod
-    def backward(ctx, dy, dh_n, dc_n):
-        x, w_ih, h0, c0, w_hh, w_hr, y, ws = ctx.saved_tensors
+    def backward(ctx, *grads):
+        x, w_ih, *t, y, ws = ctx.saved_tensors
         if torch.is_grad_enabled():
-            inputs = _recompute_inputs(ctx, (x, w_ih, None, h0, c0, w_hh, w_hr))
-            x, w_ih, bias, h0, c0, w_hh, w_hr = inputs
-            outputs = ref.lstm_recurrence_ref(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, ctx.batch_sizes,
-                                              ctx.reverse)[:3]
-            return tuple(_differentiate_reference(ctx, inputs, outputs, (dy, dh_n, dc_n)))
-        bias = ctx.recompute[2]  # only whether there is one: its gradient is a sum of da
+            x, w_ih, bias, *t = _recompute_inputs(ctx, (x, w_ih, None, *t))
+            outputs = spec.reference(F.linear(x, w_ih, bias), *t, ctx.batch_sizes, ctx.reverse)[:-1]
+            return tuple(_differentiate_reference(ctx, (x, w_ih, bias, *t), outputs, grads))
         need = ctx.needs_input_grad
-        da, dh0, dc0, dw, dw_hr = _lstm_recurrence_grads(dy, dh_n, dc_n, (h0, c0, w_hh, w_hr, y, ws), need[3:7],
-                                                         ctx.batch_sizes, ctx.reverse, lstm_bwd)
-        return *layer_input_grads(need[:3], x, w_ih, bias, da), dh0, dc0, dw, dw_hr, None, None
+        t = (None, *t)
+        op_need = (any(need[:3]), *need[3:])
+        out = spec.bwd(*spec.backward_args(grads, t, y, ws), ctx.batch_sizes, ctx.reverse, need[3])
+        dxw, *rest = spec.grads(out, t, y, ws, op_need, ctx.batch_sizes, ctx.reverse)
+        return *layer_input_grads(need[:3], x, w_ih, dxw), *rest, None, None
+
+    return type(f"{spec.name}LayerFunction", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward), "__module__": __name__})
 
 
-class GRULayerFunction(torch.autograd.Function):
-    """``gru_recurrence(F.linear(x, w_ih, bias), h0, w_hh, b_hn)`` as one node (see :func:`gru_layer`)."""
-
-    @staticmethod
-    def forward(ctx, x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse):
-        output = torch.ops.fastrnn.gru_layer_fwd(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
-        # torch keeps h0 - n (an intermediate) where w_hh needs no gradient; the backward reads h0 itself.
-        h0_kept = h0 if w_hh.requires_grad else h0.clone()
-        ctx.save_for_backward(_needed(w_ih.requires_grad, x), _needed(x.requires_grad, w_ih), h0_kept, w_hh,
-                              output[0], output[2])
-        _keep_for_recompute(ctx, (x, w_ih, bias, h0, w_hh, b_hn),
-                            (w_ih.requires_grad, x.requires_grad, False, w_hh.requires_grad, True, False))
-        ctx.batch_sizes, ctx.reverse = batch_sizes, reverse
-        return output[0], output[1]
-
-    @staticmethod
-    def backward(ctx, dy, dh_n):
-        x, w_ih, h0, w_hh, y, ws = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            inputs = _recompute_inputs(ctx, (x, w_ih, None, h0, w_hh, None))
-            x, w_ih, bias, h0, w_hh, b_hn = inputs
-            outputs = ref.gru_recurrence_ref(F.linear(x, w_ih, bias), h0, w_hh, b_hn, ctx.batch_sizes, ctx.reverse)[:2]
-            return (*_differentiate_reference(ctx, inputs, outputs, (dy, dh_n)),)
-        bias, b_hn = ctx.recompute[2], ctx.recompute[5]  # only whether there are any: their gradients are sums
-        need = ctx.needs_input_grad
-        dxw, dh0, dw, db_hn = _gru_recurrence_grads(dy, dh_n, (h0, w_hh, y, ws), need[3:6], b_hn is not None,
-                                                    ctx.batch_sizes, ctx.reverse, gru_bwd)
-        return *layer_input_grads(need[:3], x, w_ih, bias, dxw), dh0, dw, db_hn, None, None
+GRURecurrenceFunction = _eager_function(GRU)
+LSTMRecurrenceFunction = _eager_function(LSTM)
+gru_recurrence_op, gru_recurrence_backward_op = _custom_ops(GRU)
+lstm_recurrence_op, lstm_recurrence_backward_op = _custom_ops(LSTM)
+_GRUUnderTransforms = _functorch_function(GRU, gru_recurrence_op, gru_recurrence_backward_op)
+_LSTMUnderTransforms = _functorch_function(LSTM, lstm_recurrence_op, lstm_recurrence_backward_op)
+GRULayerFunction = _layer_function(GRU)
+LSTMLayerFunction = _layer_function(LSTM)
+_FUNCTIONS = {GRU: (GRURecurrenceFunction, gru_recurrence_op, _GRUUnderTransforms, GRULayerFunction),
+              LSTM: (LSTMRecurrenceFunction, lstm_recurrence_op, _LSTMUnderTransforms, LSTMLayerFunction)}
 
 
 # --- entries --------------------------------------------------------------------------------------------
@@ -549,6 +433,32 @@ def _one_call(x: Tensor, *tensors: Optional[Tensor]) -> Optional[str]:
     return "train" if not looked_at and _use_cpp(x) else None
 
 
+def _layer(spec: GatedRecurrence, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], *rest) -> tuple:
+    """One layer and direction, ``rest = (*states, w_hh, extra, batch_sizes, reverse)``: one C++ inference op
+    (which makes each step's input projection itself where it can), one layer node, or the projection and
+    :func:`_recurrence`."""
+    path = _one_call(x, w_ih, bias, *rest[:-2])
+    if path == "infer":
+        return getattr(torch.ops.fastrnn, f"{spec.cpp}_infer")(x, w_ih, bias, *rest)
+    if path == "train":
+        return _FUNCTIONS[spec][3].apply(x, w_ih, bias, *rest)
+    return _recurrence(spec, F.linear(x, w_ih, bias), *rest)
+
+
+def _recurrence(spec: GatedRecurrence, *args) -> tuple:
+    """The op on ``args = (*t, batch_sizes, reverse)`` through the entry that fits who is looking."""
+    function, op, under_transforms, _ = _FUNCTIONS[spec]
+    if needs_any_order(*args[:-2]):
+        return spec.reference(*args)[:-1]
+    if torch._C._are_functorch_transforms_active():
+        return under_transforms.apply(*args)[:-1]
+    if traced(args[0]):
+        return op(*args)[:-1]
+    if not _differentiated(*args[:-2]):
+        return spec.infer(*args)
+    return function.apply(*args)
+
+
 def gru_layer(
     x: Tensor,
     w_ih: Tensor,
@@ -559,13 +469,8 @@ def gru_layer(
     batch_sizes: Optional[Tensor] = None,
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One GRU layer and direction: ``gru_recurrence(F.linear(x, w_ih, bias), ...)``, as :func:`lstm_layer`."""
-    path = _one_call(x, w_ih, bias, h0, w_hh, b_hn)
-    if path == "infer":
-        return torch.ops.fastrnn.gru_infer(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
-    if path == "train":
-        return GRULayerFunction.apply(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
-    return gru_recurrence(F.linear(x, w_ih, bias), h0, w_hh, b_hn, batch_sizes, reverse)
+    """One GRU layer and direction: ``gru_recurrence(F.linear(x, w_ih, bias), ...)``."""
+    return _layer(GRU, x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
 
 
 def lstm_layer(
@@ -579,14 +484,8 @@ def lstm_layer(
     batch_sizes: Optional[Tensor] = None,
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One LSTM layer and direction: ``lstm_recurrence(F.linear(x, w_ih, bias), ...)``. A call that nothing
-    will differentiate runs as one C++ op, which makes each step's input projection itself where it can."""
-    path = _one_call(x, w_ih, bias, h0, c0, w_hh, w_hr)
-    if path == "infer":
-        return torch.ops.fastrnn.lstm_infer(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    if path == "train":
-        return LSTMLayerFunction.apply(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    return lstm_recurrence(F.linear(x, w_ih, bias), h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    """One LSTM layer and direction: ``lstm_recurrence(F.linear(x, w_ih, bias), ...)``."""
+    return _layer(LSTM, x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
 
 def gru_recurrence(
@@ -597,7 +496,7 @@ def gru_recurrence(
     batch_sizes: Optional[Tensor] = None,
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """The GRU recurrence, differentiable once.
+    """The GRU recurrence, differentiable to any order.
 
     Args:
         xw: ``[T, B, 3H]`` or packed ``[N, 3H]``: ``x W_ih^T + b_ih + [b_hr, b_hz, 0]``.
@@ -607,17 +506,7 @@ def gru_recurrence(
     Returns:
         ``y`` (``[T, B, H]`` or ``[N, H]``) and ``h_n`` ``[B, H]``.
     """
-    if needs_any_order(xw, h0, w_hh, b_hn):
-        return ref.gru_recurrence_ref(xw, h0, w_hh, b_hn, batch_sizes, reverse)[:2]
-    if torch._C._are_functorch_transforms_active():
-        y, h_n, _ = _GRUUnderTransforms.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-        return y, h_n
-    if traced(xw):
-        y, h_n, _ = gru_recurrence_op(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-        return y, h_n
-    if not _differentiated(xw, h0, w_hh, b_hn):
-        return gru_infer(xw, h0, w_hh, b_hn, batch_sizes, reverse)
-    return GRURecurrenceFunction.apply(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+    return _recurrence(GRU, xw, h0, w_hh, b_hn, batch_sizes, reverse)
 
 
 def lstm_recurrence(
@@ -629,7 +518,7 @@ def lstm_recurrence(
     batch_sizes: Optional[Tensor] = None,
     reverse: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The LSTM recurrence, differentiable once.
+    """The LSTM recurrence, differentiable to any order.
 
     Args:
         xw: ``[T, B, 4H]`` or packed ``[N, 4H]``: ``x W_ih^T + b_ih + b_hh``.
@@ -639,17 +528,7 @@ def lstm_recurrence(
     Returns:
         ``y`` (``[T, B, P]`` or ``[N, P]``), ``h_n`` ``[B, P]`` and ``c_n`` ``[B, H]``.
     """
-    if needs_any_order(xw, h0, c0, w_hh, w_hr):
-        return ref.lstm_recurrence_ref(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)[:3]
-    if torch._C._are_functorch_transforms_active():
-        y, h_n, c_n, _ = _LSTMUnderTransforms.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-        return y, h_n, c_n
-    if traced(xw):
-        y, h_n, c_n, _ = lstm_recurrence_op(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-        return y, h_n, c_n
-    if not _differentiated(xw, h0, c0, w_hh, w_hr):
-        return lstm_infer(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
-    return LSTMRecurrenceFunction.apply(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+    return _recurrence(LSTM, xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
 
 
 register_flop_formulas()

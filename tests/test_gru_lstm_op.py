@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import fastrnn
 from fastrnn import gated_reference as ref
-from fastrnn.gated_ops import DOUBLE_BACKWARD_ERROR, _use_cpp, gru_recurrence, lstm_recurrence
+from fastrnn.gated_ops import _use_cpp, gru_recurrence, lstm_recurrence
 
 CPU_BACKENDS = ["cpp", "reference"]
 
@@ -128,20 +128,58 @@ def test_gradcheck_lstm(use_backend, backend, reverse, packed, proj):
     assert torch.autograd.gradcheck(f, args)
 
 
+def _op_and_args(recurrence, packed, proj=0):
+    if recurrence == "gru":
+        *tensors, batch_sizes = _gru_args(4, 3, 5, packed, True, torch.float64, seed=7)
+        return gru_recurrence, [t.requires_grad_(True) for t in tensors], batch_sizes
+    *tensors, batch_sizes = _lstm_args(4, 3, 5, proj, packed, torch.float64, seed=8)
+    return lstm_recurrence, [t.requires_grad_(True) for t in tensors if t is not None], batch_sizes
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("recurrence", ["gru", "lstm", "lstm-proj"])
+def test_gradgradcheck_of_the_op_alone(use_backend, backend, reverse, packed, recurrence):
+    """Issue 18: the op-level entries (a direct call, an exported program) are differentiable to any order,
+    not only the modules' eager layer path."""
+    use_backend(backend)
+    op, args, batch_sizes = _op_and_args(recurrence[:4].rstrip("-"), packed, 3 if "proj" in recurrence else 0)
+    assert torch.autograd.gradgradcheck(lambda *a: op(*a, batch_sizes=batch_sizes, reverse=reverse), args)
+
+
 @pytest.mark.parametrize("recurrence", ["gru", "lstm"])
-def test_double_backward_of_the_op_alone_raises_a_clear_error(recurrence):
-    """The op-level entries (gru_recurrence / lstm_recurrence, and so compiled and torch.func calls) are
-    first-order; the modules' eager layer path is not (test_gated_layer.py)."""
-    gen = torch.Generator().manual_seed(0)
-    hidden, gates = 4, 3 if recurrence == "gru" else 4
-    xw = torch.randn(5, 2, gates * hidden, generator=gen, dtype=torch.float64, requires_grad=True)
-    h0 = torch.zeros(2, hidden, dtype=torch.float64)
-    w = torch.randn(gates * hidden, hidden, generator=gen, dtype=torch.float64)
-    y = gru_recurrence(xw, h0, w)[0] if recurrence == "gru" else lstm_recurrence(xw, h0, h0, w)[0]
-    # Raised by the backward that would have to be differentiable, not later by a wrong second derivative.
-    with pytest.raises(RuntimeError, match="first-order gradients only"):
-        torch.autograd.grad(y.sum(), xw, create_graph=True)
-    assert "first-order" in DOUBLE_BACKWARD_ERROR
+def test_second_order_of_the_op_equals_the_reference(recurrence):
+    """d/dxw of |dL/dW_hh|^2 through the fast op (C++ forward, create_graph backward) against the same through
+    the pure-PyTorch reference differentiated by autograd, in float64."""
+    op, args, _ = _op_and_args(recurrence, packed=False)
+    reference = ref.gru_recurrence_ref if recurrence == "gru" else ref.lstm_recurrence_ref
+
+    def second(f):
+        y = f(*args)[0]
+        (dw,) = torch.autograd.grad(y.sin().sum(), args[-2 if recurrence == "gru" else -1], create_graph=True)
+        return torch.autograd.grad(dw.square().sum(), args[0])[0]
+
+    torch.testing.assert_close(second(op), second(lambda *a: reference(*a)), rtol=1e-10, atol=1e-10)
+
+
+def test_second_order_through_an_exported_program():
+    """torch.export records fastrnn::gru_recurrence; the exported module's double backward is the op's."""
+    op, args, _ = _op_and_args("gru", packed=False)
+
+    class Layer(torch.nn.Module):
+        def forward(self, xw, h0, w_hh, b_hn):
+            return gru_recurrence(xw, h0, w_hh, b_hn)
+
+    program = torch.export.export(Layer(), tuple(a.detach() for a in args))
+    assert "fastrnn.gru_recurrence" in str(program.graph)
+
+    def second(f):
+        (dh0,) = torch.autograd.grad(f(*args)[1].sum(), args[1], create_graph=True)
+        return torch.autograd.grad(dh0.square().sum(), args[0])[0]
+
+    torch.testing.assert_close(second(program.module()), second(lambda *a: ref.gru_recurrence_ref(*a)),
+                               rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
