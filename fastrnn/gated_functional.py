@@ -1,20 +1,21 @@
 """Functional GRU and LSTM: stacked, optionally bidirectional layers and the single-step cells.
 
 As for the Elman RNN (:mod:`fastrnn.functional`), only the recurrence is custom: each layer and direction
-makes one GEMM for all steps, ``xw = x W_ih^T + bias``, then runs the gated recurrence op on it. The GRU
-folds ``b_hh`` into ``xw`` for r and z only; ``b_hn`` stays inside the reset product, as torch computes it.
+runs ``gru_layer`` / ``lstm_layer`` (the input projection ``x W_ih^T + bias`` and the gated recurrence op). The
+GRU folds ``b_hh`` into the projection's bias for r and z only; ``b_hn`` stays inside the reset product, as
+torch computes it. TorchScript-compatible: scripted modules run the same loops on the custom ops
+``fastrnn::gru_recurrence`` / ``lstm_recurrence``, so a scripted model records fastrnn's ops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastrnn.gated_ops import gru_layer, gru_recurrence, lstm_layer, lstm_recurrence
+from fastrnn import gated_ops
 
 
 def _gru_input_bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
@@ -25,33 +26,37 @@ def _gru_input_bias(b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> tuple[Opt
     return torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]]), b_hh[2 * hidden :]
 
 
-def _stack(
-    step_layer,
-    input: Tensor,
-    num_layers: int,
-    directions: int,
-    dropout: float,
-    training: bool,
-) -> Tensor:
-    """Runs ``step_layer(layer_input, k, reverse) -> y`` for every layer and direction, with dropout
-    between layers; returns the last layer's output."""
-    layer_input = input
-    for layer in range(num_layers):
-        outputs = [step_layer(layer_input, layer * directions + d, d == 1) for d in range(directions)]
-        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, -1)
-        if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, True)
-    if directions == 1 and layer_input.requires_grad:
-        # The op saved this y for its backward: the caller gets a copy it may edit in place, as torch's is.
-        layer_input = layer_input.clone()
-    return layer_input
+@torch.jit.unused
+def _gru_layer(x: Tensor, w_ih: Tensor, bias: Optional[Tensor], h0: Tensor, w_hh: Tensor, b_hn: Optional[Tensor],
+               batch_sizes: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor]:
+    return gated_ops.gru_layer(x, w_ih, bias, h0, w_hh, b_hn, batch_sizes, reverse)
+
+
+@torch.jit.unused
+def _lstm_layer(x: Tensor, w_ih: Tensor, bias: Optional[Tensor], h0: Tensor, c0: Tensor, w_hh: Tensor,
+                w_hr: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return gated_ops.lstm_layer(x, w_ih, bias, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
+def _next_layer_input(outputs: list[Tensor], layer: int, num_layers: int, dropout: float, training: bool) -> Tensor:
+    """The directions' outputs side by side, with dropout between layers."""
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+    if dropout > 0 and training and layer < num_layers - 1:
+        out = F.dropout(out, dropout, True)
+    return out
+
+
+def _caller_copy(output: Tensor, directions: int) -> Tensor:
+    """The op saved this y for its backward: the caller gets a copy it may edit in place, as torch's is."""
+    if directions == 1 and (output.requires_grad or torch.jit.is_tracing()):  # a trace records one graph
+        return output.clone()
+    return output
 
 
 def gru(
     input: Tensor,
     hx: Tensor,
-    weights: Sequence[Tensor],
-    *,
+    weights: list[Tensor],
     has_biases: bool,
     num_layers: int,
     dropout: float,
@@ -72,24 +77,32 @@ def gru(
     """
     directions = 2 if bidirectional else 1
     per = 4 if has_biases else 2
+    layer_input = input
     finals: list[Tensor] = []
-
-    def layer(x: Tensor, k: int, reverse: bool) -> Tensor:
-        w = weights[k * per : (k + 1) * per]
-        bias, b_hn = _gru_input_bias(w[2], w[3]) if has_biases else (None, None)
-        y, h_n = gru_layer(x, w[0], bias, hx[k], w[1], b_hn, batch_sizes, reverse)
-        finals.append(h_n)
-        return y
-
-    output = _stack(layer, input, num_layers, directions, dropout, training)
-    return output, torch.stack(finals)
+    for layer in range(num_layers):
+        outputs: list[Tensor] = []
+        for d in range(directions):
+            k = layer * directions + d
+            bias: Optional[Tensor] = None
+            b_hn: Optional[Tensor] = None
+            if has_biases:
+                bias, b_hn = _gru_input_bias(weights[k * per + 2], weights[k * per + 3])
+            w_ih, w_hh = weights[k * per], weights[k * per + 1]
+            if torch.jit.is_scripting():
+                y, h_n, _ = torch.ops.fastrnn.gru_recurrence(F.linear(layer_input, w_ih, bias), hx[k], w_hh, b_hn,
+                                                             batch_sizes, d == 1)
+            else:
+                y, h_n = _gru_layer(layer_input, w_ih, bias, hx[k], w_hh, b_hn, batch_sizes, d == 1)
+            outputs.append(y)
+            finals.append(h_n)
+        layer_input = _next_layer_input(outputs, layer, num_layers, dropout, training)
+    return _caller_copy(layer_input, directions), torch.stack(finals)
 
 
 def lstm(
     input: Tensor,
     hx: tuple[Tensor, Tensor],
-    weights: Sequence[Tensor],
-    *,
+    weights: list[Tensor],
     has_biases: bool,
     num_layers: int,
     dropout: float,
@@ -113,20 +126,30 @@ def lstm(
     directions = 2 if bidirectional else 1
     per = (4 if has_biases else 2) + (1 if proj_size > 0 else 0)
     h0s, c0s = hx
+    layer_input = input
     h_finals: list[Tensor] = []
     c_finals: list[Tensor] = []
-
-    def layer(x: Tensor, k: int, reverse: bool) -> Tensor:
-        w = weights[k * per : (k + 1) * per]
-        bias = w[2] + w[3] if has_biases else None
-        w_hr = w[-1] if proj_size > 0 else None
-        y, h_n, c_n = lstm_layer(x, w[0], bias, h0s[k], c0s[k], w[1], w_hr, batch_sizes, reverse)
-        h_finals.append(h_n)
-        c_finals.append(c_n)
-        return y
-
-    output = _stack(layer, input, num_layers, directions, dropout, training)
-    return output, (torch.stack(h_finals), torch.stack(c_finals))
+    for layer in range(num_layers):
+        outputs: list[Tensor] = []
+        for d in range(directions):
+            k = layer * directions + d
+            bias: Optional[Tensor] = None
+            if has_biases:
+                bias = weights[k * per + 2] + weights[k * per + 3]
+            w_hr: Optional[Tensor] = None
+            if proj_size > 0:
+                w_hr = weights[k * per + per - 1]
+            w_ih, w_hh = weights[k * per], weights[k * per + 1]
+            if torch.jit.is_scripting():
+                y, h_n, c_n, _ = torch.ops.fastrnn.lstm_recurrence(F.linear(layer_input, w_ih, bias), h0s[k], c0s[k],
+                                                                   w_hh, w_hr, batch_sizes, d == 1)
+            else:
+                y, h_n, c_n = _lstm_layer(layer_input, w_ih, bias, h0s[k], c0s[k], w_hh, w_hr, batch_sizes, d == 1)
+            outputs.append(y)
+            h_finals.append(h_n)
+            c_finals.append(c_n)
+        layer_input = _next_layer_input(outputs, layer, num_layers, dropout, training)
+    return _caller_copy(layer_input, directions), (torch.stack(h_finals), torch.stack(c_finals))
 
 
 def gru_cell(
@@ -139,8 +162,10 @@ def gru_cell(
 ) -> Tensor:
     """One GRU step. ``input``: ``[N, H_in]``; ``hx``: ``[N, H_out]``. Returns ``h'`` ``[N, H_out]``."""
     bias, b_hn = _gru_input_bias(b_ih, b_hh)
-    _, h_n = gru_recurrence(F.linear(input, w_ih, bias).unsqueeze(0), hx, w_hh, b_hn)
-    return h_n
+    xw = F.linear(input, w_ih, bias).unsqueeze(0)
+    if torch.jit.is_scripting():
+        return torch.ops.fastrnn.gru_recurrence(xw, hx, w_hh, b_hn, None, False)[1]
+    return _gru_recurrence(xw, hx, w_hh, b_hn)[1]
 
 
 def lstm_cell(
@@ -152,6 +177,22 @@ def lstm_cell(
     b_hh: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step. ``input``: ``[N, H_in]``; ``hx``: ``([N, H_out], [N, H_out])``. Returns ``(h', c')``."""
-    bias = b_ih + b_hh if b_ih is not None and b_hh is not None else None
-    _, h_n, c_n = lstm_recurrence(F.linear(input, w_ih, bias).unsqueeze(0), hx[0], hx[1], w_hh)
+    bias: Optional[Tensor] = None
+    if b_ih is not None and b_hh is not None:
+        bias = b_ih + b_hh
+    xw = F.linear(input, w_ih, bias).unsqueeze(0)
+    if torch.jit.is_scripting():
+        _, h_n, c_n, _ = torch.ops.fastrnn.lstm_recurrence(xw, hx[0], hx[1], w_hh, None, None, False)
+        return h_n, c_n
+    _, h_n, c_n = _lstm_recurrence(xw, hx[0], hx[1], w_hh)
     return h_n, c_n
+
+
+@torch.jit.unused
+def _gru_recurrence(xw: Tensor, h0: Tensor, w_hh: Tensor, b_hn: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return gated_ops.gru_recurrence(xw, h0, w_hh, b_hn)
+
+
+@torch.jit.unused
+def _lstm_recurrence(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return gated_ops.lstm_recurrence(xw, h0, c0, w_hh)

@@ -53,10 +53,10 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor], batch_sizes: Optional[Tensor]) -> bool:
     """Whether fastrnn's op runs this call (see the module docstring); otherwise torch's implementation.
 
-    torch.jit.trace and both ONNX exporters get torch's implementation, so they record what they record for
-    torch.nn.GRU / LSTM (aten::gru / aten::lstm, the standard ONNX GRU / LSTM ops): a trace or an exported
-    model then runs without fastrnn, exactly as torch's would."""
-    if torch._C._get_tracing_state() is not None or _exporting_onnx():
+    Both ONNX exporters get torch's implementation, so they emit the standard ONNX GRU / LSTM ops, as for
+    torch.nn.GRU / LSTM. torch.jit.trace and torch.jit.script record fastrnn's ops (loading needs ``import
+    fastrnn``; ``fastrnn.to_torch(model)`` first gives a program that loads without it)."""
+    if _exporting_onnx():
         return False
     device, dtype = input.device, input.dtype
     if device.type != "cpu" or dtype not in _FAST_DTYPES or torch.is_autocast_enabled("cpu"):
@@ -201,14 +201,13 @@ class GRU(_GatedBase):
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
-        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
-            if batch_sizes is None:
-                result = _VF.gru(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
-                                 self.training, self.bidirectional, self.batch_first)
-            else:
-                result = _VF.gru(input, batch_sizes, hx, self._flat_weights, self.bias, self.num_layers,
-                                 self.dropout, self.training, self.bidirectional)
-            output, hidden = result[0], result[1]
+        if torch.jit.is_scripting():  # fastrnn's ops, as the eager call runs them
+            if batch_sizes is None and self.batch_first:
+                input = input.transpose(0, 1)
+            output, hidden = gated_functional.gru(input, hx, self._flat_weights, self.bias, self.num_layers,
+                                                  self.dropout, self.training, self.bidirectional, batch_sizes)
+            if batch_sizes is None and self.batch_first:
+                output = output.transpose(0, 1)
         else:
             output, hidden = self._run(input, hx, batch_sizes)
 
@@ -335,14 +334,16 @@ class LSTM(_GatedBase):
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             self.check_forward_args(input, hx, batch_sizes)
 
-        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
-            if batch_sizes is None:
-                result = _VF.lstm(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
-                                  self.training, self.bidirectional, self.batch_first)
+        if torch.jit.is_scripting():  # fastrnn's ops, as the eager call runs them
+            if batch_sizes is None and self.batch_first:
+                input = input.transpose(0, 1)
             else:
-                result = _VF.lstm(input, batch_sizes, hx, self._flat_weights, self.bias, self.num_layers,
-                                  self.dropout, self.training, self.bidirectional)
-            output, hidden = result[0], (result[1], result[2])
+                self.check_forward_args(input, hx, batch_sizes)  # eager: torch's _VF.lstm raises its errors
+            output, hidden = gated_functional.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
+                                                   self.dropout, self.training, self.bidirectional, self.proj_size,
+                                                   batch_sizes)
+            if batch_sizes is None and self.batch_first:
+                output = output.transpose(0, 1)
         else:
             output, hidden = self._run(input, hx, batch_sizes)
 
@@ -426,11 +427,13 @@ class _GatedCellBase(TorchConversion, nn.RNNCellBase):
             return None
         return run(gates, input, h, c, self._parameters)
 
-    def _needs_any_order(self, input: Tensor, *states: Tensor) -> bool:
-        """Higher-order or forward-mode derivatives under a transform (:func:`fastrnn.backends.needs_any_order`):
-        the step runs the layer path, whose reference every transform composes with (torch's cell kernel fails
-        under vmap of grad of grad)."""
-        return needs_any_order(input, *states, self.weight_ih, self.weight_hh)
+    def _takes_layer_path(self, input: Tensor, *states: Tensor) -> bool:
+        """The step runs the layer path, not the one-call C++ step: with ``FASTRNN_BACKEND`` set; under
+        torch.jit.trace (which records fastrnn's op); for higher-order or forward-mode derivatives under a
+        transform (:func:`fastrnn.backends.needs_any_order`; the reference composes with every transform, and
+        torch's cell kernel fails under vmap of grad of grad)."""
+        return (bool(forced_backend()) or torch._C._get_tracing_state() is not None
+                or needs_any_order(input, *states, self.weight_ih, self.weight_hh))
 
     def _config(self) -> tuple[tuple, dict]:
         args = (self.input_size, self.hidden_size, self.bias)
@@ -465,15 +468,15 @@ class GRUCell(_GatedCellBase):
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         else:
             hx = hx.unsqueeze(0) if not is_batched else hx
-        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
-            ret = _VF.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if torch.jit.is_scripting():  # fastrnn's op, as the eager call runs it
+            ret = gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         else:
             ret = self._step(input, hx)
         return ret if is_batched else ret.squeeze(0)
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: Tensor) -> Tensor:
-        if forced_backend() or self._needs_any_order(input, hx):
+        if self._takes_layer_path(input, hx):
             if self._cell_fast_path_takes(input, [hx]):
                 return gated_functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         else:
@@ -513,15 +516,15 @@ class LSTMCell(_GatedCellBase):
             hx = (zeros, zeros)
         else:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
-        if torch.jit.is_scripting():  # torch's implementation: scripted code has no fastrnn Function to call
-            ret = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if torch.jit.is_scripting():  # fastrnn's op, as the eager call runs it
+            ret = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         else:
             ret = self._step(input, hx)
         return ret if is_batched else (ret[0].squeeze(0), ret[1].squeeze(0))
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        if forced_backend() or (isinstance(hx, tuple) and self._needs_any_order(input, *hx)):
+        if isinstance(hx, tuple) and self._takes_layer_path(input, *hx):
             if self._cell_fast_path_takes(input, list(hx)):
                 h, c = gated_functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
                 return h, c

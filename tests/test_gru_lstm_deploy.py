@@ -1,7 +1,7 @@
-"""GRU and LSTM go where torch's go: ONNX (both exporters, run in onnxruntime), torch.jit.trace and
-torch.jit.script
-(saved and loaded, also in a process without fastrnn) and torch.fx (one call_module leaf). Under a tracer or an exporter
-the modules run torch's implementation, so each test runs the same code on torch's module and compares."""
+"""GRU and LSTM go where torch's go: ONNX (both exporters, run in onnxruntime; they emit the standard ONNX GRU /
+LSTM ops), torch.jit.trace and torch.jit.script (which record fastrnn's ops, as for the RNN: saved programs load
+where fastrnn is imported; ``fastrnn.to_torch(model)`` first gives one that loads without it) and torch.fx (one
+call_module leaf). Each test runs the same code on torch's module and compares."""
 
 import subprocess
 import sys
@@ -43,22 +43,28 @@ def _pair(name, **config):
     return ref, ours
 
 
-def _loads_without_fastrnn(saved_module, ref, x, tmp_path):
-    """Saves a traced or scripted module, loads it in a fresh process that never imports fastrnn and checks
-    its outputs on ``x`` against torch's module."""
+def _loads_in_a_fresh_process(saved_module, ref, x, tmp_path, with_fastrnn: bool):
+    """Saves a traced or scripted module, loads it in a fresh process (which imports fastrnn or never does) and
+    checks its outputs on ``x`` against torch's module."""
     path = tmp_path / "model.pt"
     saved_module.save(str(path))
     torch.save([x, [t.detach() for t in ref(x)]], tmp_path / "io.pt")
     code = (
         "import torch, sys\n"
-        f"m = torch.jit.load({str(path)!r})\n"
+        + ("import fastrnn\n" if with_fastrnn else "")
+        + f"m = torch.jit.load({str(path)!r})\n"
         f"x, want = torch.load({str(tmp_path / 'io.pt')!r})\n"
         "for g, w in zip(m(x), want): torch.testing.assert_close(g, w)\n"
-        "assert 'fastrnn' not in sys.modules\n"
+        f"assert ('fastrnn' in sys.modules) == {with_fastrnn}\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def _fastrnn_ops(program) -> set[str]:
+    return {op for op in ("fastrnn::gru_recurrence", "fastrnn::lstm_recurrence", "aten::gru", "aten::lstm")
+            if op + "(" in str(program.inlined_graph)}
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript_exporter", "dynamo_exporter"])
@@ -80,15 +86,19 @@ def test_onnx_export_runs_in_onnxruntime_like_torch(name, config, dynamo):
 
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("name", CLASSES)
-def test_trace_equals_eager_and_loads_without_fastrnn(tmp_path, name, config):
+def test_trace_records_fastrnns_op_and_to_torch_gives_a_portable_one(tmp_path, name, config):
     ref, ours = _pair(name, **config)
     x = torch.randn(5, 3, 4)
+    other = torch.randn(7, 2, 4)  # the op is not specialised to one length
     traced = torch.jit.trace(ours, (x,))
-    other = torch.randn(7, 2, 4)  # a trace of torch's implementation is not specialised to one length
+    assert _fastrnn_ops(traced) == {f"fastrnn::{name.lower()}_recurrence"}
     for args in ((x,), (other,)):
         for got, want in zip(traced(*args), ref(*args)):
             torch.testing.assert_close(got, want)
-    _loads_without_fastrnn(traced, ref, other, tmp_path)
+    _loads_in_a_fresh_process(traced, ref, other, tmp_path, with_fastrnn=True)
+    portable = torch.jit.trace(fastrnn.to_torch(ours), (x,))
+    assert _fastrnn_ops(portable) == {f"aten::{name.lower()}"}
+    _loads_in_a_fresh_process(portable, ref, other, tmp_path, with_fastrnn=False)
 
 
 def test_fx_symbolic_trace_keeps_gated_modules_as_leaves():
@@ -118,11 +128,12 @@ def test_fx_symbolic_trace_keeps_gated_modules_as_leaves():
 
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("name", CLASSES)
-def test_script_equals_torch_trains_and_loads_without_fastrnn(tmp_path, name, config):
-    """torch.jit.script of the gated modules runs torch's implementation (scripted code cannot call
-    fastrnn's Python Function), so a scripted model is torch's in values and gradients."""
+def test_script_records_fastrnns_op_trains_like_torch_and_loads(tmp_path, name, config):
+    """torch.jit.script of the gated modules runs fastrnn's ops (one deployment policy for the family, issue 18),
+    equal to torch's module in values and gradients; ``fastrnn.to_torch`` first gives a portable program."""
     ref, ours = _pair(name, **config)
     scripted = torch.jit.script(ours)
+    assert _fastrnn_ops(scripted) == {f"fastrnn::{name.lower()}_recurrence"}
     x = torch.randn(5, 3, 4, requires_grad=True)
     grads = []
     for model in (ref, scripted):
@@ -131,7 +142,9 @@ def test_script_equals_torch_trains_and_loads_without_fastrnn(tmp_path, name, co
         grads.append(torch.autograd.grad(out[0].pow(2).sum() + out[1].sum(), [x, *model.parameters()]))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
-    _loads_without_fastrnn(scripted, ref, torch.randn(7, 2, 4), tmp_path)
+    _loads_in_a_fresh_process(scripted, ref, torch.randn(7, 2, 4), tmp_path, with_fastrnn=True)
+    _loads_in_a_fresh_process(torch.jit.script(fastrnn.to_torch(ours)), ref, torch.randn(7, 2, 4), tmp_path,
+                              with_fastrnn=False)
 
 
 @pytest.mark.parametrize("name", ["GRUCell", "LSTMCell"])
@@ -140,6 +153,7 @@ def test_cells_script_like_torchs(name):
     ref = getattr(nn, name)(4, 6)
     ours = getattr(fastrnn, name).from_torch(ref)
     scripted = torch.jit.script(ours)
+    assert f"fastrnn::{name[:-4].lower()}_recurrence(" in str(scripted.inlined_graph)
     for args in ((torch.randn(3, 4),), (torch.randn(4),)):
         got, want = scripted(*args), ref(*args)
         got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
