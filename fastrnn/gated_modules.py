@@ -21,7 +21,8 @@ from torch.nn.utils.rnn import PackedSequence
 from fastrnn import gated_functional
 from fastrnn.backends import _eager_cpp_call, forced_backend, needs_any_order
 from fastrnn.conversion import TorchConversion
-from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy, weights_in_use
+from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy, _packed_fast_path_takes, _Recurrent
+from fastrnn.modules import _fast_path_takes as _modules_fast_path_takes
 
 
 @torch.jit.unused
@@ -47,35 +48,14 @@ def _fx_leaf_lstm(
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     return _fx_leaf(module, input, hx)
 
-_FAST_DTYPES = (torch.float32, torch.float64)
-
-
 def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor], batch_sizes: Optional[Tensor]) -> bool:
-    """Whether fastrnn's op runs this call (see the module docstring); otherwise torch's implementation.
-
-    Both ONNX exporters get torch's implementation, so they emit the standard ONNX GRU / LSTM ops, as for
-    torch.nn.GRU / LSTM. torch.jit.trace and torch.jit.script record fastrnn's ops (loading needs ``import
-    fastrnn``; ``fastrnn.to_torch(model)`` first gives a program that loads without it)."""
-    if _exporting_onnx():
-        return False
-    device, dtype = input.device, input.dtype
-    if device.type != "cpu" or dtype not in _FAST_DTYPES or torch.is_autocast_enabled("cpu"):
-        return False
-    if any(t.device != device or t.dtype != dtype for t in (*states, *weights)):
+    """Whether the GRU / LSTM op runs this call (:func:`fastrnn.modules._fast_path_takes`, the gated policy), on
+    time-major ``input`` with these states and weights; otherwise torch's implementation."""
+    if _exporting_onnx() or not _modules_fast_path_takes(input, states, weights, elman=False):
         return False
     if batch_sizes is None:
         return input.dim() == 3 and input.size(0) > 0 and input.size(1) > 0
-    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
-        return False
-    if torch.compiler.is_compiling():  # values are data to a tracer; the op checks them when it runs
-        return True
-    sizes = batch_sizes.tolist()
-    return (
-        len(sizes) > 0
-        and sizes[-1] > 0
-        and sum(sizes) == input.size(0)
-        and all(a >= b for a, b in zip(sizes, sizes[1:]))
-    )
+    return _packed_fast_path_takes(batch_sizes, input.size(0))
 
 
 @functools.cache
@@ -88,10 +68,8 @@ def _gated_forward_if_plain():
     return gated_forward_if_plain
 
 
-class _GatedBase(TorchConversion, nn.RNNBase):
-    """What GRU and LSTM share: weights read at call time, silent flatten_parameters, from/to torch."""
-
-    _torch_class: type[nn.RNNBase]
+class _GatedBase(_Recurrent):
+    """GRU and LSTM: the whole plain inference call in C++."""
 
     @torch.jit.unused
     def _plain_inference(self, input: Tensor, h: Optional[Tensor], c: Optional[Tensor]):
@@ -105,22 +83,6 @@ class _GatedBase(TorchConversion, nn.RNNBase):
             return None
         return run(3 if self.mode == "GRU" else 4, input, h, c, self._weights(), self.bias, self.num_layers,
                    self.bidirectional, self.batch_first, self.input_size, self.hidden_size, self.proj_size)
-
-    def flatten_parameters(self) -> None:
-        """Does nothing: fastrnn reads the parameters where they are at every call."""
-
-    def _weights(self) -> list[Tensor]:
-        return weights_in_use(self)
-
-    def _config(self) -> tuple[tuple, dict]:
-        first = next(self.parameters())
-        args = (self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
-                self.bidirectional)
-        kwargs = {"device": first.device, "dtype": first.dtype}
-        if self.mode == "LSTM":
-            kwargs["proj_size"] = self.proj_size
-        return args, kwargs
-
 
 
 class GRU(_GatedBase):
@@ -221,25 +183,9 @@ class GRU(_GatedBase):
         return output, self.permute_hidden(hidden, unsorted_indices)
 
     @torch.jit.unused
-    def _run(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """The eager computation on checked arguments: fastrnn's op where it takes the call, else torch's."""
-        weights = self._weights()
-        if _fast_path_takes(input, [hx], weights, batch_sizes):
-            if batch_sizes is None and self.batch_first:
-                input = input.transpose(0, 1)
-            output, hidden = gated_functional.gru(
-                input, hx, weights, has_biases=self.bias, num_layers=self.num_layers, dropout=self.dropout,
-                training=self.training, bidirectional=self.bidirectional, batch_sizes=batch_sizes,
-            )
-            if batch_sizes is None and self.batch_first:
-                output = output.transpose(0, 1)
-        elif batch_sizes is None:
-            output, hidden = _VF.gru(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                                     self.bidirectional, self.batch_first)
-        else:
-            output, hidden = _VF.gru(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
-                                     self.training, self.bidirectional)
-        return output, hidden
+    def _stack(self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]):
+        return gated_functional.gru(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                                    self.bidirectional, batch_sizes)
 
 
 class LSTM(_GatedBase):
@@ -335,10 +281,10 @@ class LSTM(_GatedBase):
             self.check_forward_args(input, hx, batch_sizes)
 
         if torch.jit.is_scripting():  # fastrnn's ops, as the eager call runs them
-            if batch_sizes is None and self.batch_first:
-                input = input.transpose(0, 1)
-            else:
+            if batch_sizes is not None:
                 self.check_forward_args(input, hx, batch_sizes)  # eager: torch's _VF.lstm raises its errors
+            elif self.batch_first:
+                input = input.transpose(0, 1)
             output, hidden = gated_functional.lstm(input, hx, self._flat_weights, self.bias, self.num_layers,
                                                    self.dropout, self.training, self.bidirectional, self.proj_size,
                                                    batch_sizes)
@@ -357,36 +303,9 @@ class LSTM(_GatedBase):
         return output, self.permute_hidden(hidden, unsorted_indices)
 
     @torch.jit.unused
-    def _run(
-        self, input: Tensor, hx: tuple[Tensor, Tensor], batch_sizes: Optional[Tensor]
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """The eager computation: fastrnn's op where it takes the call, else torch's."""
-        weights = self._weights()
-        fast = len(hx) == 2 and _fast_path_takes(input, list(hx), weights, batch_sizes)  # else torch's error
-        if fast and batch_sizes is not None:
-            # A packed call that would fail torch's Python checks goes to _VF.lstm, which raises torch's error.
-            try:
-                self.check_forward_args(input, hx, batch_sizes)
-            except RuntimeError:
-                fast = False
-        if fast:
-            if batch_sizes is None and self.batch_first:
-                input = input.transpose(0, 1)
-            output, hidden = gated_functional.lstm(
-                input, hx, weights, has_biases=self.bias, num_layers=self.num_layers, dropout=self.dropout,
-                training=self.training, bidirectional=self.bidirectional, proj_size=self.proj_size,
-                batch_sizes=batch_sizes,
-            )
-            if batch_sizes is None and self.batch_first:
-                output = output.transpose(0, 1)
-            return output, hidden
-        if batch_sizes is None:
-            result = _VF.lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                              self.bidirectional, self.batch_first)
-        else:
-            result = _VF.lstm(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
-                              self.training, self.bidirectional)
-        return result[0], (result[1], result[2])
+    def _stack(self, input: Tensor, hx: tuple[Tensor, Tensor], weights: list[Tensor], batch_sizes: Optional[Tensor]):
+        return gated_functional.lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                                     self.bidirectional, self.proj_size, batch_sizes)
 
 
 @functools.cache

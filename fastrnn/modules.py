@@ -18,17 +18,23 @@ from fastrnn.backends import CppBackend, _eager_cpp_call, forced_backend, fused_
 from fastrnn.conversion import TorchConversion
 
 
-def _fast_path_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
-    """Whether fastrnn's op runs this call: CPU or CUDA tensors on one device, one floating dtype (any mix
-    under autocast, which casts). Anything else (meta or other devices, mixed devices or dtypes) runs
-    torch's own implementation, which then gives torch's result, or raises torch's exact error."""
+def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor], elman: bool = True) -> bool:
+    """Whether fastrnn's op runs this call, by the family's policy: the Elman op takes CPU or CUDA tensors on one
+    device in one floating dtype (any mix under autocast, which casts); the GRU / LSTM ops (no GPU kernels yet, no
+    autocast rules) CPU float32 / float64 only. Anything else (meta or other devices, mixed devices or dtypes)
+    runs torch's own implementation, which then gives torch's result, or raises torch's exact error."""
     device, dtype = input.device, input.dtype
-    if device.type not in ("cpu", "cuda") or not dtype.is_floating_point:
-        return False
-    same_dtype = not torch.is_autocast_enabled(device.type)
-    if device.type == "cpu" and same_dtype and dtype not in CppBackend.dtypes and not forced_backend():
-        return False  # 16-bit on the CPU: fastrnn has no kernel for it, torch's own is faster than the reference
-    for t in (hx, *weights):
+    if elman:
+        if device.type not in ("cpu", "cuda") or not dtype.is_floating_point:
+            return False
+        same_dtype = not torch.is_autocast_enabled(device.type)
+        if device.type == "cpu" and same_dtype and dtype not in CppBackend.dtypes and not forced_backend():
+            return False  # 16-bit on the CPU: fastrnn has no kernel for it, torch's own is faster than the reference
+    else:
+        if device.type != "cpu" or dtype not in CppBackend.dtypes or torch.is_autocast_enabled("cpu"):
+            return False
+        same_dtype = True
+    for t in (*states, *weights):
         if t.device != device or (same_dtype and t.dtype != dtype):
             return False
     return True
@@ -131,10 +137,79 @@ def _packed_fast_path_takes(batch_sizes: Tensor, rows: int) -> bool:
     if torch.compiler.is_compiling():  # values are data to a tracer; the op checks them when it runs
         return True
     sizes = batch_sizes.tolist()
-    return sizes[-1] > 0 and sum(sizes) == rows and all(a >= b for a, b in zip(sizes, sizes[1:]))
+    return len(sizes) > 0 and sizes[-1] > 0 and sum(sizes) == rows and all(a >= b for a, b in zip(sizes, sizes[1:]))
 
 
-class RNN(TorchConversion, nn.RNNBase):
+class _Recurrent(TorchConversion, nn.RNNBase):
+    """What RNN, GRU and LSTM share: weights read at every call (nothing cached), a silent
+    ``flatten_parameters``, and the eager computation on checked arguments (:meth:`_run`). Each class adds its
+    ``__init__``, its TorchScript-typed ``forward`` (torch's preamble and checks, as torch keeps one per class)
+    and :meth:`_stack`, the family's layer loop."""
+
+    _torch_class: type[nn.RNNBase]
+    _elman = False  # which op-reach policy applies (:func:`_fast_path_takes`)
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: fastrnn reads the parameters where they are at every call."""
+
+    def _weights(self) -> list[Tensor]:
+        return weights_in_use(self)
+
+    @torch.jit.unused
+    def _run(self, input: Tensor, hx, batch_sizes: Optional[Tensor]):
+        """fastrnn's op where it takes the call, else torch's own, which also runs while an ONNX exporter traces
+        (so it emits what it emits for torch's module: the standard ONNX RNN / GRU / LSTM op). ``hx`` is the
+        state as the module's forward holds it: a tensor, or LSTM's ``(h, c)``."""
+        weights = self._weights()
+        states = list(hx) if isinstance(hx, tuple) else [hx]
+        if _exporting_onnx() or not self._fast_path_takes(input, states, weights, batch_sizes):
+            return self._torch_forward(input, hx, weights, batch_sizes)
+        if batch_sizes is None and self.batch_first:
+            input = input.transpose(0, 1)
+        output, hidden = self._stack(input, hx, weights, batch_sizes)
+        if batch_sizes is None and self.batch_first:
+            output = output.transpose(0, 1)
+        return output, hidden
+
+    def _fast_path_takes(self, input: Tensor, states: list[Tensor], weights: list[Tensor],
+                         batch_sizes: Optional[Tensor]) -> bool:
+        lstm = self.mode == "LSTM"
+        if len(states) != (2 if lstm else 1) or not _fast_path_takes(input, states, weights, self._elman):
+            return False
+        if batch_sizes is None:  # torch raises for an empty sequence (and the gated ops take no empty batch)
+            return input.size(1 if self.batch_first else 0) > 0 and (self._elman or input.size(0) * input.size(1) > 0)
+        if not _packed_fast_path_takes(batch_sizes, input.size(0)):
+            return False
+        if lstm:  # LSTM's forward leaves packed input to _VF.lstm's checks, which raise torch's error
+            try:
+                self.check_forward_args(input, tuple(states), batch_sizes)
+            except RuntimeError:
+                return False
+        return True
+
+    def _torch_forward(self, input: Tensor, hx, weights: list[Tensor], batch_sizes: Optional[Tensor]):
+        """torch's own computation on this module's parameters, for the calls the op does not take."""
+        run = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "GRU": _VF.gru, "LSTM": _VF.lstm}[self.mode]
+        if batch_sizes is None:
+            result = run(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                         self.bidirectional, self.batch_first)
+        else:
+            result = run(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                         self.bidirectional)
+        return (result[0], (result[1], result[2])) if self.mode == "LSTM" else (result[0], result[1])
+
+    def _config(self) -> tuple[tuple, dict]:
+        first = next(self.parameters())
+        elman = [self.nonlinearity] if self.mode.startswith("RNN") else []  # self may be torch's module
+        args = (self.input_size, self.hidden_size, self.num_layers, *elman, self.bias, self.batch_first,
+                self.dropout, self.bidirectional)
+        kwargs = {"device": first.device, "dtype": first.dtype}
+        if self.mode == "LSTM":
+            kwargs["proj_size"] = self.proj_size
+        return args, kwargs
+
+
+class RNN(_Recurrent):
     r"""Drop-in :class:`torch.nn.RNN`: ``h_t = \tanh(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})``.
 
     Same arguments as :class:`torch.nn.RNN`: ``input_size, hidden_size, num_layers=1, nonlinearity='tanh',
@@ -149,6 +224,7 @@ class RNN(TorchConversion, nn.RNNBase):
     """
 
     _torch_class = nn.RNN
+    _elman = True
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -165,12 +241,6 @@ class RNN(TorchConversion, nn.RNNBase):
         else:
             raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(mode, *args, **kwargs)
-
-    def flatten_parameters(self) -> None:
-        """Does nothing: fastrnn reads the parameters where they are at every call."""
-
-    def _weights(self) -> list[Tensor]:
-        return weights_in_use(self)
 
     @overload  # type: ignore[override]
     @torch._jit_internal._overload_method
@@ -273,55 +343,14 @@ class RNN(TorchConversion, nn.RNNBase):
                    0 if self.nonlinearity == "tanh" else 1, self.batch_first, self.input_size, self.hidden_size)
 
     @torch.jit.unused
-    def _run(self, input: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-        """The eager computation on checked arguments: fastrnn's op, or torch's own where the op does not
-        take the call or an ONNX exporter is tracing (so it emits what it emits for torch.nn.RNN: the
-        standard ONNX RNN op with the TorchScript exporter)."""
-        weights = self._weights()
-        if _exporting_onnx() or not self._fast_path_takes(input, hx, weights, batch_sizes):
-            return self._torch_forward(input, hx, weights, batch_sizes)
-        if batch_sizes is None and self.batch_first:
-            input = input.transpose(0, 1)
+    def _stack(self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]):
+        """The layers on time-major input: one C++ call for a call that nothing differentiates (no dropout in
+        training), else :func:`fastrnn.functional.rnn`."""
         if (self.dropout == 0 or not self.training) and stack_forward_takes(input, hx, weights):
-            output, hidden = _stack_forward()(
-                input, hx, weights, batch_sizes, self.bias, self.num_layers, self.bidirectional,
-                0 if self.nonlinearity == "tanh" else 1,
-            )
-        else:
-            output, hidden = functional.rnn(
-                input, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
-                self.nonlinearity, batch_sizes,
-            )
-        if batch_sizes is None and self.batch_first:
-            output = output.transpose(0, 1)
-        return output, hidden
-
-    def _fast_path_takes(
-        self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
-    ) -> bool:
-        if not _fast_path_takes(input, hx, weights):
-            return False
-        if batch_sizes is None:
-            return input.size(1 if self.batch_first else 0) > 0  # torch raises for an empty sequence
-        return _packed_fast_path_takes(batch_sizes, input.size(0))
-
-    def _torch_forward(
-        self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        """torch.nn.RNN's own computation on this module's parameters, for the calls the op does not take."""
-        run = _VF.rnn_tanh if self.nonlinearity == "tanh" else _VF.rnn_relu
-        if batch_sizes is None:
-            return run(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                       self.bidirectional, self.batch_first)
-        return run(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                   self.bidirectional)
-
-    def _config(self) -> tuple[tuple, dict]:
-        first = next(self.parameters())
-        args = (self.input_size, self.hidden_size, self.num_layers, self.nonlinearity, self.bias,
-                self.batch_first, self.dropout, self.bidirectional)
-        return args, {"device": first.device, "dtype": first.dtype}
-
+            return _stack_forward()(input, hx, weights, batch_sizes, self.bias, self.num_layers, self.bidirectional,
+                                    0 if self.nonlinearity == "tanh" else 1)
+        return functional.rnn(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                              self.bidirectional, self.nonlinearity, batch_sizes)
 
 
 class RNNCell(TorchConversion, nn.RNNCellBase):
@@ -406,7 +435,7 @@ class RNNCell(TorchConversion, nn.RNNCellBase):
                 pass  # a call the op rejects (dtype, device, shape): torch's cell below gives torch's outcome
         weights = [self.weight_ih, self.weight_hh] + ([self.bias_ih, self.bias_hh] if self.bias else [])
         if (
-            _fast_path_takes(input, hx, weights)
+            _fast_path_takes(input, [hx], weights)
             and input.size(1) == self.input_size
             and hx.size(0) == input.size(0)
             and hx.size(1) == self.hidden_size
