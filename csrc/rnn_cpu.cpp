@@ -16,12 +16,14 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "activations.h"
 #include "blas.h"
 #include "register_block.h"
+#include "row_recurrence.h"
 #include "step_buffers.h"
 
 // Bodies are inlined (FASTRNN_INLINE, activations.h) into each clone so that every clone compiles them for
@@ -292,6 +294,13 @@ void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t b
     wt.resize(H * H);
     for (int64_t i = 0; i < H; ++i)
       for (int64_t j = 0; j < H; ++j) wt[j * H + i] = w[i * H + j];
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (small && batch == 1 && row_kernel_takes(1, H)) {  // latency-bound: row_recurrence.h
+      elman_row_forward(steps, [&](int64_t i) { return s.offsets[reverse ? steps - 1 - i : i]; }, xw, h0,
+                        wt.data(), H, activation, y, hn);
+      return;
+    }
   }
   for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
     forward_rows<T>(s, lo, hi, xw, h0, w, wt.data(), H, reverse, activation, small, y, hn);
