@@ -11,7 +11,9 @@ from torch import nn
 import fastrnn
 from fastrnn.testing import max_error, outputs_and_grads, parity_failures
 from tests.cases import INPUT_KINDS
-from tests.gated_cases import FAMILY, make_family_input, module_pair
+from tests.family import GATED, make_family_input, module_pair
+
+FAMILY = {s.id: s for s in GATED}
 
 CONFIGS = [
     pytest.param(
@@ -35,8 +37,8 @@ def _assert_float64_equal(got, oracle):
 def test_module_matches_torch(use_backend, name, config, kind):
     use_backend("cpp")
     gen = torch.Generator().manual_seed(hash((name, kind, str(config))) % 2**31)
-    extra, x, hx = make_family_input(name, kind, config["num_layers"], config["bidirectional"], gen)
-    theirs, ours = module_pair(name, config, extra)
+    extra, x, hx = make_family_input(FAMILY[name], kind, config["num_layers"], config["bidirectional"], gen)
+    theirs, ours = module_pair(FAMILY[name], config, extra)
     oracle = outputs_and_grads(theirs, x, hx)
     _assert_float64_equal(outputs_and_grads(ours, x, hx), oracle)
     torch32 = outputs_and_grads(theirs, x, hx, dtype=torch.float32)
@@ -49,8 +51,8 @@ def test_module_matches_torch(use_backend, name, config, kind):
 def test_reference_backend_matches_torch(use_backend, name):
     use_backend("reference")
     gen = torch.Generator().manual_seed(1)
-    extra, x, hx = make_family_input(name, "packed_unsorted", 2, True, gen)
-    theirs, ours = module_pair(name, dict(num_layers=2, bidirectional=True), extra)
+    extra, x, hx = make_family_input(FAMILY[name], "packed_unsorted", 2, True, gen)
+    theirs, ours = module_pair(FAMILY[name], dict(num_layers=2, bidirectional=True), extra)
     _assert_float64_equal(outputs_and_grads(ours, x, hx), outputs_and_grads(theirs, x, hx))
 
 
@@ -62,8 +64,8 @@ def test_cpp_across_kernel_paths(use_backend, name, hidden, batch):
     use_backend("cpp")
     gen = torch.Generator().manual_seed(hidden * 1000 + batch)
     extra = {"proj_size": hidden // 2} if name == "lstm_proj" and hidden > 1 else {}
-    theirs = FAMILY[name][0](8, hidden, bidirectional=True, dtype=torch.float64, **extra)
-    ours = FAMILY[name][1].from_torch(theirs)
+    theirs = FAMILY[name].theirs(8, hidden, bidirectional=True, dtype=torch.float64, **extra)
+    ours = FAMILY[name].ours.from_torch(theirs)
     x = torch.randn(4, batch, 8, generator=gen, dtype=torch.float64)
     oracle = outputs_and_grads(theirs, x)
     _assert_float64_equal(outputs_and_grads(ours, x), oracle)
@@ -103,9 +105,9 @@ def test_cell_matches_torch(use_backend, cell, backend, batched, with_hx, bias):
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
 def test_dropout_between_layers_matches_torch_with_the_same_seed(name):
-    extra = FAMILY[name][2]
-    theirs = FAMILY[name][0](5, 7, 3, dropout=0.5, dtype=torch.float64, **extra)
-    ours = FAMILY[name][1].from_torch(theirs)
+    extra = FAMILY[name].extra
+    theirs = FAMILY[name].theirs(5, 7, 3, dropout=0.5, dtype=torch.float64, **extra)
+    ours = FAMILY[name].ours.from_torch(theirs)
     x = torch.randn(4, 2, 5, dtype=torch.float64)
     torch.manual_seed(11)
     want = theirs(x)[0]
@@ -117,7 +119,8 @@ def test_dropout_between_layers_matches_torch_with_the_same_seed(name):
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
 def test_state_dict_init_and_round_trip(name):
-    torch_cls, ours_cls, extra = FAMILY[name]
+    spec = FAMILY[name]
+    torch_cls, ours_cls, extra = spec.theirs, spec.ours, spec.extra
     torch.manual_seed(5)
     ours = ours_cls(5, 7, 2, bidirectional=True, **extra)
     torch.manual_seed(5)
