@@ -1,8 +1,7 @@
 """Every member of the family (tests/family.py) against its torch twin on the CPU, over the configuration matrix.
 
 float64: equal to torch within a few roundings. float32: err(fastrnn) <= 2 * err(torch) + floor, both
-measured against float64 torch (the float64 references are checked against torch in test_reference.py and
-test_gru_lstm_op.py).
+measured against float64 torch (the float64 references are checked in test_reference.py and test_op.py).
 """
 
 import pytest
