@@ -6,7 +6,7 @@ import torch
 
 import fastrnn
 from fastrnn.gated_modules import _fast_path_takes
-from tests.gated_cases import FAMILY
+from tests.family import GATED, params
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -23,22 +23,20 @@ def test_fast_path_takes_only_cpu_float32_float64():
     assert _fast_path_takes(torch.zeros(5, 4), [], [], torch.tensor([3, 2]))
 
 
-@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("spec", params(GATED))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_on_cpu_is_torchs_result(name, dtype):
-    torch_cls, ours_cls, extra = FAMILY[name]
-    theirs = torch_cls(5, 7, 2, dtype=dtype, **extra)
-    ours = ours_cls.from_torch(theirs)
+def test_half_precision_on_cpu_is_torchs_result(spec, dtype):
+    theirs = spec.theirs(5, 7, 2, dtype=dtype, **spec.extra)
+    ours = spec.ours.from_torch(theirs)
     x = torch.randn(6, 3, 5, dtype=dtype)
     want, got = theirs(x), ours(x)
     assert torch.equal(got[0], want[0])
 
 
-@pytest.mark.parametrize("name", sorted(FAMILY))
-def test_autocast_on_cpu_is_torchs_result(name):
-    torch_cls, ours_cls, extra = FAMILY[name]
-    theirs = torch_cls(5, 7, **extra)
-    ours = ours_cls.from_torch(theirs)
+@pytest.mark.parametrize("spec", params(GATED))
+def test_autocast_on_cpu_is_torchs_result(spec):
+    theirs = spec.theirs(5, 7, **spec.extra)
+    ours = spec.ours.from_torch(theirs)
     x = torch.randn(6, 3, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want, got = theirs(x), ours(x)
@@ -48,12 +46,11 @@ def test_autocast_on_cpu_is_torchs_result(name):
 
 @pytest.mark.gpu
 @CUDA
-@pytest.mark.parametrize("name", sorted(FAMILY))
-def test_cuda_runs_torchs_cudnn_with_the_same_weights(name):
-    torch_cls, ours_cls, extra = FAMILY[name]
+@pytest.mark.parametrize("spec", params(GATED))
+def test_cuda_runs_torchs_cudnn_with_the_same_weights(spec):
     torch.manual_seed(0)
-    theirs = torch_cls(5, 16, 2, bidirectional=True, device="cuda", **extra)
-    ours = ours_cls.from_torch(theirs)
+    theirs = spec.theirs(5, 16, 2, bidirectional=True, device="cuda", **spec.extra)
+    ours = spec.ours.from_torch(theirs)
     x = torch.randn(7, 4, 5, device="cuda", requires_grad=True)
     want, got = theirs(x)[0], ours(x)[0]
     torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -1,4 +1,5 @@
-"""The one-C++-call entry of fastrnn.RNN (csrc/rnn_stack.cpp, ``fastrnn._C.rnn_forward_if_plain``).
+"""The one-C++-call entries of the layer classes: fastrnn.RNN's (csrc/rnn_stack.cpp,
+``fastrnn._C.rnn_forward_if_plain``) and GRU / LSTM's (csrc/gated_stack.cpp, ``fastrnn._C.gated_forward_if_plain``).
 
 A plain eager call of ``fastrnn.RNN`` on CPU tensors (padded, batch-first or unbatched input, no dropout
 to draw) runs whole in C++ (issue 12): without gradients as a plain stack, with gradients as one C++
@@ -6,6 +7,9 @@ autograd node for the whole stack whose backward runs on raw pointers (or, under
 differentiates a recorded recomputation through the per-layer op). These tests check that it is taken where
 it should be, equals torch.nn.RNN there in float64 (outputs and every gradient, across both projection
 paths: the dot loop and the BLAS GEMM), and declines (returns None) every call that torch's checks must see.
+
+GRU / LSTM's entry takes plain inference calls only (recording gradients and dropout in training run the
+per-layer path); the tests that do not depend on that run for every layer class (tests/family.py).
 """
 
 import re
@@ -16,14 +20,41 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 import fastrnn
+from fastrnn import gated_modules
+from tests.family import GRU, LAYER_CLASSES, Spec, params
+from tests.test_errors import _outcome
 
 plain = pytest.importorskip("fastrnn._C").rnn_forward_if_plain
+
+# Where each family's modules get their C++ entry (the name of its cached getter, the getter's module).
+ENTRIES = {"rnn": ("_forward_if_plain",), "gru": ("_gated_forward_if_plain", gated_modules),
+           "lstm": ("_gated_forward_if_plain", gated_modules)}
 
 
 @pytest.fixture
 def plain_calls(entry_calls):
-    """Whether each of the module's calls of the C++ entry returned a result."""
+    """Whether each of fastrnn.RNN's calls of the C++ entry returned a result."""
     return entry_calls("_forward_if_plain")
+
+
+@pytest.fixture
+def calls_of(entry_calls):
+    """``calls_of(spec)``: whether each of the spec's module calls of its C++ entry returned a result."""
+    return lambda spec: entry_calls(*ENTRIES[spec.recurrence])
+
+
+def _state(spec: Spec, module, lead: tuple, dtype=torch.float64, generator=None):
+    """A random state for ``module``: ``h`` ``[*lead, H_out]``, and ``c`` ``[*lead, H]`` for state arity 2."""
+    h = torch.randn(*lead, module.proj_size or module.hidden_size, generator=generator, dtype=dtype)
+    if spec.state_arity == 1:
+        return h
+    return h, torch.randn(*lead, module.hidden_size, generator=generator, dtype=dtype)
+
+
+def _tensors(result):
+    """The output and every final state of a layer call, flattened."""
+    out, state = result
+    return [out, *(state if isinstance(state, tuple) else (state,))]
 
 
 def _args(rnn, x, hx):
@@ -31,27 +62,37 @@ def _args(rnn, x, hx):
             0 if rnn.nonlinearity == "tanh" else 1, rnn.batch_first, rnn.input_size, rnn.hidden_size)
 
 
-@pytest.mark.parametrize("steps,batch,hidden", [(5, 1, 8), (3, 2, 33), (50, 4, 64), (20, 64, 96), (7, 3, 300)])
+# The RNN's entry switches from a dot loop to the BLAS at 32K multiply-adds: its grid crosses that; the gated
+# entries' own switch is crossed by test_both_sides_of_the_fused_projection_switch_equal_torch, so they run the
+# grid's smallest and largest hidden sizes only.
+PROJECTION_SHAPES = [(5, 1, 8), (3, 2, 33), (50, 4, 64), (20, 64, 96), (7, 3, 300)]
+PROJECTION_CASES = [
+    pytest.param(spec, steps, batch, hidden, id=f"{spec.name}-{steps}-{batch}-{hidden}")
+    for spec in LAYER_CLASSES
+    for steps, batch, hidden in (PROJECTION_SHAPES if spec.name == "RNN" else PROJECTION_SHAPES[::4])
+]
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
-def test_plain_call_equals_torch_across_projection_paths(plain_calls, steps, batch, hidden, bias, layout):
+@pytest.mark.parametrize("spec,steps,batch,hidden", PROJECTION_CASES)
+def test_plain_call_equals_torch_across_projection_paths(calls_of, spec, steps, batch, hidden, bias, layout):
     """Projections of up to 32K multiply-adds run a dot loop, larger ones the BLAS (both with and without
     biases); the recurrence then runs in place in the output buffer."""
+    taken = calls_of(spec)
     gen = torch.Generator().manual_seed(steps * 1000 + hidden)
-    ref = torch.nn.RNN(6, hidden, num_layers=2, bias=bias, batch_first=layout == "batch_first",
-                       dtype=torch.float64)
-    ours = fastrnn.RNN.from_torch(ref)
+    ref = spec.theirs(6, hidden, num_layers=2, bias=bias, batch_first=layout == "batch_first", dtype=torch.float64)
+    ours = spec.ours.from_torch(ref)
     shape = {"time_major": (steps, batch, 6), "batch_first": (batch, steps, 6), "unbatched": (steps, 6)}[layout]
     x = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    hx_shape = (2, hidden) if layout == "unbatched" else (2, batch, hidden)
-    hx = torch.randn(*hx_shape, generator=gen, dtype=torch.float64)
+    hx = _state(spec, ours, (2,) if layout == "unbatched" else (2, batch), generator=gen)
     with torch.no_grad():
         for args in ((x,), (x, hx)):
-            got, want = ours(*args), ref(*args)
+            got, want = _tensors(ours(*args)), _tensors(ref(*args))
             for g, w in zip(got, want):
                 assert g.shape == w.shape
                 torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
-    assert plain_calls == [True, True]
+    assert taken == [True, True]
 
 
 @pytest.mark.parametrize("config", [dict(bidirectional=True), dict(nonlinearity="relu"),
@@ -68,28 +109,34 @@ def test_plain_call_equals_torch_for_each_configuration(plain_calls, config):
     assert plain_calls == [True]
 
 
-def test_plain_call_takes_non_contiguous_tensors_and_float32(plain_calls):
-    ref = torch.nn.RNN(3, 5, 2, bidirectional=True)
-    ours = fastrnn.RNN.from_torch(ref)
+@pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
+def test_plain_call_takes_non_contiguous_tensors_and_float32(calls_of, spec):
+    taken = calls_of(spec)
+    ref = spec.theirs(3, 5, 2, bidirectional=True)
+    ours = spec.ours.from_torch(ref)
     x = torch.randn(6, 8, 3)[:, ::2]
     hx = torch.randn(4, 5, 4).transpose(1, 2)
+    if spec.state_arity == 2:
+        hx = (hx, torch.randn(4, 5, 4).transpose(1, 2))
     with torch.no_grad():
-        got, want = ours(x, hx), ref(x, hx)
+        got, want = _tensors(ours(x, hx)), _tensors(ref(x, hx))
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
-    assert plain_calls == [True]
+    assert taken == [True]
 
 
-def test_weights_in_use_are_the_modules_own(plain_calls):
+@pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
+def test_weights_in_use_are_the_modules_own(calls_of, spec):
     """The call reads the weights the module would use: parametrized ones and functional_call's."""
+    taken = calls_of(spec)
 
     class Halved(torch.nn.Module):
         def forward(self, w):
             return 0.5 * w
 
-    ref = torch.nn.RNN(3, 5, dtype=torch.float64)
-    ours = fastrnn.RNN.from_torch(ref)
+    ref = spec.theirs(3, 5, dtype=torch.float64)
+    ours = spec.ours.from_torch(ref)
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     params = {name: torch.zeros_like(p) for name, p in ours.named_parameters()}
     with torch.no_grad():
@@ -98,7 +145,7 @@ def test_weights_in_use_are_the_modules_own(plain_calls):
     parametrize.register_parametrization(ours, "weight_hh_l0", Halved())
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-12, atol=1e-12)
-    assert plain_calls == [True, True]
+    assert taken == [True, True]
 
 
 def _declined_calls():
@@ -151,15 +198,17 @@ def test_entry_records_gradients_only_when_something_needs_them():
     assert plain(*_args(rnn, x, None))[0].grad_fn is not None
 
 
-def test_module_errors_stay_torchs_on_declined_calls(plain_calls):
-    ours, ref = fastrnn.RNN(3, 5), torch.nn.RNN(3, 5)
+@pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
+def test_module_errors_stay_torchs_on_declined_calls(calls_of, spec):
+    taken = calls_of(spec)
+    ours, ref = spec.ours(3, 5), spec.theirs(3, 5)
     with torch.no_grad():
         for bad in (torch.randn(4, 2, 4), torch.randn(4, 2, 3, 1)):
             with pytest.raises(Exception) as want:
                 ref(bad)
             with pytest.raises(type(want.value), match=re.escape(str(want.value))):
                 ours(bad)
-    assert plain_calls == [False, False]
+    assert taken == [False, False]
 
 
 def test_dropout_in_training_does_not_take_the_entry(plain_calls):
@@ -330,3 +379,88 @@ def test_training_through_a_parametrized_weight(plain_calls):
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-11, atol=1e-11, msg=key)
     assert plain_calls == [True]
+
+
+INFERENCE_CONFIGS = {
+    "L1": {}, "L2-bi": dict(num_layers=2, bidirectional=True), "batch_first": dict(batch_first=True),
+    "no_bias-L3": dict(bias=False, num_layers=3), "proj": dict(proj_size=3, bidirectional=True),
+}
+INFERENCE_CASES = [
+    pytest.param(spec, config, layout, with_state, dtype,
+                 id=f"{spec.name}-{cid}-{layout}-{'hx' if with_state else 'no_hx'}-{str(dtype)[6:]}")
+    for spec in LAYER_CLASSES
+    for cid, config in INFERENCE_CONFIGS.items()
+    if not ("proj_size" in config and spec.state_arity == 1)
+    for layout in ("batched", "unbatched")
+    for with_state in (False, True)
+    for dtype in (torch.float32, torch.float64)
+]
+
+
+@pytest.mark.parametrize("spec,config,layout,with_state,dtype", INFERENCE_CASES)
+def test_plain_inference_call_is_one_cpp_call_and_equals_torch(calls_of, spec, config, layout, with_state, dtype):
+    plain_calls = calls_of(spec)
+    torch.manual_seed(0)
+    theirs = spec.theirs(4, 6, dtype=dtype, **config)
+    ours = spec.ours.from_torch(theirs)
+    if layout == "batched":
+        x = torch.randn(*((3, 5) if ours.batch_first else (5, 3)), 4, dtype=dtype)
+    else:
+        x = torch.randn(5, 4, dtype=dtype)
+    layers = ours.num_layers * (2 if ours.bidirectional else 1)
+    args = (x, _state(spec, ours, (layers, 3) if layout == "batched" else (layers,), dtype)) if with_state else (x,)
+    with torch.no_grad():
+        got, want = ours(*args), theirs(*args)
+    assert plain_calls == [True]
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else {}
+    torch.testing.assert_close(got, want, **tol)
+
+
+def test_gated_recording_and_dropout_calls_are_declined(calls_of):
+    """GRU / LSTM's entry runs inference only (fastrnn.RNN's also trains: the tests above)."""
+    plain_calls = calls_of(GRU)
+    gru = fastrnn.GRU(4, 6, num_layers=2, dropout=0.5).eval()
+    x = torch.randn(5, 3, 4)
+    gru(x)[0].sum().backward()  # parameters require grad: the training path
+    assert plain_calls == [False]
+    with torch.no_grad():
+        gru.train()(x)  # dropout in training: not even asked
+        gru.eval()(x)
+    assert plain_calls == [False, True]
+
+
+@pytest.mark.parametrize("bad", ["feature_size", "hx_batch", "hx_layers", "hx_dtype", "input_4d", "empty_batch"])
+@pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
+def test_malformed_calls_are_declined_with_torchs_error(calls_of, spec, bad):
+    plain_calls = calls_of(spec)
+
+    def call(cls):
+        torch.manual_seed(0)
+        module = cls(4, 6)
+        x = torch.randn(5, 3, 5 if bad == "feature_size" else 4)
+        if bad == "input_4d":
+            x = x.unsqueeze(0)
+        if bad == "empty_batch":
+            x = x[:, :0]
+        h = torch.randn(2 if bad == "hx_layers" else 1, 2 if bad == "hx_batch" else 3, 6,
+                        dtype=torch.float64 if bad == "hx_dtype" else torch.float32)
+        with torch.no_grad():
+            module(x, (h, h.clone()) if spec.state_arity == 2 else h)
+
+    expected = _outcome(lambda: call(spec.theirs))
+    assert expected[0] is not None
+    assert _outcome(lambda: call(spec.ours)) == expected
+    assert True not in plain_calls
+
+
+@pytest.mark.parametrize("batch", [4, 64], ids=["streamed-W_ih-projected-first", "fused-per-step"])
+@pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
+def test_both_sides_of_the_fused_projection_switch_equal_torch(spec, batch):
+    """At H = 1024 W_ih (16 MB) leaves the cache: with few rows a thread the gated layer ops project all steps in
+    one GEMM first, with many they project each step in the step kernel (csrc/gated_cpu.cpp, layer_input)."""
+    torch.manual_seed(0)
+    theirs = spec.theirs(1024, 1024, dtype=torch.float64)
+    ours = spec.ours.from_torch(theirs)
+    x = torch.randn(2, batch, 1024, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
