@@ -329,7 +329,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     skip = tuple(filter(None, args.skip.split(",")))
     peers: dict[str, str] = {}
     if args.preset == "peers":  # CPU runtimes; the thread cap goes first, before any runtime starts its pool
-        from benchmarks.peers.environment import find_peers, missing_message, pin_threads
+        from benchmarks.peers.environment import find_peers, missing_message, numpy_version, pin_threads
         from benchmarks.peers.runner import run_peer_case
 
         device = torch.device("cpu")
@@ -339,7 +339,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(missing_message(missing), file=sys.stderr)
     info = machine.describe(device)
     if args.preset == "peers":
-        info.update(pinned, peers=peers, peers_missing=missing)
+        info.update(pinned, peers=peers, peers_missing=missing, numpy=numpy_version())
     info["fastrnn_backends"] = fastrnn.available_backends()
     info["preset"] = args.preset
     stamp = datetime.date.today().isoformat()

@@ -39,6 +39,15 @@ def find_peers() -> tuple[dict[str, str], list[str]]:
     return found, missing
 
 
+def numpy_version() -> str | None:
+    """numpy's version: every peer takes and returns numpy arrays, and the peers' install may move it."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy.__version__
+
+
 def missing_message(missing: list[str]) -> str:
     """The one line the preset prints when peers are missing."""
     names = " and ".join(", ".join(missing).rsplit(", ", 1))
