@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import grid, run
+from benchmarks import grid, interleaved, run
 from benchmarks.grid import Case, peer_modes, select
 from benchmarks.interleaved import time_interleaved
 from benchmarks.peers import contender, environment, runner
@@ -147,6 +147,32 @@ def test_interleaved_rounds_rotate_the_order_and_keep_every_repeat():
     assert entered == ["b"] * 4  # calibration, then each of b's three blocks
     with pytest.raises(ValueError, match="at least one function"):
         time_interleaved({}, 0.1)
+
+
+def test_settle_waits_while_a_thread_pool_spins(monkeypatch):
+    """A pool still spinning after its call (onnxruntime's does for 100-250 ms) must not be charged to the next
+    contender: settle sleeps window by window until the process's CPU time stops growing."""
+    clock = {"cpu": 0.0, "wall": 0.0, "busy_windows": 3, "reads": 0}
+
+    def fake_sleep(seconds):
+        clock["wall"] += seconds
+        if clock["busy_windows"]:
+            clock["busy_windows"] -= 1
+            clock["cpu"] += seconds  # one core busy through the window
+
+    def fake_cpu():
+        clock["reads"] += 1
+        return clock["cpu"]
+
+    monkeypatch.setattr(interleaved.time, "sleep", fake_sleep)
+    monkeypatch.setattr(interleaved.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(interleaved, "_process_cpu_s", fake_cpu)
+    assert interleaved.settle(max_s=1.0, window_s=0.01) == pytest.approx(0.04)  # three busy windows, one idle
+    clock.update(wall=0.0, busy_windows=1000)
+    assert interleaved.settle(max_s=0.05, window_s=0.01) == pytest.approx(0.05)  # never idle: capped
+    monkeypatch.setattr(interleaved, "_process_cpu_s", lambda: None)
+    clock.update(wall=0.0)
+    assert interleaved.settle(max_s=1.0, window_s=0.01) == pytest.approx(0.01)  # no per-thread times: one window
 
 
 PEER_IMPORTS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "jax": "jax"}
