@@ -23,18 +23,20 @@ def plot_peers(rows: list[dict], info: dict, out_dir: Path) -> Path:
     from matplotlib.ticker import FuncFormatter
 
     modes = [m for m in ("inference", "training") if any(r["mode"] == m for r in rows)]
-    impls = list(dict.fromkeys(r["impl"] for r in rows if r["impl"] not in BASELINES))
+    # Per mode: its cases and its contenders (training has no ONNX runtimes), torch's module left out.
     panels = {m: list(dict.fromkeys(r["case"] for r in rows if r["mode"] == m)) for m in modes}
-    height = sum(1.0 + 0.22 * len(impls) * len(cases) for cases in panels.values())
-    fig, axes = plt.subplots(len(modes), 1, figsize=(10, 1.5 + height), squeeze=False,
-                             gridspec_kw={"height_ratios": [max(len(c), 1) for c in panels.values()] or [1]})
-    bar = 0.8 / max(len(impls), 1)
+    impls = {m: list(dict.fromkeys(r["impl"] for r in rows if r["mode"] == m and r["impl"] not in BASELINES))
+             for m in modes}
+    sizes = [0.5 + 0.25 * max(len(impls[m]), 1) * len(panels[m]) for m in modes]
+    fig, axes = plt.subplots(len(modes), 1, figsize=(11, 1.2 + sum(sizes)), squeeze=False,
+                             gridspec_kw={"height_ratios": sizes or [1]})
     for ax, mode in zip(axes[:, 0], modes):
         cases = panels[mode]
+        bar = 0.8 / max(len(impls[mode]), 1)
         by_key = {(r["case"], r["impl"]): r for r in rows if r["mode"] == mode}
         values, labelled = [1.0], set()
         for i, case in enumerate(cases):
-            for j, impl in enumerate(impls):
+            for j, impl in enumerate(impls[mode]):
                 r, y = by_key.get((case, impl)), i - 0.4 + (j + 0.5) * bar
                 if r is None:
                     continue
@@ -59,12 +61,12 @@ def plot_peers(rows: list[dict], info: dict, out_dir: Path) -> Path:
         ax.grid(True, axis="x", which="major", alpha=0.4)
         ax.set_title(f"{mode}: speedup against torch's module (torch's median / the contender's; > 1: faster)",
                      fontsize=9)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     peers = ", ".join(f"{n} {v.split('-')[0]}" for n, v in info.get("peers", {}).items()) or "none installed"
     fig.suptitle(f"fastrnn and peers vs torch: {info['cpu']}, {info.get('threads', info['torch_threads'])} threads, "
                  f"torch {info['torch']}\npeers: {peers}; commit {info['git_commit']}; error bars: p20-p80 of the "
                  "ratio", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_size_inches()[1]))
     path = out_dir / "peers.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
