@@ -110,6 +110,28 @@ PRESETS["gpu"] = (
     + [Case(T=1000, B=64, H=512, packed=True), Case(T=1000, B=64, H=512, packed=True, dtype="bfloat16")]
 )
 
+# The peers preset (benchmarks/peers): issue 21's comparison with onnxruntime, OpenVINO and JAX, one layer,
+# float32. Inference cases time every contender; training cases time torch, fastrnn and JAX (the ONNX runtimes
+# do not train); a case in both lists runs both modes.
+PEERS_INFERENCE = [
+    Case(T=100, B=64, H=512),
+    Case(T=100, B=64, H=1024),
+    Case(T=1000, B=1, H=32, cell="lstm"),
+    Case(T=1000, B=4, H=64, cell="lstm"),
+    Case(T=100, B=64, H=1024, cell="lstm"),
+    Case(T=5, B=1, H=8, cell="gru"),  # tiny calls: per-call overhead, not arithmetic
+    Case(T=5, B=1, H=8, cell="lstm"),
+]
+PEERS_TRAINING = [Case(T=t, B=b, H=h, cell=cell) for cell in ("rnn", "gru", "lstm")
+                  for t, b, h in ((1000, 1, 32), (1000, 4, 64), (100, 64, 1024))]
+PRESETS["peers"] = PEERS_INFERENCE + PEERS_TRAINING
+
+
+def peer_modes(case: Case) -> tuple[str, ...]:
+    """The modes the peers preset times for ``case``: "inference", "training" or both."""
+    return tuple(mode for mode, cases in (("inference", PEERS_INFERENCE), ("training", PEERS_TRAINING))
+                 if case.id in {c.id for c in cases})
+
 
 def select(preset: str, filter_expr: str | None = None) -> list[Case]:
     """The preset's cases (duplicates dropped) that match ``filter_expr``.

@@ -281,13 +281,21 @@ def write_results(rows: list[dict], info: dict, out_dir: Path, plots: bool = Tru
                          for r in rows)
     header = (f"Machine: {info.get('gpu') or info['cpu']} ({info['torch_threads']} threads), torch {info['torch']}, "
               f"triton {info['triton']}, commit {info['git_commit']}\n\n")
+    if "peers" in info:
+        versions = ", ".join(f"{name} {version.split('-')[0]}" for name, version in info["peers"].items()) or "none"
+        header += f"Peers: {versions}; every runtime on {info['threads']} threads\n\n"
     written[2].write_text(header + markdown_table(rows))
     if not plots:
         return written
     from benchmarks.plots import plot_speedup, plot_sweeps
 
     try:
-        return written + [plot_speedup(rows, info, out_dir)] + plot_sweeps(rows, out_dir)
+        written += [plot_speedup(rows, info, out_dir)] + plot_sweeps(rows, out_dir)
+        if info.get("preset") == "peers":
+            from benchmarks.peers.plot import plot_peers
+
+            written.append(plot_peers(rows, info, out_dir))
+        return written
     except ImportError as e:  # matplotlib missing: the numbers are written, the pictures are not
         print(f"no plots: {e}", file=sys.stderr)
         return written
@@ -304,7 +312,8 @@ def _progress(items: list, desc: str):
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="quick", help="tiny | quick (<2 min on 2 CPU cores) | full")
+    parser.add_argument("--preset", default="quick", help="tiny | quick (<2 min on 2 CPU cores) | full | family | "
+                        "family-full | peers (against onnxruntime, OpenVINO and JAX: scripts/setup_peers.sh)")
     parser.add_argument("--quick", dest="preset", action="store_const", const="quick", help="--preset quick")
     parser.add_argument("--full", dest="preset", action="store_const", const="full", help="--preset full")
     parser.add_argument("--filter", default=None, help="e.g. 'T=1000,H=32' or 'packed'")
@@ -317,7 +326,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cases = select(args.preset, args.filter)
+    skip = tuple(filter(None, args.skip.split(",")))
+    peers: dict[str, str] = {}
+    if args.preset == "peers":  # CPU runtimes; the thread cap goes first, before any runtime starts its pool
+        from benchmarks.peers.environment import find_peers, missing_message, numpy_version, pin_threads
+        from benchmarks.peers.runner import run_peer_case
+
+        device = torch.device("cpu")
+        pinned = pin_threads()
+        peers, missing = find_peers()
+        if missing:
+            print(missing_message(missing), file=sys.stderr)
     info = machine.describe(device)
+    if args.preset == "peers":
+        info.update(pinned, peers=peers, peers_missing=missing, numpy=numpy_version())
     info["fastrnn_backends"] = fastrnn.available_backends()
     info["preset"] = args.preset
     stamp = datetime.date.today().isoformat()
@@ -333,8 +355,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     loops = [c for c in loop_cases if not args.filter or args.filter in c.id]
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         for case in _progress(cases + loops, args.preset):
-            if isinstance(case, Case):
-                rows.extend(run_case(case, device, args.min_run_time, tuple(filter(None, args.skip.split(",")))))
+            if args.preset == "peers":
+                rows.extend(run_peer_case(case, args.min_run_time, peers, skip))
+            elif isinstance(case, Case):
+                rows.extend(run_case(case, device, args.min_run_time, skip))
             else:
                 rows.extend(run_cell_loop_case(case, args.min_run_time))
             write_results(rows, info, out_dir, plots=False)  # a run cut short still leaves its numbers
