@@ -25,6 +25,7 @@
 #include "rnn_cpu.h"
 #include "saved_inputs.h"
 #include "step_buffers.h"
+#include "whole_call.h"
 
 namespace fastrnn {
 namespace {
@@ -479,7 +480,7 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
 // module returns them, or nullopt for anything not plainly well-formed (the caller then runs torch's checks).
 // A recording call runs RnnStackFunction (Elman) or is declined (Gru, Lstm).
 template <class Cell>
-std::optional<std::array<at::Tensor, 3>> stack_if_plain(const Cell& cell, const at::Tensor& input,
+std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at::Tensor& input,
                                                         const at::Tensor& hx, const at::Tensor& cx,
                                                         const std::vector<at::Tensor>& weights, bool has_biases,
                                                         int64_t num_layers, bool bidirectional, bool batch_first,
@@ -544,13 +545,28 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
   return {output, h_n};
 }
 
+std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::Tensor& input, const at::Tensor& hx,
+                                                        const at::Tensor& cx, const std::vector<at::Tensor>& weights,
+                                                        bool has_biases, int64_t num_layers, bool bidirectional,
+                                                        bool batch_first, int64_t input_size, int64_t hidden_size,
+                                                        int64_t proj_size) {
+  const auto run = [&](const auto& cell) {
+    return whole_stack(cell, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
+                       hidden_size, proj_size);
+  };
+  if (kind == kTanh || kind == kRelu) return run(Elman{kind});
+  if (kind == 3) return run(Gru{});
+  if (kind == 4) return run(Lstm{});
+  return std::nullopt;
+}
+
 std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
     const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
     int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
     int64_t hidden_size) {
   if (activation != kTanh && activation != kRelu) return std::nullopt;
-  const auto out = stack_if_plain(Elman{activation}, input, hx, at::Tensor(), weights, has_biases, num_layers,
-                                  bidirectional, batch_first, input_size, hidden_size, 0);
+  const auto out = stack_if_plain(activation, input, hx, at::Tensor(), weights, has_biases, num_layers, bidirectional,
+                                  batch_first, input_size, hidden_size, 0);
   if (!out.has_value()) return std::nullopt;
   return std::make_tuple((*out)[0], (*out)[1]);
 }
@@ -559,14 +575,9 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gated_forward_if_p
     int64_t gates, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
     const std::vector<at::Tensor>& weights, bool has_biases, int64_t num_layers, bool bidirectional,
     bool batch_first, int64_t input_size, int64_t hidden_size, int64_t proj_size) {
-  std::optional<std::array<at::Tensor, 3>> out;
-  if (gates == 3) {
-    out = stack_if_plain(Gru{}, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first,
-                         input_size, hidden_size, proj_size);
-  } else if (gates == 4) {
-    out = stack_if_plain(Lstm{}, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first,
-                         input_size, hidden_size, proj_size);
-  }
+  if (gates != 3 && gates != 4) return std::nullopt;
+  const auto out = stack_if_plain(gates, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first,
+                                  input_size, hidden_size, proj_size);
   if (!out.has_value()) return std::nullopt;
   return std::make_tuple((*out)[0], (*out)[1], (*out)[2]);
 }
