@@ -265,12 +265,7 @@ void backward_raw(const Cell& cell, const CellShape& d, const T* gh, const T* gc
 }
 
 template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-T* ptr_or_null(at::Tensor& t) {
+T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
@@ -534,23 +529,6 @@ std::optional<std::array<at::Tensor, 2>> cell_if_plain(int64_t kind, const at::T
       if (t.defined()) t = t.squeeze(0);
   }
   return out;
-}
-
-std::optional<at::Tensor> rnn_cell_if_plain(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-                                            const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                                            const std::optional<at::Tensor>& b_hh, int64_t activation) {
-  if (activation != kTanh && activation != kRelu) return std::nullopt;
-  const auto out = cell_if_plain(activation, input, hx, at::Tensor(), w_ih, w_hh, b_ih, b_hh);
-  return out.has_value() ? std::optional<at::Tensor>((*out)[0]) : std::nullopt;
-}
-
-std::optional<std::tuple<at::Tensor, at::Tensor>> gated_cell_if_plain(
-    int64_t gates, const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
-  if ((gates != 3 && gates != 4) || !h.defined() || input.dim() != 2) return std::nullopt;
-  const auto out = cell_if_plain(gates, input, h, c, w_ih, w_hh, b_ih, b_hh);
-  if (!out.has_value()) return std::nullopt;
-  return std::make_tuple((*out)[0], (*out)[1]);
 }
 
 }  // namespace fastrnn

@@ -24,14 +24,15 @@ struct Args {
     for (int i : tensors)
       if (!THPVariable_Check(args[i])) return false;
     for (int i : or_none)
-      if (args[i] != Py_None && !THPVariable_Check(args[i])) return false;
+      if (i >= 0 && args[i] != Py_None && !THPVariable_Check(args[i])) return false;
     return true;
   }
-  at::Tensor tensor(int i) const { return args[i] == Py_None ? at::Tensor() : THPVariable_Unpack(args[i]); }
+  // i < 0: an argument the binding does not take (an undefined tensor, 0).
+  at::Tensor tensor(int i) const { return i < 0 || args[i] == Py_None ? at::Tensor() : THPVariable_Unpack(args[i]); }
   std::optional<at::Tensor> optional(int i) const {
     return args[i] == Py_None ? std::nullopt : std::optional<at::Tensor>(THPVariable_Unpack(args[i]));
   }
-  int64_t integer(int i) const { return PyLong_AsLongLong(args[i]); }
+  int64_t integer(int i) const { return i < 0 ? 0 : PyLong_AsLongLong(args[i]); }
   bool flag(int i) const { return PyObject_IsTrue(args[i]) == 1; }
 
   // A module's weights from a Python list (or, with `any_sequence`, any sequence) of tensors.
@@ -114,73 +115,61 @@ PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssi
   END_HANDLE_TH_ERRORS
 }
 
+// Where a whole-call binding finds each argument (-1: not passed; a missing cx is None, proj_size 0).
+struct StackPositions {
+  int nargs, kind, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
+      hidden_size, proj_size;
+};
+struct CellPositions {
+  int nargs, kind, input, hx, cx, parameters;
+};
+
 // stack_if_plain(kind, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
 // hidden_size, proj_size) -> (output, h_n, c_n or None) or None (whole_call.h); also bound as
-// gated_forward_if_plain (kind 3 or 4: gates).
+// gated_forward_if_plain (kind 3 or 4: gates) and, with its arguments in torch.nn.RNN's order,
+// rnn_forward_if_plain(input, hx, weights, has_biases, num_layers, bidirectional, activation, batch_first,
+// input_size, hidden_size) -> (output, h_n) or None.
+constexpr StackPositions kStackArgs{12, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+constexpr StackPositions kRnnArgs{10, 6, 0, 1, -1, 2, 3, 4, 5, 7, 8, 9, -1};
+
+template <const StackPositions& P>
 PyObject* stack_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   const Args a{args};
   std::vector<at::Tensor> weights;
-  if (nargs != 12 || !a.are({1}, {2, 3}) || !a.weights(4, weights)) Py_RETURN_NONE;
-  const int64_t kind = a.integer(0), num_layers = a.integer(6), input_size = a.integer(9),
-                hidden_size = a.integer(10), proj_size = a.integer(11);
+  if (nargs != P.nargs || !a.are({P.input}, {P.hx, P.cx}) || !a.weights(P.weights, weights)) Py_RETURN_NONE;
+  const int64_t kind = a.integer(P.kind), num_layers = a.integer(P.num_layers), input_size = a.integer(P.input_size),
+                hidden_size = a.integer(P.hidden_size), proj_size = a.integer(P.proj_size);
   if (PyErr_Occurred()) return nullptr;
-  const auto out = fastrnn::stack_if_plain(kind, a.tensor(1), a.tensor(2), a.tensor(3), weights, a.flag(5), num_layers,
-                                           a.flag(7), a.flag(8), input_size, hidden_size, proj_size);
+  if (P.cx < 0 && kind != 0 && kind != 1) Py_RETURN_NONE;
+  const auto out = fastrnn::stack_if_plain(kind, a.tensor(P.input), a.tensor(P.hx), a.tensor(P.cx), weights,
+                                           a.flag(P.has_biases), num_layers, a.flag(P.bidirectional),
+                                           a.flag(P.batch_first), input_size, hidden_size, proj_size);
   if (!out.has_value()) Py_RETURN_NONE;
-  return wrap({(*out)[0], (*out)[1], (*out)[2]});
+  return P.cx < 0 ? wrap({(*out)[0], (*out)[1]}) : wrap({(*out)[0], (*out)[1], (*out)[2]});
   END_HANDLE_TH_ERRORS
 }
 
-// rnn_forward_if_plain(input, hx, weights, has_biases, num_layers, bidirectional, activation, batch_first,
-// input_size, hidden_size) -> (output, h_n) or None: stack_if_plain for the RNN.
-PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  const Args a{args};
-  std::vector<at::Tensor> weights;
-  if (nargs != 10 || !a.are({0}, {1}) || !a.weights(2, weights)) Py_RETURN_NONE;
-  const int64_t num_layers = a.integer(4), activation = a.integer(6), input_size = a.integer(8),
-                hidden_size = a.integer(9);
-  if (PyErr_Occurred()) return nullptr;
-  const auto out = fastrnn::rnn_forward_if_plain(a.tensor(0), a.tensor(1), weights, a.flag(3), num_layers, a.flag(5),
-                                                 activation, a.flag(7), input_size, hidden_size);
-  if (!out.has_value()) Py_RETURN_NONE;
-  return wrap({std::get<0>(*out), std::get<1>(*out)});
-  END_HANDLE_TH_ERRORS
-}
+// cell_if_plain(kind, input, hx, cx, parameters) -> h' or (h', c') (kind 4) or None, `parameters` being the
+// module's _parameters dict (whole_call.h); also bound as gated_cell_if_plain (kind 3 or 4: gates) and, in
+// torch.nn.RNNCell's order, rnn_cell_if_plain(input, hx, parameters, activation) -> h' or None.
+constexpr CellPositions kCellArgs{5, 0, 1, 2, 3, 4};
+constexpr CellPositions kRnnCellArgs{4, 3, 0, 1, -1, 2};
 
-// The cell entries' common tail: h' alone (kind 0, 1, 3) or (h', c') (kind 4), or None.
-PyObject* cell_result(int64_t kind, const std::optional<std::array<at::Tensor, 2>>& out) {
-  if (!out.has_value()) Py_RETURN_NONE;
-  return kind == 4 ? wrap({(*out)[0], (*out)[1]}) : THPVariable_Wrap((*out)[0]);
-}
-
-// cell_if_plain(kind, input, hx, cx, parameters) -> h' or (h', c') or None, `parameters` being the module's
-// _parameters dict (whole_call.h); also bound as gated_cell_if_plain (kind 3 or 4: gates).
+template <const CellPositions& P>
 PyObject* cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   const Args a{args};
   at::Tensor w[2];
   std::optional<at::Tensor> b[2];
-  if (nargs != 5 || !a.are({1}, {2, 3}) || !a.cell_parameters(4, w, b)) Py_RETURN_NONE;
-  const int64_t kind = a.integer(0);
+  if (nargs != P.nargs || !a.are({P.input}, {P.hx, P.cx}) || !a.cell_parameters(P.parameters, w, b)) Py_RETURN_NONE;
+  const int64_t kind = a.integer(P.kind);
   if (PyErr_Occurred()) return nullptr;
-  return cell_result(kind, fastrnn::cell_if_plain(kind, a.tensor(1), a.tensor(2), a.tensor(3), w[0], w[1], b[0], b[1]));
-  END_HANDLE_TH_ERRORS
-}
-
-// rnn_cell_if_plain(input, hx, parameters, activation) -> h' or None: cell_if_plain for the RNNCell.
-PyObject* rnn_cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  const Args a{args};
-  at::Tensor w[2];
-  std::optional<at::Tensor> b[2];
-  if (nargs != 4 || !a.are({0}, {1}) || !a.cell_parameters(2, w, b)) Py_RETURN_NONE;
-  const int64_t activation = a.integer(3);
-  if (PyErr_Occurred()) return nullptr;
-  if (activation != 0 && activation != 1) Py_RETURN_NONE;
-  return cell_result(activation, fastrnn::cell_if_plain(activation, a.tensor(0), a.tensor(1), at::Tensor(), w[0], w[1],
-                                                        b[0], b[1]));
+  if (P.cx < 0 && kind != 0 && kind != 1) Py_RETURN_NONE;
+  const auto out = fastrnn::cell_if_plain(kind, a.tensor(P.input), a.tensor(P.hx), a.tensor(P.cx), w[0], w[1], b[0],
+                                          b[1]);
+  if (!out.has_value()) Py_RETURN_NONE;
+  return kind == 4 ? wrap({(*out)[0], (*out)[1]}) : THPVariable_Wrap((*out)[0]);
   END_HANDLE_TH_ERRORS
 }
 
@@ -190,17 +179,17 @@ constexpr PyCFunction fastcall() {
 }
 
 PyMethodDef methods[] = {
-    {"stack_if_plain", fastcall<stack_if_plain_py>(), METH_FASTCALL,
+    {"stack_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL,
      "torch.nn.RNN / GRU / LSTM's plain eager call in one C++ call, or None (see csrc/whole_call.h)."},
-    {"cell_if_plain", fastcall<cell_if_plain_py>(), METH_FASTCALL,
+    {"cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL,
      "torch.nn.RNNCell / GRUCell / LSTMCell's plain eager step in one C++ call, or None (see csrc/whole_call.h)."},
-    {"rnn_forward_if_plain", fastcall<rnn_forward_if_plain_py>(), METH_FASTCALL,
+    {"rnn_forward_if_plain", fastcall<stack_if_plain_py<kRnnArgs>>(), METH_FASTCALL,
      "torch.nn.RNN's plain eager call in one C++ call, or None (see csrc/whole_call.h)."},
-    {"gated_forward_if_plain", fastcall<stack_if_plain_py>(), METH_FASTCALL,
+    {"gated_forward_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL,
      "stack_if_plain with gates (3: GRU, 4: LSTM) first."},
-    {"rnn_cell_if_plain", fastcall<rnn_cell_if_plain_py>(), METH_FASTCALL,
+    {"rnn_cell_if_plain", fastcall<cell_if_plain_py<kRnnCellArgs>>(), METH_FASTCALL,
      "torch.nn.RNNCell's plain eager call in one C++ call, or None (see csrc/whole_call.h)."},
-    {"gated_cell_if_plain", fastcall<cell_if_plain_py>(), METH_FASTCALL,
+    {"gated_cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL,
      "cell_if_plain with gates (3: GRUCell, 4: LSTMCell) first."},
     {"rnn_stack_forward", fastcall<rnn_stack_forward_py>(), METH_FASTCALL,
      "The whole RNN stack forward without autograd (see csrc/stack.cpp)."},

@@ -9,7 +9,6 @@
 // made per step). A recording Elman call runs the same forward in RnnStackFunction, whose backward is C++
 // too; a recording GRU / LSTM call is declined (the caller runs its layer path).
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 #include <torch/autograd.h>
 
@@ -161,34 +160,45 @@ void project(const T* x, int64_t rows, int64_t I, const T* w_ih, const T* b_ih, 
   }
 }
 
-// The cells: how one layer and direction k runs without autograd. x: the layer input, contiguous [T, B, in]
-// or packed [N, in]; w: its weights; states: the call's given states (or undefined); finals: where row k of
-// each final state goes. Returns y [T, B, P] or [N, P].
+// One layer and direction k of a stack call: x, the layer input, contiguous [T, B, in] or packed [N, in];
+// w, its weights; states, the call's given states (or undefined); finals, where row k of each final state goes.
+struct LayerCall {
+  const StackShape& s;
+  const at::Tensor& x;
+  const at::Tensor* w;
+  const at::Tensor (&states)[2];
+  at::Tensor (&finals)[2];
+  int64_t k;
+  bool reverse;
+  const std::optional<at::Tensor>& batch_sizes;
+};
+
+// The cells: how a LayerCall runs without autograd. Returns y [T, B, P] or [N, P].
 struct Elman {
   static constexpr int64_t kGates = 1, kStates = 1;
   int64_t activation;
 
-  at::Tensor operator()(const StackShape& s, const at::Tensor& x, const at::Tensor* w, const at::Tensor (&states)[2],
-                        at::Tensor (&finals)[2], int64_t k, bool reverse,
-                        const std::optional<at::Tensor>& batch_sizes) const {
-    const bool packed = batch_sizes.has_value();
-    const int64_t steps = packed ? batch_sizes->numel() : x.size(0), B = s.batch, H = s.H;
-    const int64_t rows = packed ? x.size(0) : x.size(0) * x.size(1);
-    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  at::Tensor operator()(const LayerCall& c) const {
+    const bool packed = c.batch_sizes.has_value();
+    const int64_t steps = packed ? c.batch_sizes->numel() : c.x.size(0), B = c.s.batch, H = c.s.H;
+    const int64_t rows = packed ? c.x.size(0) : c.x.size(0) * c.x.size(1);
+    std::vector<int64_t> shape(c.x.sizes().begin(), c.x.sizes().end());
     shape.back() = H;
-    at::Tensor y = step_buffer(shape, x.options());
-    std::vector<at::Tensor> dense(s.per_direction);
-    for (int64_t i = 0; i < s.per_direction; ++i) dense[i] = w[i].contiguous();
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_rnn_stack", [&] {
+    at::Tensor y = step_buffer(shape, c.x.options());
+    std::vector<at::Tensor> w(c.s.per_direction);
+    for (int64_t i = 0; i < c.s.per_direction; ++i) w[i] = c.w[i].contiguous();
+    AT_DISPATCH_FLOATING_TYPES(c.x.scalar_type(), "fastrnn_rnn_stack", [&] {
       using T = scalar_t;
       T* yp = y.data_ptr<T>();
-      const bool b = s.has_biases;
-      project<T>(x.data_ptr<T>(), rows, x.size(-1), dense[0].data_ptr<T>(), b ? dense[2].data_ptr<T>() : nullptr,
-                 b ? dense[3].data_ptr<T>() : nullptr, H, yp);
-      std::vector<T> zeros(states[0].defined() ? 0 : B * H, T(0));
-      const T* h0 = states[0].defined() ? states[0].data_ptr<T>() + k * B * H : zeros.data();
-      recurrence_forward_raw<T>(packed ? batch_sizes->data_ptr<int64_t>() : nullptr, steps, B, yp, h0,
-                                dense[1].data_ptr<T>(), H, reverse, activation, yp, finals[0].data_ptr<T>() + k * B * H);
+      const bool b = c.s.has_biases;
+      project<T>(c.x.data_ptr<T>(), rows, c.x.size(-1), w[0].data_ptr<T>(), b ? w[2].data_ptr<T>() : nullptr,
+                 b ? w[3].data_ptr<T>() : nullptr, H, yp);
+      const at::Tensor& given = c.states[0];
+      std::vector<T> zeros(given.defined() ? 0 : B * H, T(0));
+      const T* h0 = given.defined() ? given.data_ptr<T>() + c.k * B * H : zeros.data();
+      recurrence_forward_raw<T>(packed ? c.batch_sizes->data_ptr<int64_t>() : nullptr, steps, B, yp, h0,
+                                w[1].data_ptr<T>(), H, c.reverse, activation, yp,
+                                c.finals[0].data_ptr<T>() + c.k * B * H);
     });
     return y;
   }
@@ -197,17 +207,16 @@ struct Elman {
 struct Gru {
   static constexpr int64_t kGates = 3, kStates = 1;
 
-  at::Tensor operator()(const StackShape& s, const at::Tensor& x, const at::Tensor* w, const at::Tensor (&states)[2],
-                        at::Tensor (&finals)[2], int64_t k, bool reverse,
-                        const std::optional<at::Tensor>& batch_sizes) const {
+  at::Tensor operator()(const LayerCall& c) const {
+    const StackShape& s = c.s;
     std::optional<at::Tensor> bias, b_hn;
     if (s.has_biases) {  // b_hh folds into r and z; b_hn stays inside the reset product, as torch computes it
-      bias = folded_bias(w[2], w[3], 2 * s.H);
-      b_hn = w[3].narrow(0, 2 * s.H, s.H);
+      bias = folded_bias(c.w[2], c.w[3], 2 * s.H);
+      b_hn = c.w[3].narrow(0, 2 * s.H, s.H);
     }
-    auto [y, h_n] = gru_infer_cpu(x, w[0], bias, initial_state(states[0], k, s.batch, s.H, x.options()), w[1], b_hn,
-                                  batch_sizes, reverse);
-    put_final(finals[0], k, h_n);
+    auto [y, h_n] = gru_infer_cpu(c.x, c.w[0], bias, initial_state(c.states[0], c.k, s.batch, s.H, c.x.options()),
+                                  c.w[1], b_hn, c.batch_sizes, c.reverse);
+    put_final(c.finals[0], c.k, h_n);
     return y;
   }
 };
@@ -215,17 +224,16 @@ struct Gru {
 struct Lstm {
   static constexpr int64_t kGates = 4, kStates = 2;
 
-  at::Tensor operator()(const StackShape& s, const at::Tensor& x, const at::Tensor* w, const at::Tensor (&states)[2],
-                        at::Tensor (&finals)[2], int64_t k, bool reverse,
-                        const std::optional<at::Tensor>& batch_sizes) const {
+  at::Tensor operator()(const LayerCall& c) const {
+    const StackShape& s = c.s;
     std::optional<at::Tensor> bias, w_hr;
-    if (s.has_biases) bias = folded_bias(w[2], w[3], 4 * s.H);
-    if (s.proj) w_hr = w[s.per_direction - 1];
-    auto [y, h_n, c_n] = lstm_infer_cpu(x, w[0], bias, initial_state(states[0], k, s.batch, s.P, x.options()),
-                                        initial_state(states[1], k, s.batch, s.H, x.options()), w[1], w_hr,
-                                        batch_sizes, reverse);
-    put_final(finals[0], k, h_n);
-    put_final(finals[1], k, c_n);
+    if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], 4 * s.H);
+    if (s.proj) w_hr = c.w[s.per_direction - 1];
+    auto [y, h_n, c_n] = lstm_infer_cpu(c.x, c.w[0], bias, initial_state(c.states[0], c.k, s.batch, s.P, c.x.options()),
+                                        initial_state(c.states[1], c.k, s.batch, s.H, c.x.options()), c.w[1], w_hr,
+                                        c.batch_sizes, c.reverse);
+    put_final(c.finals[0], c.k, h_n);
+    put_final(c.finals[1], c.k, c_n);
     return y;
   }
 };
@@ -246,7 +254,8 @@ std::array<at::Tensor, 3> stack_forward(const Cell& cell, const StackShape& s, c
   const at::Tensor output = over_layers(x.contiguous(), s.layers, s.directions, [&](const at::Tensor& input, int64_t k,
                                                                                     bool reverse) {
     if (keep != nullptr && k % s.directions == 0) keep->push_back(input);
-    at::Tensor y = cell(s, input, weights.data() + k * s.per_direction, states, finals, k, reverse, batch_sizes);
+    at::Tensor y = cell(LayerCall{s, input, weights.data() + k * s.per_direction, states, finals, k, reverse,
+                                  batch_sizes});
     if (keep != nullptr) keep->push_back(y);
     return y;
   });
@@ -352,30 +361,6 @@ void stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn, co
   if (wanted[1]) grads[1] = dhx;
 }
 
-// The Elman stack with every step recorded by autograd: at::linear and the fastrnn::recurrence op (whose
-// autograd is registered from Python). A create_graph backward differentiates through this recomputation,
-// so gradients of any order follow the per-layer path's.
-std::tuple<at::Tensor, at::Tensor> differentiable_stack(const at::Tensor& x, const at::Tensor& hx,
-                                                        const std::vector<at::Tensor>& weights, bool has_biases,
-                                                        int64_t num_layers, int64_t directions,
-                                                        int64_t activation) {
-  static const auto recurrence =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("fastrnn::recurrence", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const std::optional<at::Tensor>&, bool, int64_t)>();
-  const int64_t per_direction = has_biases ? 4 : 2;
-  std::vector<at::Tensor> finals;
-  const at::Tensor output = over_layers(x, num_layers, directions, [&](const at::Tensor& input, int64_t k, bool reverse) {
-    const at::Tensor* w = weights.data() + k * per_direction;
-    const at::Tensor xw = has_biases ? at::linear(input, w[0], w[2] + w[3]) : at::linear(input, w[0]);
-    auto [y, h_n] = recurrence.call(xw, hx[k], w[1], std::nullopt, reverse, activation);
-    finals.push_back(h_n);
-    return y;
-  });
-  return {output, at::stack(finals)};
-}
-
 // The Elman plain training call: stack_forward, keeping each layer's input and outputs, and stack_backward.
 class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
  public:
@@ -451,7 +436,10 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
           where.push_back(i);
         }
       }
-      auto [output, h_n] = differentiable_stack(x, hx, weights, has_biases, num_layers, directions, activation);
+      // torch's own stack, recomputed: gradients of any order are torch's.
+      const bool bi = directions == 2;
+      auto [output, h_n] = activation == kTanh ? at::rnn_tanh(x, hx, weights, has_biases, num_layers, 0.0, false, bi, false)
+                                               : at::rnn_relu(x, hx, weights, has_biases, num_layers, 0.0, false, bi, false);
       for (auto [out, grad] : {std::pair{output, grads[0]}, std::pair{h_n, grads[1]}}) {
         if (grad.defined()) {
           outputs.push_back(out);
@@ -558,28 +546,6 @@ std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::
   if (kind == 3) return run(Gru{});
   if (kind == 4) return run(Lstm{});
   return std::nullopt;
-}
-
-std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
-    const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
-    int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
-    int64_t hidden_size) {
-  if (activation != kTanh && activation != kRelu) return std::nullopt;
-  const auto out = stack_if_plain(activation, input, hx, at::Tensor(), weights, has_biases, num_layers, bidirectional,
-                                  batch_first, input_size, hidden_size, 0);
-  if (!out.has_value()) return std::nullopt;
-  return std::make_tuple((*out)[0], (*out)[1]);
-}
-
-std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gated_forward_if_plain(
-    int64_t gates, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-    const std::vector<at::Tensor>& weights, bool has_biases, int64_t num_layers, bool bidirectional,
-    bool batch_first, int64_t input_size, int64_t hidden_size, int64_t proj_size) {
-  if (gates != 3 && gates != 4) return std::nullopt;
-  const auto out = stack_if_plain(gates, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first,
-                                  input_size, hidden_size, proj_size);
-  if (!out.has_value()) return std::nullopt;
-  return std::make_tuple((*out)[0], (*out)[1], (*out)[2]);
 }
 
 }  // namespace fastrnn
