@@ -178,22 +178,16 @@ constexpr PyCFunction fastcall() {
   return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(F));
 }
 
+// Each binding's usage is in the comment above its function.
 PyMethodDef methods[] = {
-    {"stack_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL,
-     "torch.nn.RNN / GRU / LSTM's plain eager call in one C++ call, or None (see csrc/whole_call.h)."},
-    {"cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL,
-     "torch.nn.RNNCell / GRUCell / LSTMCell's plain eager step in one C++ call, or None (see csrc/whole_call.h)."},
-    {"rnn_forward_if_plain", fastcall<stack_if_plain_py<kRnnArgs>>(), METH_FASTCALL,
-     "torch.nn.RNN's plain eager call in one C++ call, or None (see csrc/whole_call.h)."},
-    {"gated_forward_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL,
-     "stack_if_plain with gates (3: GRU, 4: LSTM) first."},
-    {"rnn_cell_if_plain", fastcall<cell_if_plain_py<kRnnCellArgs>>(), METH_FASTCALL,
-     "torch.nn.RNNCell's plain eager call in one C++ call, or None (see csrc/whole_call.h)."},
-    {"gated_cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL,
-     "cell_if_plain with gates (3: GRUCell, 4: LSTMCell) first."},
-    {"rnn_stack_forward", fastcall<rnn_stack_forward_py>(), METH_FASTCALL,
-     "The whole RNN stack forward without autograd (see csrc/stack.cpp)."},
-    {"rnn_cell", fastcall<rnn_cell_py>(), METH_FASTCALL, "One fused RNNCell step (see csrc/cell.cpp)."},
+    {"stack_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL, "RNN / GRU / LSTM call, or None"},
+    {"cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL, "RNN / GRU / LSTM cell step, or None"},
+    {"rnn_forward_if_plain", fastcall<stack_if_plain_py<kRnnArgs>>(), METH_FASTCALL, "RNN call, or None"},
+    {"gated_forward_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL, "GRU / LSTM call, or None"},
+    {"rnn_cell_if_plain", fastcall<cell_if_plain_py<kRnnCellArgs>>(), METH_FASTCALL, "RNNCell step, or None"},
+    {"gated_cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL, "GRU / LSTM cell step, or None"},
+    {"rnn_stack_forward", fastcall<rnn_stack_forward_py>(), METH_FASTCALL, "RNN stack without autograd"},
+    {"rnn_cell", fastcall<rnn_cell_py>(), METH_FASTCALL, "fastrnn::rnn_cell without the op call's boxing"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -204,39 +204,33 @@ struct Elman {
   }
 };
 
-struct Gru {
-  static constexpr int64_t kGates = 3, kStates = 1;
+// Gru (3 gates) and Lstm (4): one gru_infer / lstm_infer. The GRU folds b_hh into r and z only: b_hn stays
+// inside the reset product, as torch computes it.
+template <int64_t Gates>
+struct Gated {
+  static constexpr int64_t kGates = Gates, kStates = Gates == 4 ? 2 : 1;
 
   at::Tensor operator()(const LayerCall& c) const {
     const StackShape& s = c.s;
-    std::optional<at::Tensor> bias, b_hn;
-    if (s.has_biases) {  // b_hh folds into r and z; b_hn stays inside the reset product, as torch computes it
-      bias = folded_bias(c.w[2], c.w[3], 2 * s.H);
-      b_hn = c.w[3].narrow(0, 2 * s.H, s.H);
+    const at::Tensor h0 = initial_state(c.states[0], c.k, s.batch, s.P, c.x.options());
+    std::optional<at::Tensor> bias, extra;  // extra: the GRU's b_hn, the LSTM's w_hr
+    if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], (Gates == 3 ? 2 : 4) * s.H);
+    at::Tensor y, finals[2];
+    if constexpr (Gates == 3) {
+      if (s.has_biases) extra = c.w[3].narrow(0, 2 * s.H, s.H);
+      std::tie(y, finals[0]) = gru_infer_cpu(c.x, c.w[0], bias, h0, c.w[1], extra, c.batch_sizes, c.reverse);
+    } else {
+      if (s.proj) extra = c.w[s.per_direction - 1];
+      const at::Tensor c0 = initial_state(c.states[1], c.k, s.batch, s.H, c.x.options());
+      std::tie(y, finals[0], finals[1]) =
+          lstm_infer_cpu(c.x, c.w[0], bias, h0, c0, c.w[1], extra, c.batch_sizes, c.reverse);
     }
-    auto [y, h_n] = gru_infer_cpu(c.x, c.w[0], bias, initial_state(c.states[0], c.k, s.batch, s.H, c.x.options()),
-                                  c.w[1], b_hn, c.batch_sizes, c.reverse);
-    put_final(c.finals[0], c.k, h_n);
+    for (int64_t i = 0; i < kStates; ++i) put_final(c.finals[i], c.k, finals[i]);
     return y;
   }
 };
-
-struct Lstm {
-  static constexpr int64_t kGates = 4, kStates = 2;
-
-  at::Tensor operator()(const LayerCall& c) const {
-    const StackShape& s = c.s;
-    std::optional<at::Tensor> bias, w_hr;
-    if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], 4 * s.H);
-    if (s.proj) w_hr = c.w[s.per_direction - 1];
-    auto [y, h_n, c_n] = lstm_infer_cpu(c.x, c.w[0], bias, initial_state(c.states[0], c.k, s.batch, s.P, c.x.options()),
-                                        initial_state(c.states[1], c.k, s.batch, s.H, c.x.options()), c.w[1], w_hr,
-                                        c.batch_sizes, c.reverse);
-    put_final(c.finals[0], c.k, h_n);
-    put_final(c.finals[1], c.k, c_n);
-    return y;
-  }
-};
+using Gru = Gated<3>;
+using Lstm = Gated<4>;
 
 // The whole stack without autograd: (output, h_n, c_n or undefined). keep: each layer's input, then its
 // y per direction (what RnnStackFunction's backward reads).
