@@ -513,7 +513,8 @@ std::optional<std::array<at::Tensor, 2>> cell_if_plain(int64_t kind, const at::T
   const at::Tensor bi = value_or_undefined(b_ih), bh = value_or_undefined(b_hh);
   if (!plain_step_takes(kind, x, h, c, w_ih, w_hh, bi, bh, kind >= 3)) return std::nullopt;
   bool record = false;
-  for (const at::Tensor* t : {&x, &h, &c, &w_ih, &w_hh, &bi, &bh}) record = record || (t->defined() && t->requires_grad());
+  for (const at::Tensor* t : {&x, &h, &c, &w_ih, &w_hh, &bi, &bh})
+    record = record || (t->defined() && t->requires_grad());
   std::array<at::Tensor, 2> out;
   if (record && at::GradMode::is_enabled()) {
     const auto got = kind >= 3 ? GatedCellFunction::apply(x, h, given(c), w_ih, w_hh, given(bi), given(bh), kind)

@@ -245,14 +245,14 @@ std::array<at::Tensor, 3> stack_forward(const Cell& cell, const StackShape& s, c
   at::Tensor finals[2];
   for (int64_t i = 0; i < Cell::kStates; ++i)
     finals[i] = at::empty({s.layers * s.directions, s.batch, i == 0 ? s.P : s.H}, x.options());
-  const at::Tensor output = over_layers(x.contiguous(), s.layers, s.directions, [&](const at::Tensor& input, int64_t k,
-                                                                                    bool reverse) {
+  const auto layer = [&](const at::Tensor& input, int64_t k, bool reverse) {
     if (keep != nullptr && k % s.directions == 0) keep->push_back(input);
-    at::Tensor y = cell(LayerCall{s, input, weights.data() + k * s.per_direction, states, finals, k, reverse,
-                                  batch_sizes});
+    const at::Tensor* w = weights.data() + k * s.per_direction;
+    at::Tensor y = cell(LayerCall{s, input, w, states, finals, k, reverse, batch_sizes});
     if (keep != nullptr) keep->push_back(y);
     return y;
-  });
+  };
+  const at::Tensor output = over_layers(x.contiguous(), s.layers, s.directions, layer);
   return {output, finals[0], finals[1]};
 }
 
@@ -432,8 +432,9 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
       }
       // torch's own stack, recomputed: gradients of any order are torch's.
       const bool bi = directions == 2;
-      auto [output, h_n] = activation == kTanh ? at::rnn_tanh(x, hx, weights, has_biases, num_layers, 0.0, false, bi, false)
-                                               : at::rnn_relu(x, hx, weights, has_biases, num_layers, 0.0, false, bi, false);
+      const int64_t L = num_layers;
+      auto [output, h_n] = activation == kTanh ? at::rnn_tanh(x, hx, weights, has_biases, L, 0.0, false, bi, false)
+                                               : at::rnn_relu(x, hx, weights, has_biases, L, 0.0, false, bi, false);
       for (auto [out, grad] : {std::pair{output, grads[0]}, std::pair{h_n, grads[1]}}) {
         if (grad.defined()) {
           outputs.push_back(out);
@@ -462,11 +463,11 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
 // module returns them, or nullopt for anything not plainly well-formed (the caller then runs torch's checks).
 // A recording call runs RnnStackFunction (Elman) or is declined (Gru, Lstm).
 template <class Cell>
-std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at::Tensor& input,
-                                                        const at::Tensor& hx, const at::Tensor& cx,
-                                                        const std::vector<at::Tensor>& weights, bool has_biases,
-                                                        int64_t num_layers, bool bidirectional, bool batch_first,
-                                                        int64_t input_size, int64_t hidden_size, int64_t proj_size) {
+std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at::Tensor& input, const at::Tensor& hx,
+                                                     const at::Tensor& cx, const std::vector<at::Tensor>& weights,
+                                                     bool has_biases, int64_t num_layers, bool bidirectional,
+                                                     bool batch_first, int64_t input_size, int64_t hidden_size,
+                                                     int64_t proj_size) {
   if (!input.defined() || (Cell::kStates == 1 && (cx.defined() || proj_size != 0)) ||
       (Cell::kStates == 2 && hx.defined() != cx.defined()))
     return std::nullopt;
@@ -488,7 +489,8 @@ std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at:
   if (at::GradMode::is_enabled() && any_requires_grad(input, states, weights)) {
     if constexpr (std::is_same_v<Cell, Elman>) {
       // A missing hx is zeros that need no gradient; the view ops around the Function are recorded as usual.
-      const at::Tensor h0 = states[0].defined() ? states[0] : at::zeros({s.layers * s.directions, s.batch, s.H}, x.options());
+      const at::Tensor h0 =
+          states[0].defined() ? states[0] : at::zeros({s.layers * s.directions, s.batch, s.H}, x.options());
       auto outputs = RnnStackFunction::apply(x, h0, at::TensorList(weights), s, cell.activation);
       out = {outputs[0], outputs[1], at::Tensor()};
     } else {
