@@ -5,246 +5,189 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
+#include <vector>
 
 #include "rnn_cpu.h"
+#include "whole_call.h"
 
 namespace {
 
-// (output, h_n) as a Python tuple of two new tensors.
-PyObject* wrap_pair(at::Tensor first, at::Tensor second) {
-  PyObject* tuple = PyTuple_New(2);
-  if (tuple == nullptr) return nullptr;
-  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(first)));  // steals the new references
-  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(second)));
-  return tuple;
-}
+// A fast binding's arguments (METH_FASTCALL), read without the generic op call's boxing (a few microseconds,
+// which is most of a small call). None reads as an undefined tensor.
+struct Args {
+  PyObject* const* args;
 
-// fastrnn._C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, activation): the same as
-// torch.ops.fastrnn.rnn_cell, minus the generic op call's argument boxing (a few microseconds, which is
-// most of a small cell step). Eager RNNCell calls this; TorchScript and tracers see the op.
-PyObject* rnn_cell_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 7) {
-    PyErr_SetString(PyExc_TypeError, "rnn_cell() takes 7 arguments");
-    return nullptr;
+  // Whether args[i] is a tensor for every i in `tensors`, and a tensor or None for every i in `or_none`.
+  bool are(std::initializer_list<int> tensors, std::initializer_list<int> or_none = {}) const {
+    for (int i : tensors)
+      if (!THPVariable_Check(args[i])) return false;
+    for (int i : or_none)
+      if (i >= 0 && args[i] != Py_None && !THPVariable_Check(args[i])) return false;
+    return true;
   }
-  for (int i = 0; i < 4; ++i) {
-    if (!THPVariable_Check(args[i])) {
-      PyErr_Format(PyExc_TypeError, "rnn_cell(): argument %d must be a Tensor", i);
-      return nullptr;
+  // i < 0: an argument the binding does not take (an undefined tensor, 0).
+  at::Tensor tensor(int i) const { return i < 0 || args[i] == Py_None ? at::Tensor() : THPVariable_Unpack(args[i]); }
+  std::optional<at::Tensor> optional(int i) const {
+    return args[i] == Py_None ? std::nullopt : std::optional<at::Tensor>(THPVariable_Unpack(args[i]));
+  }
+  int64_t integer(int i) const { return i < 0 ? 0 : PyLong_AsLongLong(args[i]); }
+  bool flag(int i) const { return PyObject_IsTrue(args[i]) == 1; }
+
+  // A module's weights from a Python list (or, with `any_sequence`, any sequence) of tensors.
+  bool weights(int i, std::vector<at::Tensor>& out, bool any_sequence = false) const {
+    PyObject* seq = any_sequence ? PySequence_Fast(args[i], "weights must be a sequence of Tensors") : args[i];
+    if (seq == nullptr || !(any_sequence || PyList_Check(seq))) return false;
+    const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    out.reserve(count);
+    bool ok = true;
+    for (Py_ssize_t k = 0; k < count && ok; ++k) {
+      PyObject* w = PySequence_Fast_GET_ITEM(seq, k);  // borrowed
+      ok = THPVariable_Check(w);
+      if (ok) out.push_back(THPVariable_Unpack(w));
     }
+    if (any_sequence) Py_DECREF(seq);
+    return ok;
   }
-  std::optional<at::Tensor> biases[2];
-  for (int i = 0; i < 2; ++i) {
-    PyObject* b = args[4 + i];
-    if (b != Py_None) {
-      if (!THPVariable_Check(b)) {
-        PyErr_SetString(PyExc_TypeError, "rnn_cell(): biases must be Tensors or None");
-        return nullptr;
-      }
-      biases[i] = THPVariable_Unpack(b);
+
+  // A cell module's weight_ih, weight_hh (tensors), bias_ih, bias_hh (tensors or None) from its _parameters
+  // dict; false when a name is missing (as under a parametrization) or holds something else.
+  bool cell_parameters(int i, at::Tensor (&w)[2], std::optional<at::Tensor> (&b)[2]) const {
+    if (!PyDict_Check(args[i])) return false;
+    const char* names[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+    for (int k = 0; k < 4; ++k) {
+      PyObject* found = PyDict_GetItemString(args[i], names[k]);  // borrowed
+      if (found == nullptr || (found != Py_None && !THPVariable_Check(found)) || (k < 2 && found == Py_None))
+        return false;
+      if (k < 2) w[k] = THPVariable_Unpack(found);
+      else if (found != Py_None) b[k - 2] = THPVariable_Unpack(found);
     }
+    return true;
   }
-  const long activation = PyLong_AsLong(args[6]);
-  if (activation == -1 && PyErr_Occurred()) return nullptr;
-  return THPVariable_Wrap(fastrnn::rnn_cell_autograd(
-      THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
-      THPVariable_Unpack(args[3]), biases[0], biases[1], activation));
-  END_HANDLE_TH_ERRORS
-}
-
-// fastrnn._C.rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional,
-// activation) -> (output, h_n): the no-autograd stack of rnn_stack.cpp.
-PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 8 || !THPVariable_Check(args[0]) || !THPVariable_Check(args[1]) ||
-      !PySequence_Check(args[2]) || (args[3] != Py_None && !THPVariable_Check(args[3]))) {
-    PyErr_SetString(PyExc_TypeError,
-                    "rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, "
-                    "bidirectional, activation)");
-    return nullptr;
-  }
-  PyObject* seq = PySequence_Fast(args[2], "weights must be a sequence of Tensors");
-  if (seq == nullptr) return nullptr;
-  std::vector<at::Tensor> weights;
-  const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-  weights.reserve(count);
-  for (Py_ssize_t i = 0; i < count; ++i) {
-    PyObject* w = PySequence_Fast_GET_ITEM(seq, i);
-    if (!THPVariable_Check(w)) {
-      Py_DECREF(seq);
-      PyErr_SetString(PyExc_TypeError, "weights must be a sequence of Tensors");
-      return nullptr;
-    }
-    weights.push_back(THPVariable_Unpack(w));
-  }
-  Py_DECREF(seq);
-  std::optional<at::Tensor> batch_sizes;
-  if (args[3] != Py_None) batch_sizes = THPVariable_Unpack(args[3]);
-  const long num_layers = PyLong_AsLong(args[5]);
-  const long activation = PyLong_AsLong(args[7]);
-  if (PyErr_Occurred()) return nullptr;
-  auto [output, h_n] = fastrnn::rnn_stack_forward(
-      THPVariable_Unpack(args[0]), THPVariable_Unpack(args[1]), weights, batch_sizes,
-      PyObject_IsTrue(args[4]) == 1, num_layers, PyObject_IsTrue(args[6]) == 1, activation);
-  return wrap_pair(std::move(output), std::move(h_n));
-  END_HANDLE_TH_ERRORS
-}
-
-// A module's weights from a Python list of tensors; false when it is not one.
-bool read_weight_list(PyObject* list, std::vector<at::Tensor>& weights) {
-  if (!PyList_Check(list)) return false;
-  const Py_ssize_t count = PyList_GET_SIZE(list);
-  weights.reserve(count);
-  for (Py_ssize_t i = 0; i < count; ++i) {
-    PyObject* w = PyList_GET_ITEM(list, i);  // borrowed
-    if (!THPVariable_Check(w)) return false;
-    weights.push_back(THPVariable_Unpack(w));
-  }
-  return true;
-}
-
-// fastrnn._C.rnn_forward_if_plain(input, hx, weights, has_biases, num_layers, bidirectional, activation,
-// batch_first, input_size, hidden_size) -> (output, h_n) or None: see rnn_cpu.h.
-PyObject* rnn_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  std::vector<at::Tensor> weights;
-  if (nargs != 10 || !THPVariable_Check(args[0]) || (args[1] != Py_None && !THPVariable_Check(args[1])) ||
-      !read_weight_list(args[2], weights)) {
-    Py_RETURN_NONE;
-  }
-  const long num_layers = PyLong_AsLong(args[4]);
-  const long activation = PyLong_AsLong(args[6]);
-  const long input_size = PyLong_AsLong(args[8]);
-  const long hidden_size = PyLong_AsLong(args[9]);
-  if (PyErr_Occurred()) return nullptr;
-  const at::Tensor hx = args[1] == Py_None ? at::Tensor() : THPVariable_Unpack(args[1]);
-  auto result = fastrnn::rnn_forward_if_plain(THPVariable_Unpack(args[0]), hx, weights,
-                                              PyObject_IsTrue(args[3]) == 1, num_layers,
-                                              PyObject_IsTrue(args[5]) == 1, activation,
-                                              PyObject_IsTrue(args[7]) == 1, input_size, hidden_size);
-  if (!result.has_value()) Py_RETURN_NONE;
-  return wrap_pair(std::move(std::get<0>(*result)), std::move(std::get<1>(*result)));
-  END_HANDLE_TH_ERRORS
-}
-
-// fastrnn._C.gated_forward_if_plain(gates, input, hx, cx, weights, has_biases, num_layers, bidirectional,
-// batch_first, input_size, hidden_size, proj_size) -> (output, h_n, c_n or None) or None: see rnn_cpu.h.
-PyObject* gated_forward_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  const auto tensor_or_none = [](PyObject* o) { return o == Py_None || THPVariable_Check(o); };
-  std::vector<at::Tensor> weights;
-  if (nargs != 12 || !THPVariable_Check(args[1]) || !tensor_or_none(args[2]) || !tensor_or_none(args[3]) ||
-      !read_weight_list(args[4], weights)) {
-    Py_RETURN_NONE;
-  }
-  const long gates = PyLong_AsLong(args[0]), num_layers = PyLong_AsLong(args[6]);
-  const long input_size = PyLong_AsLong(args[9]), hidden_size = PyLong_AsLong(args[10]);
-  const long proj_size = PyLong_AsLong(args[11]);
-  if (PyErr_Occurred()) return nullptr;
-  const auto unpack = [](PyObject* o) { return o == Py_None ? at::Tensor() : THPVariable_Unpack(o); };
-  auto result = fastrnn::gated_forward_if_plain(
-      gates, THPVariable_Unpack(args[1]), unpack(args[2]), unpack(args[3]), weights, PyObject_IsTrue(args[5]) == 1,
-      num_layers, PyObject_IsTrue(args[7]) == 1, PyObject_IsTrue(args[8]) == 1, input_size, hidden_size, proj_size);
-  if (!result.has_value()) Py_RETURN_NONE;
-  auto& [output, h_n, c_n] = *result;
-  PyObject* tuple = PyTuple_New(3);
-  if (tuple == nullptr) return nullptr;
-  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(output)));
-  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(h_n)));
-  if (c_n.defined()) {
-    PyTuple_SET_ITEM(tuple, 2, THPVariable_Wrap(std::move(c_n)));
-  } else {
-    Py_INCREF(Py_None);
-    PyTuple_SET_ITEM(tuple, 2, Py_None);
-  }
-  return tuple;
-  END_HANDLE_TH_ERRORS
-}
-
-// A cell module's weights from its _parameters dict: weight_ih, weight_hh (tensors) and bias_ih, bias_hh
-// (tensors or None). False when a name is missing (as under a parametrization) or holds something else.
-struct CellParameters {
-  at::Tensor w_ih, w_hh;
-  std::optional<at::Tensor> b_ih, b_hh;
 };
 
-bool read_cell_parameters(PyObject* dict, CellParameters& out) {
-  PyObject* found[4];
-  const char* names[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-  for (int i = 0; i < 4; ++i) {
-    found[i] = PyDict_GetItemString(dict, names[i]);  // borrowed
-    if (found[i] == nullptr || (found[i] != Py_None && !THPVariable_Check(found[i])) ||
-        (i < 2 && found[i] == Py_None)) {
-      return false;
-    }
-  }
-  out.w_ih = THPVariable_Unpack(found[0]);
-  out.w_hh = THPVariable_Unpack(found[1]);
-  if (found[2] != Py_None) out.b_ih = THPVariable_Unpack(found[2]);
-  if (found[3] != Py_None) out.b_hh = THPVariable_Unpack(found[3]);
-  return true;
+// A tuple of new references to the tensors, None for an undefined one.
+PyObject* wrap(std::initializer_list<at::Tensor> tensors) {
+  PyObject* tuple = PyTuple_New(static_cast<Py_ssize_t>(tensors.size()));
+  if (tuple == nullptr) return nullptr;
+  Py_ssize_t i = 0;
+  for (const at::Tensor& t : tensors)  // PyTuple_SET_ITEM steals the new references
+    PyTuple_SET_ITEM(tuple, i++, t.defined() ? THPVariable_Wrap(t) : Py_NewRef(Py_None));
+  return tuple;
 }
 
-// fastrnn._C.rnn_cell_if_plain(input, hx, parameters, activation) -> h' or None, `parameters` being the
-// module's _parameters dict (a name missing from it, as under a parametrization, declines the call).
-PyObject* rnn_cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+PyObject* type_error(const char* usage) {
+  PyErr_SetString(PyExc_TypeError, usage);
+  return nullptr;
+}
+
+// rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, activation): torch.ops.fastrnn.rnn_cell's direct binding.
+// Eager RNNCell calls this; TorchScript and tracers see the op.
+PyObject* rnn_cell_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  CellParameters p;
-  if (nargs != 4 || !THPVariable_Check(args[0]) || (args[1] != Py_None && !THPVariable_Check(args[1])) ||
-      !PyDict_Check(args[2]) || !read_cell_parameters(args[2], p)) {
-    Py_RETURN_NONE;
-  }
-  const long activation = PyLong_AsLong(args[3]);
+  const Args a{args};
+  if (nargs != 7 || !a.are({0, 1, 2, 3}, {4, 5}))
+    return type_error("rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, activation): Tensors, biases Tensors or None");
+  const int64_t activation = a.integer(6);
   if (PyErr_Occurred()) return nullptr;
-  auto result = fastrnn::rnn_cell_if_plain(THPVariable_Unpack(args[0]),
-                                           args[1] == Py_None ? at::Tensor() : THPVariable_Unpack(args[1]),
-                                           p.w_ih, p.w_hh, p.b_ih, p.b_hh, activation);
-  if (!result.has_value()) Py_RETURN_NONE;
-  return THPVariable_Wrap(std::move(*result));
+  return THPVariable_Wrap(fastrnn::rnn_cell_autograd(a.tensor(0), a.tensor(1), a.tensor(2), a.tensor(3), a.optional(4),
+                                                     a.optional(5), activation));
   END_HANDLE_TH_ERRORS
 }
 
-// fastrnn._C.gated_cell_if_plain(gates, input, h, c, parameters) -> h' (GRUCell, gates 3, c None) or
-// (h', c') (LSTMCell, gates 4), or None: the call then runs torch's cell (see rnn_cpu.h).
-PyObject* gated_cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+// rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, activation) ->
+// (output, h_n): the RNN stack without autograd (stack.cpp).
+PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  CellParameters p;
-  if (nargs != 5 || !THPVariable_Check(args[1]) || !THPVariable_Check(args[2]) ||
-      (args[3] != Py_None && !THPVariable_Check(args[3])) || !PyDict_Check(args[4]) ||
-      !read_cell_parameters(args[4], p)) {
-    Py_RETURN_NONE;
+  const Args a{args};
+  std::vector<at::Tensor> weights;
+  if (nargs != 8 || !a.are({0, 1}, {3}) || !a.weights(2, weights, true)) {
+    if (PyErr_Occurred()) return nullptr;
+    return type_error("rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, "
+                      "activation)");
   }
-  const long gates = PyLong_AsLong(args[0]);
+  const int64_t num_layers = a.integer(5), activation = a.integer(7);
   if (PyErr_Occurred()) return nullptr;
-  auto result = fastrnn::gated_cell_if_plain(gates, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
-                                             args[3] == Py_None ? at::Tensor() : THPVariable_Unpack(args[3]),
-                                             p.w_ih, p.w_hh, p.b_ih, p.b_hh);
-  if (!result.has_value()) Py_RETURN_NONE;
-  if (gates == 3) return THPVariable_Wrap(std::move(std::get<0>(*result)));
-  return wrap_pair(std::move(std::get<0>(*result)), std::move(std::get<1>(*result)));
+  auto [output, h_n] = fastrnn::rnn_stack_forward(a.tensor(0), a.tensor(1), weights, a.optional(3), a.flag(4),
+                                                  num_layers, a.flag(6), activation);
+  return wrap({output, h_n});
   END_HANDLE_TH_ERRORS
 }
 
+// Where a whole-call binding finds each argument (-1: not passed; a missing cx is None, proj_size 0).
+struct StackPositions {
+  int nargs, kind, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
+      hidden_size, proj_size;
+};
+struct CellPositions {
+  int nargs, kind, input, hx, cx, parameters;
+};
+
+// stack_if_plain(kind, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
+// hidden_size, proj_size) -> (output, h_n, c_n or None) or None (whole_call.h); also bound as
+// gated_forward_if_plain (kind 3 or 4: gates) and, with its arguments in torch.nn.RNN's order,
+// rnn_forward_if_plain(input, hx, weights, has_biases, num_layers, bidirectional, activation, batch_first,
+// input_size, hidden_size) -> (output, h_n) or None.
+constexpr StackPositions kStackArgs{12, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+constexpr StackPositions kRnnArgs{10, 6, 0, 1, -1, 2, 3, 4, 5, 7, 8, 9, -1};
+
+template <const StackPositions& P>
+PyObject* stack_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  const Args a{args};
+  std::vector<at::Tensor> weights;
+  if (nargs != P.nargs || !a.are({P.input}, {P.hx, P.cx}) || !a.weights(P.weights, weights)) Py_RETURN_NONE;
+  const int64_t kind = a.integer(P.kind), num_layers = a.integer(P.num_layers), input_size = a.integer(P.input_size),
+                hidden_size = a.integer(P.hidden_size), proj_size = a.integer(P.proj_size);
+  if (PyErr_Occurred()) return nullptr;
+  if (P.cx < 0 && kind != 0 && kind != 1) Py_RETURN_NONE;
+  const auto out = fastrnn::stack_if_plain(kind, a.tensor(P.input), a.tensor(P.hx), a.tensor(P.cx), weights,
+                                           a.flag(P.has_biases), num_layers, a.flag(P.bidirectional),
+                                           a.flag(P.batch_first), input_size, hidden_size, proj_size);
+  if (!out.has_value()) Py_RETURN_NONE;
+  return P.cx < 0 ? wrap({(*out)[0], (*out)[1]}) : wrap({(*out)[0], (*out)[1], (*out)[2]});
+  END_HANDLE_TH_ERRORS
+}
+
+// cell_if_plain(kind, input, hx, cx, parameters) -> h' or (h', c') (kind 4) or None, `parameters` being the
+// module's _parameters dict (whole_call.h); also bound as gated_cell_if_plain (kind 3 or 4: gates) and, in
+// torch.nn.RNNCell's order, rnn_cell_if_plain(input, hx, parameters, activation) -> h' or None.
+constexpr CellPositions kCellArgs{5, 0, 1, 2, 3, 4};
+constexpr CellPositions kRnnCellArgs{4, 3, 0, 1, -1, 2};
+
+template <const CellPositions& P>
+PyObject* cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  const Args a{args};
+  at::Tensor w[2];
+  std::optional<at::Tensor> b[2];
+  if (nargs != P.nargs || !a.are({P.input}, {P.hx, P.cx}) || !a.cell_parameters(P.parameters, w, b)) Py_RETURN_NONE;
+  const int64_t kind = a.integer(P.kind);
+  if (PyErr_Occurred()) return nullptr;
+  if (P.cx < 0 && kind != 0 && kind != 1) Py_RETURN_NONE;
+  const auto out = fastrnn::cell_if_plain(kind, a.tensor(P.input), a.tensor(P.hx), a.tensor(P.cx), w[0], w[1], b[0],
+                                          b[1]);
+  if (!out.has_value()) Py_RETURN_NONE;
+  return kind == 4 ? wrap({(*out)[0], (*out)[1]}) : THPVariable_Wrap((*out)[0]);
+  END_HANDLE_TH_ERRORS
+}
+
+template <PyObject* (*F)(PyObject*, PyObject* const*, Py_ssize_t)>
+constexpr PyCFunction fastcall() {
+  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(F));
+}
+
+// Each binding's usage is in the comment above its function.
 PyMethodDef methods[] = {
-    {"rnn_cell_if_plain", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_cell_if_plain_py)),
-     METH_FASTCALL, "torch.nn.RNNCell's plain eager call in one C++ call, or None (see rnn_cpu.h)."},
-    {"gated_cell_if_plain",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gated_cell_if_plain_py)), METH_FASTCALL,
-     "torch.nn.GRUCell / LSTMCell's plain eager step in one C++ call with one autograd node, or None (see "
-     "rnn_cpu.h)."},
-    {"rnn_forward_if_plain",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward_if_plain_py)),
-     METH_FASTCALL, "torch.nn.RNN's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},
-    {"gated_forward_if_plain",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gated_forward_if_plain_py)), METH_FASTCALL,
-     "torch.nn.GRU / LSTM's plain eager inference call in one C++ call, or None (see rnn_cpu.h)."},
-    {"rnn_stack_forward",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_stack_forward_py)),
-     METH_FASTCALL, "The whole RNN stack forward without autograd (see csrc/rnn_stack.cpp)."},
-    {"rnn_cell", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_cell_py)),
-     METH_FASTCALL, "One fused RNNCell step (see csrc/rnn_cell.cpp)."},
+    {"stack_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL, "RNN / GRU / LSTM call, or None"},
+    {"cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL, "RNN / GRU / LSTM cell step, or None"},
+    {"rnn_forward_if_plain", fastcall<stack_if_plain_py<kRnnArgs>>(), METH_FASTCALL, "RNN call, or None"},
+    {"gated_forward_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL, "GRU / LSTM call, or None"},
+    {"rnn_cell_if_plain", fastcall<cell_if_plain_py<kRnnCellArgs>>(), METH_FASTCALL, "RNNCell step, or None"},
+    {"gated_cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL, "GRU / LSTM cell step, or None"},
+    {"rnn_stack_forward", fastcall<rnn_stack_forward_py>(), METH_FASTCALL, "RNN stack without autograd"},
+    {"rnn_cell", fastcall<rnn_cell_py>(), METH_FASTCALL, "fastrnn::rnn_cell without the op call's boxing"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -1,0 +1,34 @@
+// The whole-call entries over every cell, as fastrnn._C.stack_if_plain / cell_if_plain bind them. kind: 0 (RNN
+// tanh), 1 (RNN relu), 3 (GRU), 4 (LSTM). Each takes the module's own arguments, does its preamble (unbatched
+// input, batch_first, a missing state), and returns nullopt for anything not plainly well-formed: the caller
+// then runs torch's checks and path. They replace rnn_cpu.h's rnn_forward_if_plain, gated_forward_if_plain,
+// rnn_cell_if_plain and gated_cell_if_plain (the Python bindings of those names call these).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <optional>
+#include <vector>
+
+namespace fastrnn {
+
+// torch.nn.RNN / GRU / LSTM.forward (stack.cpp): input [T, B, I], batch-first or unbatched [T, I]; hx (and cx)
+// [L * D, B, H] or [L * D, H], or undefined for zeros; weights in _flat_weights_names order. Returns output,
+// h_n and c_n (undefined but for the LSTM) as torch shapes them. A call autograd records runs the RNN's
+// C++ node (RnnStackFunction); GRU / LSTM decline it.
+std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::Tensor& input, const at::Tensor& hx,
+                                                        const at::Tensor& cx, const std::vector<at::Tensor>& weights,
+                                                        bool has_biases, int64_t num_layers, bool bidirectional,
+                                                        bool batch_first, int64_t input_size, int64_t hidden_size,
+                                                        int64_t proj_size);
+
+// torch.nn.RNNCell / GRUCell / LSTMCell.forward (cell.cpp): input [N, I] or [I]; hx (and cx) of the same rank
+// or undefined for zeros. Returns h' and c' (undefined but for the LSTM) with one autograd node where autograd
+// records the call. GRU / LSTM take contiguous tensors only.
+std::optional<std::array<at::Tensor, 2>> cell_if_plain(int64_t kind, const at::Tensor& input, const at::Tensor& hx,
+                                                       const at::Tensor& cx, const at::Tensor& w_ih,
+                                                       const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                                                       const std::optional<at::Tensor>& b_hh);
+
+}  // namespace fastrnn
