@@ -11,7 +11,6 @@ it gives torch's result (cuDNN on CUDA) or raises torch's exact error.
 """
 
 
-import functools
 from typing import Optional, overload
 
 import torch
@@ -19,9 +18,8 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import gated_functional
-from fastrnn.backends import _eager_cpp_call, forced_backend, needs_any_order
-from fastrnn.conversion import TorchConversion
-from fastrnn.modules import _exporting_onnx, _fx_leaf, _is_fx_proxy, _packed_fast_path_takes, _Recurrent
+from fastrnn.backends import forced_backend, needs_any_order
+from fastrnn.modules import _Cell, _exporting_onnx, _fx_leaf, _is_fx_proxy, _packed_fast_path_takes, _Recurrent
 from fastrnn.modules import _fast_path_takes as _modules_fast_path_takes
 
 
@@ -58,34 +56,7 @@ def _fast_path_takes(input: Tensor, states: list[Tensor], weights: list[Tensor],
     return _packed_fast_path_takes(batch_sizes, input.size(0))
 
 
-@functools.cache
-def _gated_forward_if_plain():
-    """The built extension's whole GRU / LSTM inference call (csrc/gated_stack.cpp), or None."""
-    try:
-        from fastrnn._C import gated_forward_if_plain
-    except ImportError:
-        return None
-    return gated_forward_if_plain
-
-
-class _GatedBase(_Recurrent):
-    """GRU and LSTM: the whole plain inference call in C++."""
-
-    @torch.jit.unused
-    def _plain_inference(self, input: Tensor, h: Optional[Tensor], c: Optional[Tensor]):
-        """The whole call in one C++ call when it is a plain eager inference call on CPU tensors (a tiny call is
-        otherwise mostly Python). The C++ side declines (None) anything not plainly well-formed, and the call
-        then takes torch's checks, so errors stay torch's. Returns (output, h_n, c_n or None) or None."""
-        if type(input) is not Tensor or (self.dropout != 0 and self.training) or not _eager_cpp_call(input):
-            return None
-        run = _gated_forward_if_plain()
-        if run is None:
-            return None
-        return run(3 if self.mode == "GRU" else 4, input, h, c, self._weights(), self.bias, self.num_layers,
-                   self.bidirectional, self.batch_first, self.input_size, self.hidden_size, self.proj_size)
-
-
-class GRU(_GatedBase):
+class GRU(_Recurrent):
     r"""Drop-in :class:`torch.nn.GRU`: ``r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr})``, ``z`` likewise,
     ``n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn}))``, ``h' = (1 - z) \odot n + z \odot h``.
 
@@ -123,7 +94,7 @@ class GRU(_GatedBase):
                 if _is_fx_proxy(input):  # one call_module node under torch.fx
                     return _fx_leaf_gru(self, input, hx)
             elif hx is None or type(hx) is Tensor:
-                plain = self._plain_inference(input, hx, None)
+                plain = self._plain_call(input, hx, None)
                 if plain is not None:
                     return plain[0], plain[1]
         # Up to check_forward_args this is torch.nn.GRU.forward, so every check and message is torch's.
@@ -188,7 +159,7 @@ class GRU(_GatedBase):
                                     self.bidirectional, batch_sizes)
 
 
-class LSTM(_GatedBase):
+class LSTM(_Recurrent):
     r"""Drop-in :class:`torch.nn.LSTM`: gates ``i, f, g, o`` from ``W_{ih} x + b_{ih} + W_{hh} h + b_{hh}``,
     ``c' = f \odot c + i \odot g``, ``h' = o \odot \tanh(c')``, projected ``h' W_{hr}^T`` with ``proj_size``.
 
@@ -232,7 +203,7 @@ class LSTM(_GatedBase):
                 if _is_fx_proxy(input):  # one call_module node under torch.fx
                     return _fx_leaf_lstm(self, input, hx)
             elif hx is None or (type(hx) is tuple and len(hx) == 2):
-                plain = self._plain_inference(input, *((None, None) if hx is None else hx))
+                plain = self._plain_call(input, *((None, None) if hx is None else hx))
                 if plain is not None:
                     return plain[0], (plain[1], plain[2])
         # Up to check_forward_args this is torch.nn.LSTM.forward, so every check and message is torch's.
@@ -308,17 +279,7 @@ class LSTM(_GatedBase):
                                      self.bidirectional, self.proj_size, batch_sizes)
 
 
-@functools.cache
-def _gated_cell_if_plain():
-    """The built extension's GRUCell / LSTMCell step (csrc/gated_cell.cpp: ``gated_cell_if_plain``), or None."""
-    try:
-        from fastrnn._C import gated_cell_if_plain
-    except ImportError:
-        return None
-    return gated_cell_if_plain
-
-
-class _GatedCellBase(TorchConversion, nn.RNNCellBase):
+class _GatedCellBase(_Cell):
     """A plain eager CPU step runs in one C++ call (two small matmuls, the layer op's gate rows) with one
     autograd node whose backward is C++ too; anything that call declines runs torch's cell kernel
     (``_VF.gru_cell`` / ``_VF.lstm_cell``), which also gives torch's errors. With ``FASTRNN_BACKEND`` set, the
@@ -336,16 +297,6 @@ class _GatedCellBase(TorchConversion, nn.RNNCellBase):
             return False
         return all(s.dim() == 2 and s.size(0) == input.size(0) and s.size(1) == self.hidden_size for s in states)
 
-    def _step_if_plain(self, gates: int, input: Tensor, h: Tensor, c: Optional[Tensor]):
-        """The step in one C++ call with one autograd node (csrc/gated_cell.cpp: ``gated_cell_if_plain``) when
-        it is a plain eager CPU float32/float64 call; else None."""
-        if not _eager_cpp_call(input):  # first: under dynamo the cached getter below would be traced
-            return None
-        run = _gated_cell_if_plain()
-        if run is None:
-            return None
-        return run(gates, input, h, c, self._parameters)
-
     def _takes_layer_path(self, input: Tensor, *states: Tensor) -> bool:
         """The step runs the layer path, not the one-call C++ step: with ``FASTRNN_BACKEND`` set; under
         torch.jit.trace (which records fastrnn's op); for higher-order or forward-mode derivatives under a
@@ -353,10 +304,6 @@ class _GatedCellBase(TorchConversion, nn.RNNCellBase):
         torch's cell kernel fails under vmap of grad of grad)."""
         return (bool(forced_backend()) or torch._C._get_tracing_state() is not None
                 or needs_any_order(input, *states, self.weight_ih, self.weight_hh))
-
-    def _config(self) -> tuple[tuple, dict]:
-        args = (self.input_size, self.hidden_size, self.bias)
-        return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
 
 
 

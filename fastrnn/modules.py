@@ -51,24 +51,28 @@ def _rnn_cell_op():
     return rnn_cell
 
 
+# The cell kinds of the extension's whole-call entries (csrc/whole_call.h).
+_KIND = {"RNN_TANH": 0, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
+
+
 @functools.cache
-def _forward_if_plain():
-    """The built extension's whole inference call (csrc/rnn_stack.cpp: ``rnn_forward_if_plain``), or None."""
+def _stack_if_plain():
+    """The built extension's whole RNN / GRU / LSTM call (csrc/stack.cpp: ``stack_if_plain``), or None."""
     try:
-        from fastrnn._C import rnn_forward_if_plain
+        from fastrnn._C import stack_if_plain
     except ImportError:
         return None
-    return rnn_forward_if_plain
+    return stack_if_plain
 
 
 @functools.cache
 def _cell_if_plain():
-    """The built extension's whole RNNCell call (csrc/rnn_cell.cpp: ``rnn_cell_if_plain``), or None."""
+    """The built extension's whole RNNCell / GRUCell / LSTMCell step (csrc/cell.cpp: ``cell_if_plain``), or None."""
     try:
-        from fastrnn._C import rnn_cell_if_plain
+        from fastrnn._C import cell_if_plain
     except ImportError:
         return None
-    return rnn_cell_if_plain
+    return cell_if_plain
 
 
 @functools.cache
@@ -154,6 +158,20 @@ class _Recurrent(TorchConversion, nn.RNNBase):
 
     def _weights(self) -> list[Tensor]:
         return weights_in_use(self)
+
+    @torch.jit.unused
+    def _plain_call(self, input: Tensor, h: Optional[Tensor], c: Optional[Tensor]):
+        """The whole call in one C++ call (csrc/stack.cpp) when it is a plain eager call on CPU tensors (a tiny
+        call is otherwise mostly Python): inference for every cell, training too for the RNN (a C++ autograd
+        node). The C++ side declines (None) anything not plainly well-formed, and the call then takes torch's
+        checks, so errors stay torch's. Returns ``(output, h_n, c_n or None)`` or None."""
+        if type(input) is not Tensor or (self.dropout != 0 and self.training) or not _eager_cpp_call(input):
+            return None
+        run = _stack_if_plain()
+        if run is None:
+            return None
+        return run(_KIND[self.mode], input, h, c, self._weights(), self.bias, self.num_layers, self.bidirectional,
+                   self.batch_first, self.input_size, self.hidden_size, self.proj_size)
 
     @torch.jit.unused
     def _run(self, input: Tensor, hx, batch_sizes: Optional[Tensor]):
@@ -254,9 +272,9 @@ class RNN(_Recurrent):
 
     def forward(self, input, hx=None):  # noqa: F811  (the overloads above type it for TorchScript)
         if not torch.jit.is_scripting():
-            plain = self._plain_inference(input, hx)
+            plain = self._plain_call(input, hx, None)
             if plain is not None:
-                return plain
+                return plain[0], plain[1]
         # Up to check_forward_args this is torch.nn.RNN.forward, so every check and message is torch's.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
@@ -330,19 +348,6 @@ class RNN(_Recurrent):
         return output, self.permute_hidden(hidden, unsorted_indices)
 
     @torch.jit.unused
-    def _plain_inference(self, input: Tensor, hx: Optional[Tensor]) -> Optional[tuple[Tensor, Tensor]]:
-        """The whole call in one C++ call when it is a plain eager inference call on CPU tensors (issue 12:
-        a tiny call is otherwise mostly Python). The C++ side declines (None) anything that is not plainly
-        well-formed, and the call then takes torch's checks below, so errors stay torch's."""
-        if type(input) is not Tensor or (self.dropout != 0 and self.training) or not _eager_cpp_call(input):
-            return None
-        run = _forward_if_plain()
-        if run is None:
-            return None
-        return run(input, hx, self._weights(), self.bias, self.num_layers, self.bidirectional,
-                   0 if self.nonlinearity == "tanh" else 1, self.batch_first, self.input_size, self.hidden_size)
-
-    @torch.jit.unused
     def _stack(self, input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]):
         """The layers on time-major input: one C++ call for a call that nothing differentiates (no dropout in
         training), else :func:`fastrnn.functional.rnn`."""
@@ -353,7 +358,30 @@ class RNN(_Recurrent):
                               self.bidirectional, self.nonlinearity, batch_sizes)
 
 
-class RNNCell(TorchConversion, nn.RNNCellBase):
+class _Cell(TorchConversion, nn.RNNCellBase):
+    """What RNNCell, GRUCell and LSTMCell share: the plain eager step in one C++ call, and the configuration."""
+
+    _torch_class: type[nn.RNNCellBase]
+
+    @torch.jit.unused
+    def _step_if_plain(self, kind: int, input: Tensor, h: Optional[Tensor], c: Optional[Tensor]):
+        """The step in one C++ call with one C++ autograd node (csrc/cell.cpp: ``cell_if_plain``, ``kind`` as
+        in ``_KIND``) when it is a plain eager CPU call (reading four parameters through nn.Module.__getattr__
+        alone cost more than the step); else None, and the call takes torch's checks."""
+        if not _eager_cpp_call(input):  # first: under dynamo the cached getter below would be traced
+            return None
+        run = _cell_if_plain()
+        if run is None:
+            return None
+        return run(kind, input, h, c, self._parameters)
+
+    def _config(self) -> tuple[tuple, dict]:
+        elman = [self.nonlinearity] if isinstance(self, (nn.RNNCell, RNNCell)) else []  # self may be torch's
+        return (self.input_size, self.hidden_size, self.bias, *elman), {"device": self.weight_ih.device,
+                                                                       "dtype": self.weight_ih.dtype}
+
+
+class RNNCell(_Cell):
     r"""Drop-in :class:`torch.nn.RNNCell`: ``h' = \tanh(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})``.
 
     Inputs: ``input`` ``(N, H_in)`` or ``(H_in)``; ``hx`` ``(N, H_out)`` or ``(H_out)``, zeros if omitted.
@@ -412,13 +440,8 @@ class RNNCell(TorchConversion, nn.RNNCellBase):
         """The whole call in one C++ call when it is a plain eager call on CPU tensors (issue 12: reading four
         parameters through nn.Module.__getattr__ alone cost more than the step). The C++ side declines (None)
         anything not plainly well-formed, and the call then takes torch's checks below."""
-        if not _eager_cpp_call(input):
-            return None
-        run = _cell_if_plain()
-        if run is None:
-            return None
-        activation = 0 if self.nonlinearity == "tanh" else 1 if self.nonlinearity == "relu" else -1
-        return run(input, hx, self._parameters, activation)
+        kind = 0 if self.nonlinearity == "tanh" else 1 if self.nonlinearity == "relu" else -1
+        return self._step_if_plain(kind, input, hx, None)
 
     @torch.jit.unused
     def _step(self, input: Tensor, hx: Tensor) -> Tensor:
@@ -445,8 +468,3 @@ class RNNCell(TorchConversion, nn.RNNCellBase):
             )
         run = _VF.rnn_tanh_cell if self.nonlinearity == "tanh" else _VF.rnn_relu_cell
         return run(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-
-    def _config(self) -> tuple[tuple, dict]:
-        args = (self.input_size, self.hidden_size, self.bias, self.nonlinearity)
-        return args, {"device": self.weight_ih.device, "dtype": self.weight_ih.dtype}
-

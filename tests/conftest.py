@@ -34,8 +34,8 @@ def use_backend(monkeypatch):
 
 @pytest.fixture
 def entry_calls(monkeypatch):
-    """``entry_calls(name)`` watches one of fastrnn.modules' cached getters of a C++ entry (``_forward_if_plain``,
-    ``_cell_if_plain``; ``entry_calls(name, fastrnn.gated_modules)`` the gated modules' ones) and returns a list
+    """``entry_calls(name)`` watches one of fastrnn.modules' cached getters of a C++ entry (``_stack_if_plain``,
+    ``_cell_if_plain``, which every module's plain call reaches) and returns a list
     that gets, per call of the entry, whether it took the call."""
     from fastrnn import modules as default_owner
 

@@ -10,18 +10,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fastrnn
-from fastrnn import gated_modules
+from fastrnn import modules
 from fastrnn.testing import max_error, parity_failures
 
 CELLS = {"gru": (nn.GRUCell, fastrnn.GRUCell), "lstm": (nn.LSTMCell, fastrnn.LSTMCell)}
 
-pytestmark = pytest.mark.skipif(gated_modules._gated_cell_if_plain() is None, reason="the built extension is absent")
+pytestmark = pytest.mark.skipif(modules._cell_if_plain() is None, reason="the built extension is absent")
 
 
 @pytest.fixture
 def taken(entry_calls):
     """Per C++ step call: whether it took the call (True) or declined it (False)."""
-    return entry_calls("_gated_cell_if_plain", gated_modules)
+    return entry_calls("_cell_if_plain")
 
 
 def _pair(name, input_size, hidden, bias=True, dtype=torch.float64):
@@ -107,7 +107,7 @@ def test_training_loop_matches_torch(taken, name, rows, input_size, hidden, bias
 
 
 def _step(name, x, h, c, w_ih, w_hh, b_ih, b_hh):
-    run = gated_modules._gated_cell_if_plain()
+    run = modules._cell_if_plain()
     params = {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}
     out = run(4 if name == "lstm" else 3, x, h, c, params)
     assert out is not None

@@ -20,21 +20,19 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 import fastrnn
-from fastrnn import gated_modules
 from tests.family import GRU, LAYER_CLASSES, Spec, params
 from tests.test_errors import _outcome
 
 plain = pytest.importorskip("fastrnn._C").rnn_forward_if_plain
 
 # Where each family's modules get their C++ entry (the name of its cached getter, the getter's module).
-ENTRIES = {"rnn": ("_forward_if_plain",), "gru": ("_gated_forward_if_plain", gated_modules),
-           "lstm": ("_gated_forward_if_plain", gated_modules)}
+ENTRIES = {"rnn": ("_stack_if_plain",), "gru": ("_stack_if_plain",), "lstm": ("_stack_if_plain",)}
 
 
 @pytest.fixture
 def plain_calls(entry_calls):
     """Whether each of fastrnn.RNN's calls of the C++ entry returned a result."""
-    return entry_calls("_forward_if_plain")
+    return entry_calls("_stack_if_plain")
 
 
 @pytest.fixture

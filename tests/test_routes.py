@@ -10,7 +10,7 @@ Evidence is what can be seen from outside the call:
   recorded by ``torch.profiler`` (neither a tracer nor a dispatch mode, so it changes no route), filtered to
   fastrnn's ops, fastrnn's Functions and torch's own RNN ops (``aten::rnn_tanh``, ``aten::gru``, ``aten::lstm``,
   the cells, ``aten::_cudnn_rnn``);
-- ``whole:<entry>``: one of the extension's whole-call entries (``fastrnn._C.rnn_forward_if_plain``, ...), invisible
+- ``whole:<entry>``: one of the extension's whole-call entries (``fastrnn._C.stack_if_plain``, ...), invisible
   to the profiler, took the call (a spy on the getter ``fastrnn.modules`` / ``gated_modules`` reach it through);
 - ``node:<Name>``: the output's autograd node is the C++ Function ``<Name>``;
 - ``reference:<cell>``: the pure-PyTorch reference recurrence ran;
@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.profiler import ProfilerActivity, profile
 
 import fastrnn
-from fastrnn import autograd, gated_modules, gated_reference, modules, reference
+from fastrnn import autograd, gated_reference, modules, reference
 
 T, B, IN, H = 3, 2, 4, 5
 SEQUENCE = ("RNN", "GRU", "LSTM")
@@ -51,7 +51,7 @@ _TORCH_RNN_OPS = {"rnn_tanh", "rnn_relu", "gru", "lstm", "rnn_tanh_cell", "rnn_r
 # (module, situation, route as one-skeleton.md §1 names it, evidence). The evidence of a CUDA row is a tuple of
 # acceptable sets: the algorithm finder picks cuDNN or Triton per shape class by timing them.
 
-_WHOLE_RNN = "whole:rnn_forward_if_plain"
+_WHOLE_RNN = "whole:stack_if_plain"
 _UNDER_GRAD_RNN = {"_RecurrenceUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_fwd",
                    "fastrnn::recurrence_backward", "fastrnn::rnn_bwd"}
 
@@ -89,7 +89,7 @@ ROUTES = [
     ("RNN", "cuda", "R7 cuDNN via finder or R10 eager Function (triton)",
      ({"aten::rnn_tanh", "aten::_cudnn_rnn"}, {"RNNRecurrenceFunction"})),
     # fastrnn.GRU
-    ("GRU", "eager cpu no_grad", "whole call in C++ (gated_stack.cpp)", {"whole:gated_forward_if_plain"}),
+    ("GRU", "eager cpu no_grad", "whole call in C++ (gated_stack.cpp)", {"whole:stack_if_plain"}),
     ("GRU", "eager cpu training", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
     ("GRU", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::gru_infer"}),
     ("GRU", "eager cpu training packed", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
@@ -117,7 +117,7 @@ ROUTES = [
     ("GRU", "onnx export", "L3 torch: the standard ONNX op", {"onnx:GRU"}),
     ("GRU", "cuda", "L3 torch (cuDNN)", ({"aten::gru", "aten::_cudnn_rnn"},)),
     # fastrnn.LSTM
-    ("LSTM", "eager cpu no_grad", "whole call in C++ (gated_stack.cpp)", {"whole:gated_forward_if_plain"}),
+    ("LSTM", "eager cpu no_grad", "whole call in C++ (gated_stack.cpp)", {"whole:stack_if_plain"}),
     ("LSTM", "eager cpu training", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
     ("LSTM", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::lstm_infer"}),
     ("LSTM", "eager cpu training packed", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
@@ -146,9 +146,9 @@ ROUTES = [
     ("LSTM", "onnx export", "L3 torch: the standard ONNX op", {"onnx:LSTM"}),
     ("LSTM", "cuda", "L3 torch (cuDNN)", ({"aten::lstm", "aten::_cudnn_rnn"},)),
     # fastrnn.RNNCell
-    ("RNNCell", "eager cpu no_grad", "whole call in C++", {"whole:rnn_cell_if_plain"}),
+    ("RNNCell", "eager cpu no_grad", "whole call in C++", {"whole:cell_if_plain"}),
     ("RNNCell", "eager cpu training", "whole call in C++, C++ node",
-     {"whole:rnn_cell_if_plain", "node:RnnCellFunction"}),
+     {"whole:cell_if_plain", "node:RnnCellFunction"}),
     ("RNNCell", "autocast cpu", "R10 eager Function in float32", {"RNNRecurrenceFunction", "fastrnn::rnn_fwd"}),
     ("RNNCell", "dispatch mode", "R10 eager Function", {"RNNRecurrenceFunction", "fastrnn::rnn_fwd"}),
     ("RNNCell", "FASTRNN_BACKEND=reference", "R10 eager Function, reference",
@@ -170,9 +170,9 @@ ROUTES = [
     ("RNNCell", "torch.fx", "fx leaf", {"graph:call_module"}),
     ("RNNCell", "cuda", "eager Function (triton)", ({"RNNRecurrenceFunction"},)),
     # fastrnn.GRUCell
-    ("GRUCell", "eager cpu no_grad", "whole call in C++", {"whole:gated_cell_if_plain"}),
+    ("GRUCell", "eager cpu no_grad", "whole call in C++", {"whole:cell_if_plain"}),
     ("GRUCell", "eager cpu training", "whole call in C++, C++ node",
-     {"whole:gated_cell_if_plain", "node:GatedCellFunction"}),
+     {"whole:cell_if_plain", "node:GatedCellFunction"}),
     ("GRUCell", "autocast cpu", "torch", {"aten::gru_cell"}),
     ("GRUCell", "dispatch mode", "torch", {"aten::gru_cell"}),
     ("GRUCell", "FASTRNN_BACKEND=reference", "eager Function, reference", {"GRURecurrenceFunction", "reference:gru"}),
@@ -189,9 +189,9 @@ ROUTES = [
     ("GRUCell", "torch.fx", "fx leaf", {"graph:call_module"}),
     ("GRUCell", "cuda", "torch", ({"aten::gru_cell"},)),
     # fastrnn.LSTMCell
-    ("LSTMCell", "eager cpu no_grad", "whole call in C++", {"whole:gated_cell_if_plain"}),
+    ("LSTMCell", "eager cpu no_grad", "whole call in C++", {"whole:cell_if_plain"}),
     ("LSTMCell", "eager cpu training", "whole call in C++, C++ node",
-     {"whole:gated_cell_if_plain", "node:GatedCellFunction"}),
+     {"whole:cell_if_plain", "node:GatedCellFunction"}),
     ("LSTMCell", "autocast cpu", "torch", {"aten::lstm_cell"}),
     ("LSTMCell", "dispatch mode", "torch", {"aten::lstm_cell"}),
     ("LSTMCell", "FASTRNN_BACKEND=reference", "eager Function, reference",
@@ -273,12 +273,10 @@ def spies(monkeypatch):
 
         monkeypatch.setattr(owner, getter_name, lambda: spy)
 
-    watch_getter(modules, "_forward_if_plain", "rnn_forward_if_plain")
-    watch_getter(modules, "_cell_if_plain", "rnn_cell_if_plain")
+    watch_getter(modules, "_stack_if_plain", "stack_if_plain")
+    watch_getter(modules, "_cell_if_plain", "cell_if_plain")
     watch_getter(modules, "_stack_forward", "rnn_stack_forward", always=True)
     watch_getter(modules, "_rnn_cell_op", "rnn_cell_op", always=True)
-    watch_getter(gated_modules, "_gated_cell_if_plain", "gated_cell_if_plain")
-    watch_getter(gated_modules, "_gated_forward_if_plain", "gated_forward_if_plain")
 
     def watch_function(owner, name: str, label: str) -> None:
         original = getattr(owner, name)
