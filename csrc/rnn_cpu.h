@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::T
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation, bool need_dh0);
 
-// The forward recurrence on raw contiguous buffers (rnn_cpu.cpp): xw [T, B, H] or packed [N, H] (batch_sizes
+// The forward recurrence on raw contiguous buffers (recurrence.cpp): xw [T, B, H] or packed [N, H] (batch_sizes
 // nullptr when padded, else `steps` sizes), h0 [B, H], w [H, H]; writes y (shape of xw; may be xw itself,
 // then the recurrence runs in place) and hn [B, H]. Arguments are the caller's to check.
 template <typename T>
@@ -42,7 +42,7 @@ void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t b
                             const T* h0, const T* w, int64_t H, bool reverse, int64_t activation, T* y,
                             T* hn);
 
-// The backward recurrence on raw contiguous padded buffers (rnn_cpu.cpp): dy and y [T, B, H], w [H, H];
+// The backward recurrence on raw contiguous padded buffers (recurrence.cpp): dy and y [T, B, H], w [H, H];
 // dh holds dh_n [B, H] on entry and dh0 on return (without need_dh0: no meaningful values); writes dz.
 template <typename T>
 void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
@@ -109,7 +109,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
     int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
     int64_t hidden_size);
 
-// The gated layers' inference ops (gated_cpu.cpp: fastrnn::gru_infer / lstm_infer): with w_ih, x is the layer
+// The gated layers' inference ops (recurrence.cpp: fastrnn::gru_infer / lstm_infer): with w_ih, x is the layer
 // input and each step's projection is made in the step kernel where that pays (see layer_input there).
 std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_ih,
                                                  const std::optional<at::Tensor>& bias, const at::Tensor& h0,

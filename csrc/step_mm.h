@@ -1,0 +1,114 @@
+// The per-step matmul of every CPU recurrence (recurrence.cpp), out[rows, N] (+)= a[rows, K] @ op(W), behind one
+// interface (StepWeight). Small steps run an in-register kernel on op(W) laid out once per call: on AVX-512
+// CPUs the one in zmm_step_mm.h (its panels), elsewhere a portable loop compiled per vector width (contiguous
+// [K, N]). Both add the K products of an output in order onto its initial value, so they give the same bits
+// where the portable loop's clone contracts to FMA (the AVX-512 and FMA clones). Larger steps call the BLAS
+// on W itself (raw pointers, no tensors).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "blas.h"
+#include "zmm_step_mm.h"
+
+namespace fastrnn {
+
+// The portable register-blocked loop (recurrence.cpp): out[rows, N] (+)= a[rows, K] @ b[K, N], b contiguous.
+void small_mm(const float* a, int64_t lda, int64_t rows, const float* b, int64_t K, int64_t N, float* out,
+              int64_t ldo, bool accumulate);
+void small_mm(const double* a, int64_t lda, int64_t rows, const double* b, int64_t K, int64_t N, double* out,
+              int64_t ldo, bool accumulate);
+
+// Whether small steps take the AVX-512 kernel: where the CPU has it, unless `fastrnn::_gated_zmm_kernel(False)`
+// turned it off (tests and timings compare both kernels in one process).
+inline std::atomic<bool> g_zmm_allowed{true};
+
+inline bool zmm_kernel_on() {
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+  return have_avx512f() && g_zmm_allowed.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+// Up to this many multiply-adds a thread's step runs the register kernel rather than the BLAS: the AVX-512
+// kernel beat MKL's sgemm at every size measured (up to 64 x 1024 x 4096 forward, 64 x 4096 x 1024 backward),
+// the portable loop up to 64^3.
+constexpr int64_t kSmallStep = 64 * 64 * 64;
+constexpr int64_t kZmmSmallStep = int64_t{1} << 30;
+
+// op(W) [K, N] with strides (sk, sn) laid out as the register kernel reads it (see the top of the file).
+template <typename T>
+void lay_out_step_weight(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, std::vector<T>& out) {
+  if (!zmm_kernel_on()) {
+    out.resize(K * N);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n) out[k * N + n] = w[k * sk + n * sn];
+    return;
+  }
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+  const int64_t PW = 4 * Zmm<T>::L, panels = (N + PW - 1) / PW;
+  out.resize(panels * K * PW);
+  T* dst = out.data();
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < PW; ++j, ++dst) {
+        const int64_t n = p * PW + j;
+        *dst = n < N ? w[k * sk + n * sn] : T(0);
+      }
+#endif
+}
+
+// One weight as a recurrence steps with it: op(W) = W^T (W [N, K], `trans`) or W ([K, N]), W contiguous.
+// `small_limit`: up to this many multiply-adds a thread's step runs the register kernel (see kSmallStep).
+template <typename T>
+class StepWeight {
+ public:
+  StepWeight() = default;
+  StepWeight(const T* w, bool trans, int64_t K, int64_t N, int64_t rows, int64_t small_limit)
+      : w_(w), trans_(trans), K_(K), N_(N) {
+    small_ = rows * K * N <= small_limit || !have_fortran_gemm<T>();
+    if (small_) lay_out_step_weight(w, trans ? 1 : N, trans ? K : 1, K, N, kn_);
+  }
+
+  // out[rows, N] = (accumulate ? out : 0) + a[rows, K] @ op(W); a and out with row strides lda, ldo.
+  void apply(const T* a, int64_t lda, int64_t rows, T* out, int64_t ldo, bool accumulate) const {
+    if (rows <= 0) return;
+    if (!small_) {
+      gemm_rowmajor<T>(rows, N_, K_, a, lda, w_, trans_ ? K_ : N_, trans_, accumulate ? T(1) : T(0), out, ldo);
+      return;
+    }
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+    if (zmm_kernel_on()) {
+      zmm_step_mm(a, lda, rows, kn_.data(), K_, N_, accumulate ? out : nullptr, ldo, out, ldo);
+      return;
+    }
+#endif
+    small_mm(a, lda, rows, kn_.data(), K_, N_, out, ldo, accumulate);
+  }
+
+  // out[rows, N] = bias (nullptr: 0) + a @ op(W), small weights only (the fused input projection).
+  void apply_from(const T* bias, const T* a, int64_t lda, int64_t rows, T* out, int64_t ldo) const {
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+    zmm_step_mm(a, lda, rows, kn_.data(), K_, N_, bias, 0, out, ldo);
+#endif
+  }
+
+  bool small() const { return small_; }
+
+ private:
+  const T* w_ = nullptr;
+  bool trans_ = false;
+  int64_t K_ = 0, N_ = 0;
+  bool small_ = true;
+  std::vector<T> kn_;  // op(W) laid out for the register kernel (small steps only)
+};
+
+// The small-step limit of the gated cells' matmuls (the AVX-512 kernel's where it runs).
+inline int64_t gated_small_limit() { return zmm_kernel_on() ? kZmmSmallStep : kSmallStep; }
+
+}  // namespace fastrnn
