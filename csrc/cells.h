@@ -79,7 +79,6 @@ void copy_final_h(const Layer<T>& L, int64_t b, int64_t row) {
 
 template <typename T, int64_t Act>
 struct Elman {
-  static constexpr int64_t kGates = 1;
   static constexpr bool kAddsToInput = true, kBackwardAdds = false;
   const Layer<T>& L;
   Elman(const Layer<T>& layer, int64_t, int64_t) : L(layer) {}
@@ -103,7 +102,6 @@ using ElmanRelu = Elman<T, kRelu>;
 
 template <typename T>
 struct Gru {
-  static constexpr int64_t kGates = 3;
   static constexpr bool kAddsToInput = false, kBackwardAdds = true;
   const Layer<T>& L;
   // [rows, 3H] h W_hh^T of this thread's rows; [rows, 3H] the step's projection (proj); [rows, 4H] the
@@ -141,7 +139,6 @@ struct Gru {
 
 template <typename T>
 struct Lstm {
-  static constexpr int64_t kGates = 4;
   static constexpr bool kAddsToInput = true, kBackwardAdds = false;
   const Layer<T>& L;
   // Inference: [rows, W] gates (they stay in L1), and cn carries the running cell state (rows that have not

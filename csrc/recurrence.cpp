@@ -55,7 +55,7 @@ void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse)
       cell.pointwise(r, g, ld);
     });
     // Row b's final state is at the last step it is active in (walking direction: step 0 when reversed).
-    for (int64_t b = lo; b < hi; ++b) cell.finish(b, s.count() > 0 ? s.offsets[last_step_of_row(s, b, reverse)] + b : -1);
+    for (int64_t b = lo; b < hi; ++b) cell.finish(b, s.count() > 0 ? s.offset(last_step_of_row(s, b, reverse)) + b : -1);
   });
 }
 
@@ -95,8 +95,8 @@ void with_cell(int64_t gates, int64_t act, const F& f) {
 
 const at::Tensor* opt(const std::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
 
-std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t width) {
-  std::vector<int64_t> v = sizes.vec();
+at::DimVector with_last(at::IntArrayRef sizes, int64_t width) {
+  at::DimVector v(sizes);
   if (!v.empty()) v.back() = width;
   return v;
 }
@@ -131,7 +131,8 @@ struct Check {
   // steps: left as it is).
   Steps steps(const at::Tensor& x, const char* name, int64_t width, const std::optional<at::Tensor>& batch_sizes,
               int64_t& batch) const {
-    Steps s;
+    TORCH_CHECK(x.dim() > 0 && x.size(-1) == width, "fastrnn::", op, ": ", name, " must have ", width,
+                " features, got ", x.dim() > 0 ? x.size(-1) : 0);
     if (batch_sizes.has_value()) {
       const auto& bs = *batch_sizes;
       TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(), "fastrnn::", op,
@@ -141,15 +142,11 @@ struct Check {
       check_batch_sizes(bs, x.size(0), name);
       const auto c = bs.contiguous();
       if (c.numel() > 0) batch = c.data_ptr<int64_t>()[0];
-      s = make_steps(c.data_ptr<int64_t>(), c.numel(), batch);
-    } else {
-      TORCH_CHECK(x.dim() == 3, "fastrnn::", op, ": padded ", name, " must be [T, B, ", width, "], got ", x.sizes());
-      batch = x.size(1);
-      s = make_steps(nullptr, x.size(0), batch);
+      return Steps(c.data_ptr<int64_t>(), c.numel(), batch);
     }
-    TORCH_CHECK(x.size(-1) == width, "fastrnn::", op, ": ", name, " must have ", width, " features, got ",
-                x.size(-1));
-    return s;
+    TORCH_CHECK(x.dim() == 3, "fastrnn::", op, ": padded ", name, " must be [T, B, ", width, "], got ", x.sizes());
+    batch = x.size(1);
+    return Steps(nullptr, x.size(0), batch);
   }
 
   // t has the steps of ref ([T, B, .] or [N, .]) and `width` features.
@@ -239,8 +236,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const int64_t W = gates == 3 ? 4 * H : lstm ? (proj ? 6 : 5) * H : 0;
   auto y = with_width(xc, P);  // [T, B, P] or [N, P]
   auto ws = save && W > 0 ? with_width(xc, W) : at::Tensor();  // [T, B, W] or [N, W]
-  auto hn = at::empty({batch, P}, h.options());
-  auto cn = lstm ? at::empty({batch, H}, c.options()) : at::Tensor();
+  auto hn = step_buffer({batch, P}, h.options());
+  auto cn = lstm ? step_buffer({batch, H}, c.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "fastrnn_layer_forward", [&] {
     using T = scalar_t;
     const int64_t limit = gates == 1 ? kSmallStep : gated_small_limit();
@@ -330,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
 template <typename T>
 void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t batch, const T* xw, const T* h0,
                             const T* w, int64_t H, bool reverse, int64_t activation, T* y, T* hn) {
-  const Steps s = make_steps(batch_sizes, steps, batch);
+  const Steps s(batch_sizes, steps, batch);
   const StepWeight<T> sw(w, true, H, H, rows_per_thread(batch), kSmallStep);
   Layer<T> L;
   L.H = H, L.P = H, L.x = xw, L.h0 = h0, L.w_hh = &sw, L.y = y, L.hn = hn;
@@ -342,7 +339,7 @@ void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t b
 template <typename T>
 void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
                              bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh) {
-  const Steps s = make_steps(nullptr, steps, batch);
+  const Steps s(nullptr, steps, batch);
   const StepWeight<T> sw(w, false, H, H, rows_per_thread(batch), kSmallStep);
   Layer<T> L;
   L.H = H, L.P = H, L.y = const_cast<T*>(y), L.w_hh = &sw, L.dy = dy, L.dh = dh, L.dgates = dz;

@@ -12,24 +12,24 @@
 
 namespace fastrnn {
 
-struct Steps {
-  std::vector<int64_t> sizes;    // rows active at each step
-  std::vector<int64_t> offsets;  // first packed row of each step, size T + 1
-  int64_t count() const { return static_cast<int64_t>(sizes.size()); }
-};
-
-// `steps` steps of `batch_sizes` rows (nullptr: padded, `batch` rows each).
-inline Steps make_steps(const int64_t* batch_sizes, int64_t steps, int64_t batch) {
-  Steps s;
-  if (batch_sizes != nullptr) {
-    s.sizes.assign(batch_sizes, batch_sizes + steps);
-  } else {
-    s.sizes.assign(steps, batch);
+// Padded steps hold no arrays (a tiny call allocates nothing here); packed ones their sizes and offsets.
+class Steps {
+ public:
+  // `steps` steps of `batch_sizes` rows (nullptr: padded, `batch` rows each).
+  Steps(const int64_t* batch_sizes, int64_t steps, int64_t batch) : count_(steps), batch_(batch) {
+    if (batch_sizes == nullptr) return;
+    sizes_.assign(batch_sizes, batch_sizes + steps);
+    offsets_.resize(steps + 1, 0);
+    for (int64_t t = 0; t < steps; ++t) offsets_[t + 1] = offsets_[t] + sizes_[t];
   }
-  s.offsets.resize(steps + 1, 0);
-  for (int64_t t = 0; t < steps; ++t) s.offsets[t + 1] = s.offsets[t] + s.sizes[t];
-  return s;
-}
+  int64_t count() const { return count_; }
+  int64_t size(int64_t t) const { return sizes_.empty() ? batch_ : sizes_[t]; }  // rows active at step t
+  int64_t offset(int64_t t) const { return sizes_.empty() ? t * batch_ : offsets_[t]; }  // its first packed row
+
+ private:
+  int64_t count_, batch_;
+  std::vector<int64_t> sizes_, offsets_;
+};
 
 // Runs `body(lo, hi)` over batch-row chunks in parallel. Large steps too: a single-threaded BLAS call per
 // thread on its own rows beats one BLAS call threading each step (5-20% at H = 256..1024, 2 cores), since
@@ -66,13 +66,13 @@ void walk_steps(const Steps& s, int64_t lo, int64_t hi, bool reverse, bool backw
   const int64_t n = s.count();
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = reverse != backward ? n - 1 - i : i;
-    const int64_t end = std::min(hi, s.sizes[t]);
+    const int64_t end = std::min(hi, s.size(t));
     if (end <= lo) continue;
-    StepRows r{t, lo, end, lo, -1, s.offsets[t], 0, i + 1 == n};
+    StepRows r{t, lo, end, lo, -1, s.offset(t), 0, i + 1 == n};
     if ((backward ? n - 1 - i : i) > 0) {
       r.prev = reverse ? t + 1 : t - 1;
-      r.split = std::min(end, std::max(lo, s.sizes[r.prev]));
-      r.prev_first = s.offsets[r.prev];
+      r.split = std::min(end, std::max(lo, s.size(r.prev)));
+      r.prev_first = s.offset(r.prev);
     }
     body(r);
   }
@@ -82,7 +82,7 @@ void walk_steps(const Steps& s, int64_t lo, int64_t hi, bool reverse, bool backw
 inline int64_t last_step_of_row(const Steps& s, int64_t r, bool reverse) {
   if (reverse) return 0;
   int64_t t = 0;
-  while (t + 1 < s.count() && s.sizes[t + 1] > r) ++t;
+  while (t + 1 < s.count() && s.size(t + 1) > r) ++t;
   return t;
 }
 

@@ -8,8 +8,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "blas.h"
@@ -44,23 +46,24 @@ constexpr int64_t kZmmSmallStep = int64_t{1} << 30;
 // op(W) [K, N] with strides (sk, sn) laid out as the register kernel reads it (see the top of the file).
 template <typename T>
 void lay_out_step_weight(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, std::vector<T>& out) {
-  if (!zmm_kernel_on()) {
-    out.resize(K * N);
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t n = 0; n < N; ++n) out[k * N + n] = w[k * sk + n * sn];
-    return;
-  }
+  int64_t PW = std::max<int64_t>(N, 1);  // the portable loop: one panel, [K, N]
 #ifdef FASTRNN_HAVE_ZMM_KERNEL
-  const int64_t PW = 4 * Zmm<T>::L, panels = (N + PW - 1) / PW;
-  out.resize(panels * K * PW);
-  T* dst = out.data();
-  for (int64_t p = 0; p < panels; ++p)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < PW; ++j, ++dst) {
-        const int64_t n = p * PW + j;
-        *dst = n < N ? w[k * sk + n * sn] : T(0);
-      }
+  if (zmm_kernel_on()) PW = 4 * Zmm<T>::L;
 #endif
+  const int64_t panels = (N + PW - 1) / PW;
+  out.assign(panels * K * PW, T(0));  // the last panel's padding stays 0
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t n0 = p * PW, n1 = std::min(N, n0 + PW);
+    for (int64_t k = 0; k < K; ++k) {
+      T* dst = out.data() + (p * K + k) * PW;
+      const T* src = w + k * sk + n0 * sn;
+      if (sn == 1) {
+        std::memcpy(dst, src, sizeof(T) * (n1 - n0));
+      } else {
+        for (int64_t n = 0; n < n1 - n0; ++n) dst[n] = src[n * sn];
+      }
+    }
+  }
 }
 
 // One weight as a recurrence steps with it: op(W) = W^T (W [N, K], `trans`) or W ([K, N]), W contiguous.
