@@ -469,9 +469,9 @@ at::Tensor gated_step_mm_cpu(const at::Tensor& a, const at::Tensor& b, const std
       small_mm(ap, a.stride(0), rows, bc.data_ptr<scalar_t>(), K, N, op, N, init.has_value());
     } else {
 #ifdef FASTRNN_HAVE_ZMM_KERNEL
-      std::vector<scalar_t> panels;
-      lay_out_step_weight(bc.data_ptr<scalar_t>(), N, 1, K, N, panels);
-      zmm_step_mm(ap, a.stride(0), rows, panels.data(), K, N, init.has_value() ? op : nullptr, N, op, N);
+      std::vector<scalar_t> storage;
+      const scalar_t* panels = lay_out_step_weight(bc.data_ptr<scalar_t>(), N, 1, K, N, storage);
+      zmm_step_mm(ap, a.stride(0), rows, panels, K, N, init.has_value() ? op : nullptr, N, op, N);
 #endif
     }
   });
