@@ -5,12 +5,12 @@
 //   GRU  (G = 3H):  a = h W_hh^T kept apart from xw (r scales a_n + b_hn)     ws = [r, z, n, m]       (4H)
 //   LSTM (G = 4H):  gates = xw + h W_hh^T; h' = o tanh(c') (W_hr^T after it)  ws = [i, f, g, o, c'(, u)]
 //
-// A cell is built per thread for its rows [lo, hi) (it holds that thread's scratch) and supplies, per step:
-// `gates` (where h W_hh^T goes, and kAddsToInput: onto the step's input or into a buffer of its own), `input`
-// (the step's input projection into place, read from xw or made by the step kernel), `pointwise` (the gate
-// math of the rows, and the LSTM's projection); per row at the end `finish` (the final state); backward,
-// `backward` (the step's gradient math), returning the rows the loop multiplies by W_hh into dh
-// (kBackwardAdds: added to what the cell left in dh, or replacing it).
+// A cell is a set of functions of one thread's rows (Chunk) and one step's rows (StepRows). Per step:
+// `gates` (where h W_hh^T goes: onto the step's input, or into a buffer of its own), `input` (the step's input
+// projection into place, read from xw or made by the step kernel), `pointwise` (the gate math of the rows, and
+// the LSTM's projection); per row at the end `finish` (the final state). Backward, `backward` (the step's
+// gradient math) returns the rows the loop multiplies by W_hh into dh (added to what the cell left there, or
+// replacing it). `scratch` is the per-row width of the thread's scratch the cell uses.
 #pragma once
 
 #include <cstdint>
@@ -77,21 +77,37 @@ void copy_final_h(const Layer<T>& L, int64_t b, int64_t row) {
   std::memcpy(L.hn + b * L.P, row >= 0 ? L.y + row * L.P : L.h0 + b * L.P, sizeof(T) * L.P);
 }
 
+// Rows of a step's buffer: p[rows, ld]; `add`: a matmul into them adds to what they hold.
+template <typename T>
+struct StepBuffer {
+  T* p;
+  int64_t ld;
+  bool add;
+};
+
+// One thread's rows [lo, hi) of a layer, with its scratch (the cell's `scratch` values a row).
+template <typename T>
+struct Chunk {
+  const Layer<T>& L;
+  int64_t lo, hi;
+  T* scratch;
+};
+
 template <typename T, int64_t Act>
 struct Elman {
-  static constexpr bool kAddsToInput = true, kBackwardAdds = false;
-  const Layer<T>& L;
-  Elman(const Layer<T>& layer, int64_t, int64_t) : L(layer) {}
+  static int64_t scratch(const Layer<T>&) { return 0; }
+  static StepBuffer<T> gates(const Chunk<T>& c, const StepRows& r) {
+    return {c.L.y + (r.first + r.lo) * c.L.H, c.L.H, true};
+  }
+  static void input(const Chunk<T>& c, const StepRows& r, T* g) { load_input(c.L, r, c.L.H, g, c.L.H); }
+  static void pointwise(const Chunk<T>& c, const StepRows& r, T* g) { activate(g, (r.end - r.lo) * c.L.H, Act); }
+  static void finish(const Chunk<T>& c, int64_t b, int64_t row) { copy_final_h(c.L, b, row); }
 
-  std::pair<T*, int64_t> gates(const StepRows& r) { return {L.y + (r.first + r.lo) * L.H, L.H}; }
-  void input(const StepRows& r, T* g, int64_t ld) { load_input(L, r, L.H, g, ld); }
-  void pointwise(const StepRows& r, T* g, int64_t) { activate(g, (r.end - r.lo) * L.H, Act); }
-  void finish(int64_t b, int64_t row) { copy_final_h(L, b, row); }
-
-  std::pair<const T*, int64_t> backward(const StepRows& r) {
+  static StepBuffer<T> backward(const Chunk<T>& c, const StepRows& r) {
+    const Layer<T>& L = c.L;
     const int64_t base = (r.first + r.lo) * L.H;
     grad_through_act(L.dy + base, L.dh + r.lo * L.H, L.y + base, (r.end - r.lo) * L.H, Act, L.dgates + base);
-    return {L.dgates + base, L.H};
+    return {L.dgates + base, L.H, false};
   }
 };
 
@@ -100,70 +116,61 @@ using ElmanTanh = Elman<T, kTanh>;
 template <typename T>
 using ElmanRelu = Elman<T, kRelu>;
 
+// Scratch per row (forward): [3H] h W_hh^T, [3H] the step's projection (proj), [4H] the gates when nothing is
+// saved (they stay in L1).
 template <typename T>
 struct Gru {
-  static constexpr bool kAddsToInput = false, kBackwardAdds = true;
-  const Layer<T>& L;
-  // [rows, 3H] h W_hh^T of this thread's rows; [rows, 3H] the step's projection (proj); [rows, 4H] the
-  // gates when nothing is saved (they stay in L1).
-  std::vector<T> a, xs, scratch;
-  Gru(const Layer<T>& layer, int64_t lo, int64_t hi)
-      : L(layer), a((hi - lo) * 3 * L.H), xs(L.proj ? (hi - lo) * 3 * L.H : 0),
-        scratch(L.ws ? 0 : (hi - lo) * 4 * L.H) {}
-
-  std::pair<T*, int64_t> gates(const StepRows&) { return {a.data(), 3 * L.H}; }
-  void input(const StepRows& r, T*, int64_t) {
-    if (L.proj) load_input(L, r, 3 * L.H, xs.data(), 3 * L.H);
+  static int64_t scratch(const Layer<T>& L) { return L.dy ? 0 : (L.proj ? 6 : 3) * L.H + (L.ws ? 0 : 4 * L.H); }
+  static T* projected(const Chunk<T>& c) { return c.scratch + (c.hi - c.lo) * 3 * c.L.H; }
+  static StepBuffer<T> gates(const Chunk<T>& c, const StepRows&) { return {c.scratch, 3 * c.L.H, false}; }
+  static void input(const Chunk<T>& c, const StepRows& r, T*) {
+    if (c.L.proj) load_input(c.L, r, 3 * c.L.H, projected(c), 3 * c.L.H);
   }
-  void pointwise(const StepRows& r, T* g, int64_t) {
+  static void pointwise(const Chunk<T>& c, const StepRows& r, T* g) {
+    const Layer<T>& L = c.L;
     const int64_t H = L.H;
+    T* unsaved = projected(c) + (L.proj ? (c.hi - c.lo) * 3 * H : 0);
     for (int64_t b = r.lo; b < r.end; ++b) {
       const int64_t row = r.first + b, i = b - r.lo;
-      const T* xr = L.proj ? xs.data() + i * 3 * H : L.x + row * 3 * H;
-      T* wsr = L.ws ? L.ws + row * 4 * H : scratch.data() + i * 4 * H;
+      const T* xr = L.proj ? projected(c) + i * 3 * H : L.x + row * 3 * H;
+      T* wsr = L.ws ? L.ws + row * 4 * H : unsaved + i * 4 * H;
       gru_fwd_row(xr, g + i * 3 * H, state_in(L, r, b), L.b_hn, H, L.y + row * H, wsr);
     }
   }
-  void finish(int64_t b, int64_t row) { copy_final_h(L, b, row); }
+  static void finish(const Chunk<T>& c, int64_t b, int64_t row) { copy_final_h(c.L, b, row); }
 
-  std::pair<const T*, int64_t> backward(const StepRows& r) {
+  static StepBuffer<T> backward(const Chunk<T>& c, const StepRows& r) {
+    const Layer<T>& L = c.L;
     const int64_t H = L.H;
     for (int64_t b = r.lo; b < r.end; ++b) {
       const int64_t row = r.first + b;
       gru_bwd_row(L.dy + row * H, L.dh + b * H, state_in(L, r, b), L.ws + row * 4 * H, H, L.dgates + row * 3 * H,
                   L.dg + row * 3 * H);
     }
-    return {L.dg + (r.first + r.lo) * 3 * H, 3 * H};
+    return {L.dg + (r.first + r.lo) * 3 * H, 3 * H, true};
   }
 };
 
+// Scratch per row: forward, [W] the gates when nothing is saved (cn then carries the running cell state, c0
+// until a row starts); backward, [P] dy + dh and [H] its product with W_hr (with a projection).
 template <typename T>
 struct Lstm {
-  static constexpr bool kAddsToInput = true, kBackwardAdds = false;
-  const Layer<T>& L;
-  // Inference: [rows, W] gates (they stay in L1), and cn carries the running cell state (rows that have not
-  // started yet still hold c0 there). Backward: [rows, P] dy + dh and [rows, H] its product with W_hr.
-  std::vector<T> scratch, g, du;
-  Lstm(const Layer<T>& layer, int64_t lo, int64_t hi)
-      : L(layer), scratch(L.ws || L.dy ? 0 : (hi - lo) * L.W), g(L.dy ? (hi - lo) * L.P : 0),
-        du(L.dy && L.w_hr ? (hi - lo) * L.H : 0) {
-    if (!L.ws) std::memcpy(L.cn + lo * L.H, L.c0 + lo * L.H, sizeof(T) * (hi - lo) * L.H);
-  }
-
-  std::pair<T*, int64_t> gates(const StepRows& r) {
-    return {L.ws ? L.ws + (r.first + r.lo) * L.W : scratch.data(), L.W};
-  }
-  void input(const StepRows& r, T* g, int64_t ld) { load_input(L, r, 4 * L.H, g, ld); }
-  const T* c_in(const StepRows& r, int64_t b) const {
+  static int64_t scratch(const Layer<T>& L) { return L.dy ? L.P + (L.w_hr ? L.H : 0) : L.ws ? 0 : L.W; }
+  static const T* c_in(const Layer<T>& L, const StepRows& r, int64_t b) {
     return b < r.split ? L.ws + (r.prev_first + b) * L.W + 4 * L.H : L.c0 + b * L.H;
   }
-  void pointwise(const StepRows& r, T* gt, int64_t) {
+  static StepBuffer<T> gates(const Chunk<T>& c, const StepRows& r) {
+    return {c.L.ws ? c.L.ws + (r.first + r.lo) * c.L.W : c.scratch, c.L.W, true};
+  }
+  static void input(const Chunk<T>& c, const StepRows& r, T* g) { load_input(c.L, r, 4 * c.L.H, g, c.L.W); }
+  static void pointwise(const Chunk<T>& c, const StepRows& r, T* gt) {
+    const Layer<T>& L = c.L;
     const int64_t H = L.H, W = L.W;
     for (int64_t b = r.lo; b < r.end; ++b) {
       T* gates = gt + (b - r.lo) * W;
       T* u = L.w_hr ? gates + 5 * H : L.y + (r.first + b) * L.P;
       if (L.ws) {
-        lstm_fwd_row(gates, c_in(r, b), H, u);
+        lstm_fwd_row(gates, c_in(L, r, b), H, u);
       } else {
         lstm_fwd_row(gates, L.cn + b * H, H, u);
         std::memcpy(L.cn + b * H, gates + 4 * H, sizeof(T) * H);
@@ -171,26 +178,29 @@ struct Lstm {
     }
     if (L.w_hr) L.w_hr->apply(gt + 5 * H, W, r.end - r.lo, L.y + (r.first + r.lo) * L.P, L.P, false);
   }
-  void finish(int64_t b, int64_t row) {
+  static void finish(const Chunk<T>& c, int64_t b, int64_t row) {
+    const Layer<T>& L = c.L;
     copy_final_h(L, b, row);
     if (L.ws) std::memcpy(L.cn + b * L.H, row >= 0 ? L.ws + row * L.W + 4 * L.H : L.c0 + b * L.H, sizeof(T) * L.H);
   }
 
-  std::pair<const T*, int64_t> backward(const StepRows& r) {
+  static StepBuffer<T> backward(const Chunk<T>& c, const StepRows& r) {
+    const Layer<T>& L = c.L;
     const int64_t H = L.H, P = L.P, rows = r.end - r.lo;
-    T* gt = L.w_hr ? L.dh_all + (r.first + r.lo) * P : g.data();
+    T* gt = L.w_hr ? L.dh_all + (r.first + r.lo) * P : c.scratch;
+    T* du = c.scratch + (c.hi - c.lo) * P;
     for (int64_t i = 0; i < rows; ++i) {
       const T* dyr = L.dy + (r.first + r.lo + i) * P;
       const T* dhr = L.dh + (r.lo + i) * P;
       for (int64_t k = 0; k < P; ++k) gt[i * P + k] = dyr[k] + dhr[k];
     }
-    if (L.w_hr) L.w_hr->apply(gt, P, rows, du.data(), H, false);
-    const T* dup = L.w_hr ? du.data() : gt;
+    if (L.w_hr) L.w_hr->apply(gt, P, rows, du, H, false);
+    const T* dup = L.w_hr ? du : gt;
     for (int64_t b = r.lo; b < r.end; ++b) {
       const int64_t row = r.first + b;
-      lstm_bwd_row(dup + (b - r.lo) * H, L.dc + b * H, L.ws + row * L.W, c_in(r, b), H, L.dgates + row * 4 * H);
+      lstm_bwd_row(dup + (b - r.lo) * H, L.dc + b * H, L.ws + row * L.W, c_in(L, r, b), H, L.dgates + row * 4 * H);
     }
-    return {L.dgates + (r.first + r.lo) * 4 * H, 4 * H};
+    return {L.dgates + (r.first + r.lo) * 4 * H, 4 * H, false};
   }
 };
 

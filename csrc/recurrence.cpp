@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <initializer_list>
 #include <optional>
 #include <tuple>
@@ -46,27 +47,29 @@ namespace {
 template <class Cell, typename T>
 void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse) {
   for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
-    Cell cell(L, lo, hi);
+    std::vector<T> scratch((hi - lo) * Cell::scratch(L));
+    const Chunk<T> c{L, lo, hi, scratch.data()};
     walk_steps(s, lo, hi, reverse, false, [&](const StepRows& r) {
-      auto [g, ld] = cell.gates(r);
-      cell.input(r, g, ld);
-      if (r.prev >= 0) L.w_hh->apply(L.y + (r.prev_first + lo) * L.P, L.P, r.split - lo, g, ld, Cell::kAddsToInput);
-      L.w_hh->apply(L.h0 + r.split * L.P, L.P, r.end - r.split, g + (r.split - lo) * ld, ld, Cell::kAddsToInput);
-      cell.pointwise(r, g, ld);
+      const StepBuffer<T> g = Cell::gates(c, r);
+      Cell::input(c, r, g.p);
+      if (r.prev >= 0) L.w_hh->apply(L.y + (r.prev_first + lo) * L.P, L.P, r.split - lo, g.p, g.ld, g.add);
+      L.w_hh->apply(L.h0 + r.split * L.P, L.P, r.end - r.split, g.p + (r.split - lo) * g.ld, g.ld, g.add);
+      Cell::pointwise(c, r, g.p);
     });
     // Row b's final state is at the last step it is active in (walking direction: step 0 when reversed).
-    for (int64_t b = lo; b < hi; ++b) cell.finish(b, s.count() > 0 ? s.offset(last_step_of_row(s, b, reverse)) + b : -1);
+    for (int64_t b = lo; b < hi; ++b) Cell::finish(c, b, s.count() > 0 ? s.offset(last_step_of_row(s, b, reverse)) + b : -1);
   });
 }
 
 template <class Cell, typename T>
 void run_backward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse, bool need_dh0) {
   for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
-    Cell cell(L, lo, hi);
+    std::vector<T> scratch((hi - lo) * Cell::scratch(L));
+    const Chunk<T> c{L, lo, hi, scratch.data()};
     walk_steps(s, lo, hi, reverse, true, [&](const StepRows& r) {
-      auto [dg, ld] = cell.backward(r);
+      const StepBuffer<T> dg = Cell::backward(c, r);
       // dh_t = dg W_hh; after the last step it is only dh0, which nobody may want.
-      if (!r.last || need_dh0) L.w_hh->apply(dg, ld, r.end - lo, L.dh + lo * L.P, L.P, Cell::kBackwardAdds);
+      if (!r.last || need_dh0) L.w_hh->apply(dg.p, dg.ld, r.end - lo, L.dh + lo * L.P, L.P, dg.add);
     });
   });
 }
@@ -253,6 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     L.proj = fuse ? &sp : nullptr, L.bias = ptr<T>(bc), L.b_hn = bh.defined() ? bh.data_ptr<T>() : zeros.data();
     L.w_hh = &sw, L.w_hr = proj ? &swr : nullptr;
     L.y = y.data_ptr<T>(), L.ws = ptr<T>(ws), L.hn = hn.data_ptr<T>(), L.cn = ptr<T>(cn);
+    if (lstm && !save) std::memcpy(L.cn, L.c0, sizeof(T) * batch * H);  // inference: the running cell state
     with_cell(gates, act, [&](auto kind) {
       run_forward<typename decltype(kind)::template type<T>>(s, batch, L, reverse);
     });
