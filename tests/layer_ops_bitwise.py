@@ -78,7 +78,7 @@ def run_grid(mod) -> dict:
         key = f"{dname}-rev{int(reverse)}-packed{int(packed)}-B{B}-H{H}-zmm{int(zmm)}"
         c = Case(key, DTYPES[dname], B, packed)
         bs = c.batch_sizes
-        I = H // 2 + 3
+        IN = H // 2 + 3
         for act in (0, 1):
             xw, h0, w = c.seq(H), c.randn(B, H), c.randn(H, H, scale=H**-0.5)
             y, hn = ops.rnn_fwd(xw, h0, w, bs, reverse, act)
@@ -90,7 +90,7 @@ def run_grid(mod) -> dict:
         # GRU
         xw, h0, w = c.seq(3 * H), c.randn(B, H), c.randn(3 * H, H, scale=H**-0.5)
         b_hn = c.randn(H)
-        x, w_ih, bias = c.seq(I), c.randn(3 * H, I, scale=I**-0.5), c.randn(3 * H)
+        x, w_ih, bias = c.seq(IN), c.randn(3 * H, IN, scale=IN**-0.5), c.randn(3 * H)
         for hn_bias in (b_hn, None):
             tag = "b" if hn_bias is not None else "n"
             y, hn, ws = ops.gru_fwd(xw, h0, w, hn_bias, bs, reverse)
@@ -114,7 +114,7 @@ def run_grid(mod) -> dict:
             tag = f"P{int(proj)}"
             xw, h0, c0 = c.seq(4 * H), c.randn(B, P), c.randn(B, H)
             w, w_hr = c.randn(4 * H, P, scale=P**-0.5), (c.randn(P, H, scale=H**-0.5) if proj else None)
-            x, w_ih, bias = c.seq(I), c.randn(4 * H, I, scale=I**-0.5), c.randn(4 * H)
+            x, w_ih, bias = c.seq(IN), c.randn(4 * H, IN, scale=IN**-0.5), c.randn(4 * H)
             y, hn, cn, ws = ops.lstm_fwd(xw, h0, c0, w, w_hr, bs, reverse)
             out[f"{key}/lstm_fwd{tag}"] = [fingerprint(t) for t in (y, hn, cn, ws)]
             out[f"{key}/lstm_infer_xw{tag}"] = [fingerprint(t) for t in ops.lstm_infer(xw, None, None, h0, c0, w,
@@ -131,25 +131,25 @@ def run_grid(mod) -> dict:
                 out[f"{key}/lstm_bwd{tag}{int(need)}"] = [fingerprint(t) for t in (da, dh_all, dc0)] + (
                     [fingerprint(dh0)] if need else [])
         if not packed and not reverse:
-            out.update(run_entries(mod, c, key, H, I))
+            out.update(run_entries(mod, c, key, H, IN))
     ops._gated_zmm_kernel(True)
     return out
 
 
-def run_entries(mod, c: Case, key: str, H: int, I: int) -> dict:
+def run_entries(mod, c: Case, key: str, H: int, IN: int) -> dict:
     """The whole-call and one-step entries (rnn_stack.cpp, gated_stack.cpp, rnn_cell.cpp, gated_cell.cpp)."""
     out = {}
     B = c.batch
-    x = c.randn(STEPS, B, I)
+    x = c.randn(STEPS, B, IN)
     for act in (0, 1):
-        weights = [c.randn(H, I, scale=I**-0.5), c.randn(H, H, scale=H**-0.5), c.randn(H), c.randn(H)] * 2
-        weights[4:] = [c.randn(H, I, scale=I**-0.5), c.randn(H, H, scale=H**-0.5), c.randn(H), c.randn(H)]
+        weights = [c.randn(H, IN, scale=IN**-0.5), c.randn(H, H, scale=H**-0.5), c.randn(H), c.randn(H)] * 2
+        weights[4:] = [c.randn(H, IN, scale=IN**-0.5), c.randn(H, H, scale=H**-0.5), c.randn(H), c.randn(H)]
         hx = c.randn(2, B, H)
         with torch.no_grad():
             got = mod.rnn_stack_forward(x, hx, weights[:8], None, True, 1, True, act)
         out[f"{key}/rnn_stack{act}"] = [fingerprint(t) for t in got]
         params = [w.clone().requires_grad_() for w in weights[:4]]
-        got = mod.rnn_forward_if_plain(x, hx[:1], params, True, 1, False, act, False, I, H)
+        got = mod.rnn_forward_if_plain(x, hx[:1], params, True, 1, False, act, False, IN, H)
         if got is not None:
             (got[0].sum() + got[1].sum()).backward()
             out[f"{key}/rnn_plain{act}"] = [fingerprint(t) for t in got] + [fingerprint(p.grad) for p in params]
@@ -158,11 +158,11 @@ def run_entries(mod, c: Case, key: str, H: int, I: int) -> dict:
             out[f"{key}/rnn_cell{act}"] = [fingerprint(mod.rnn_cell_if_plain(x[0], hx[0], cell, act))]
     for gates in (3, 4):
         G = gates * H
-        weights = [c.randn(G, I, scale=I**-0.5), c.randn(G, H, scale=H**-0.5), c.randn(G), c.randn(G)]
+        weights = [c.randn(G, IN, scale=IN**-0.5), c.randn(G, H, scale=H**-0.5), c.randn(G), c.randn(G)]
         h0, c0 = c.randn(1, B, H), c.randn(1, B, H)
         with torch.no_grad():
             got = mod.gated_forward_if_plain(gates, x, h0, c0 if gates == 4 else None, weights, True, 1, False,
-                                             False, I, H, 0)
+                                             False, IN, H, 0)
         if got is not None:
             out[f"{key}/gated_plain{gates}"] = [fingerprint(t) for t in got]
         params = {"weight_ih": weights[0].clone().requires_grad_(), "weight_hh": weights[1].clone().requires_grad_(),
