@@ -1,6 +1,7 @@
-// The gated cells' fused pointwise math for one row of H units (gated_cpu.cpp), shared by the layer ops and
-// the single cell step (gated_cell.cpp). Layouts, per row:
+// The cells' fused pointwise math for one block of rows (cell_rows.cpp, compiled per vector width), shared by the
+// layer ops (cells.h) and the single cell steps (cell.cpp). Layouts, per row of H units:
 //
+//   Elman forward: x <- act(x) over n values; backward: dz = (dy + dh) act'(y) (act 0 tanh, 1 relu).
 //   GRU  forward:  xw = [x_r, x_z, x_n] (x W_ih^T + b_ih + [b_hr, b_hz, 0]), a = h W_hh^T (3H each);
 //                  writes h' (y) and ws = [r, z, n, m] with m = a_n + b_hn.
 //        backward: dy = dL/dh'; dh holds the gradient already flowing into h (added to dy) and returns the
@@ -15,6 +16,8 @@
 namespace fastrnn {
 
 #define FASTRNN_DECLARE_ROWS(T)                                                                        \
+  void activate(T* x, int64_t n, int64_t act);                                                         \
+  void grad_through_act(const T* dy, const T* dh, const T* y, int64_t n, int64_t act, T* dz);          \
   void gru_fwd_row(const T* xw, const T* a, const T* h, const T* b_hn, int64_t H, T* y, T* ws);        \
   void gru_bwd_row(const T* dy, T* dh, const T* h, const T* ws, int64_t H, T* dxw, T* dg);             \
   void lstm_fwd_row(T* ws, const T* c_prev, int64_t H, T* u);                                          \

@@ -1,5 +1,5 @@
-// The register-blocked small matmul both CPU recurrences step with (rnn_cpu.cpp, gated_cpu.cpp), inlined
-// into each target_clones body so that every clone compiles it for its own vector width.
+// The register-blocked block of the portable per-step matmul (cell_rows.cpp), inlined into each target_clones
+// body so that every clone compiles it for its own vector width.
 #pragma once
 
 #include <cstdint>

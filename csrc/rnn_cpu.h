@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::T
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation, bool need_dh0);
 
-// The forward recurrence on raw contiguous buffers (rnn_cpu.cpp): xw [T, B, H] or packed [N, H] (batch_sizes
+// The forward recurrence on raw contiguous buffers (recurrence.cpp): xw [T, B, H] or packed [N, H] (batch_sizes
 // nullptr when padded, else `steps` sizes), h0 [B, H], w [H, H]; writes y (shape of xw; may be xw itself,
 // then the recurrence runs in place) and hn [B, H]. Arguments are the caller's to check.
 template <typename T>
@@ -42,13 +42,13 @@ void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t b
                             const T* h0, const T* w, int64_t H, bool reverse, int64_t activation, T* y,
                             T* hn);
 
-// The backward recurrence on raw contiguous padded buffers (rnn_cpu.cpp): dy and y [T, B, H], w [H, H];
+// The backward recurrence on raw contiguous padded buffers (recurrence.cpp): dy and y [T, B, H], w [H, H];
 // dh holds dh_n [B, H] on entry and dh0 on return (without need_dh0: no meaningful values); writes dz.
 template <typename T>
 void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
                              bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh);
 
-// out[r, j] (+)= sum_k a[r, k] * w[j, k] for a [rows, K], w [H, K] (rnn_cell.cpp): one vectorised dot per
+// out[r, j] (+)= sum_k a[r, k] * w[j, k] for a [rows, K], w [H, K] (cell.cpp): one vectorised dot per
 // output, for a few rows where a BLAS call costs more than the arithmetic.
 void rows_times_wt(const float* a, int64_t rows, int64_t K, const float* w, int64_t H, float* out,
                    bool accumulate);
@@ -70,7 +70,7 @@ void cell_matmul(const T* a, int64_t rows, int64_t K, const T* w, int64_t H, T* 
   }
 }
 
-// y[0, n) += a x[0, n): the small-step gradient loops of the cells' backwards (rnn_cell.cpp, gated_cell.cpp).
+// y[0, n) += a x[0, n): the small-step gradient loops of the cells' backwards (cell.cpp).
 template <typename T>
 FASTRNN_INLINE void axpy(T a, const T* __restrict x, T* __restrict y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
@@ -84,15 +84,7 @@ void sum_rows(const T* rows, int64_t n_rows, int64_t cols, T* out) {
     for (int64_t j = 0; j < cols; ++j) out[j] += rows[r * cols + j];
 }
 
-// One GRUCell (gates = 3) or LSTMCell (gates = 4) step (gated_cell.cpp): input [N, I], h [N, H], c [N, H]
-// (LSTM; undefined for the GRU), weights and biases as torch's cells hold them. Returns h' (and c'), with
-// one autograd node when autograd records the call, or nullopt for anything else (another device or
-// dtype, mixed dtypes, shapes that do not fit, non-contiguous tensors): the caller then runs torch's cell.
-std::optional<std::tuple<at::Tensor, at::Tensor>> gated_cell_if_plain(
-    int64_t gates, const at::Tensor& input, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh);
-
-// The whole stack forward without autograd (rnn_stack.cpp). weights: per layer and direction
+// The whole stack forward without autograd (stack.cpp). weights: per layer and direction
 // w_ih, w_hh[, b_ih, b_hh] in torch.nn.RNN order; hx [L * D, B, H]. Returns output and h_n [L * D, B, H].
 std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const at::Tensor& hx,
                                                      const std::vector<at::Tensor>& weights,
@@ -100,16 +92,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
                                                      bool has_biases, int64_t num_layers,
                                                      bool bidirectional, int64_t activation);
 
-// torch.nn.RNN.forward's eager inference call (rnn_stack.cpp) when it is plain: a [T, B, I] / batch-first /
-// unbatched [T, I] input, hx of the matching shape or undefined (zeros), CPU float32/float64 throughout,
-// shapes consistent with input_size and hidden_size, nothing recording gradients. Returns (output, h_n) as
-// torch.nn.RNN shapes them, or nullopt for any other call (the caller then runs torch's checks and path).
-std::optional<std::tuple<at::Tensor, at::Tensor>> rnn_forward_if_plain(
-    const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
-    int64_t num_layers, bool bidirectional, int64_t activation, bool batch_first, int64_t input_size,
-    int64_t hidden_size);
-
-// The gated layers' inference ops (gated_cpu.cpp: fastrnn::gru_infer / lstm_infer): with w_ih, x is the layer
+// The gated layers' inference ops (recurrence.cpp: fastrnn::gru_infer / lstm_infer): with w_ih, x is the layer
 // input and each step's projection is made in the step kernel where that pays (see layer_input there).
 std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_ih,
                                                  const std::optional<at::Tensor>& bias, const at::Tensor& h0,
@@ -120,25 +103,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     const std::optional<at::Tensor>& batch_sizes, bool reverse);
 
-// torch.nn.GRU / LSTM.forward's eager inference call (gated_stack.cpp) when it is plain, as
-// rnn_forward_if_plain: gates 3 (GRU) or 4 (LSTM); hx (and cx) undefined for zeros; nothing recording
-// gradients. Returns (output, h_n, c_n) as torch shapes them (c_n undefined for the GRU), or nullopt.
-std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> gated_forward_if_plain(
-    int64_t gates, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-    const std::vector<at::Tensor>& weights, bool has_biases, int64_t num_layers, bool bidirectional,
-    bool batch_first, int64_t input_size, int64_t hidden_size, int64_t proj_size);
-
-// One RNNCell step with its autograd (rnn_cell.cpp): h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh).
+// One RNNCell step with its autograd (cell.cpp): h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh).
 at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                              const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                              const std::optional<at::Tensor>& b_hh, int64_t activation);
-
-// torch.nn.RNNCell.forward's eager call when it is plain (rnn_cell.cpp): input [N, I] or [I], hx of the
-// same rank or undefined (zeros), CPU float32/float64 throughout, shapes consistent, biases [H] or absent.
-// Returns h' shaped like torch's (with the op's autograd), or nullopt for any other call.
-std::optional<at::Tensor> rnn_cell_if_plain(const at::Tensor& input, const at::Tensor& hx,
-                                            const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                            const std::optional<at::Tensor>& b_ih,
-                                            const std::optional<at::Tensor>& b_hh, int64_t activation);
 
 }  // namespace fastrnn

@@ -1,4 +1,4 @@
-// What the C++ autograd nodes keep for backward, shared by rnn_stack.cpp, rnn_cell.cpp and gated_cell.cpp.
+// What the C++ autograd nodes keep for backward, shared by stack.cpp and cell.cpp.
 //
 // torch saves a tensor for backward only where its own first-order backward reads it (x W^T keeps W only if x
 // needs a gradient, x only if W does; biases never), so a user may edit the others in place between forward

@@ -12,7 +12,7 @@
 // block streams past it. The last column block is masked, so N need not be a multiple of 16 (8 doubles).
 //
 // Compiled for avx512f only (a pragma below) and called only where the CPU has it (`have_avx512f`); other
-// CPUs keep the portable loop of gated_cpu.cpp. Rows of 1-2 get 8-vector blocks (8 or 16 FMA chains), rows
+// CPUs keep the portable loop of cell_rows.cpp. Rows of 1-2 get 8-vector blocks (8 or 16 FMA chains), rows
 // of 3-4 get 4-vector blocks (12 or 16): at least 8 independent chains to cover the FMA latency.
 #pragma once
 

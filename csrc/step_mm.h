@@ -1,0 +1,124 @@
+// The per-step matmul of every CPU recurrence (recurrence.cpp), out[rows, N] (+)= a[rows, K] @ op(W), behind one
+// interface (StepWeight). Small steps run an in-register kernel on op(W) laid out once per call: on AVX-512
+// CPUs the one in zmm_step_mm.h (its panels), elsewhere a portable loop compiled per vector width (contiguous
+// [K, N]). Both add the K products of an output in order onto its initial value, so they give the same bits
+// where the portable loop's clone contracts to FMA (the AVX-512 and FMA clones). Larger steps call the BLAS
+// on W itself (raw pointers, no tensors).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "blas.h"
+#include "zmm_step_mm.h"
+
+namespace fastrnn {
+
+// The portable register-blocked loop (recurrence.cpp): out[rows, N] (+)= a[rows, K] @ b[K, N], b contiguous.
+void small_mm(const float* a, int64_t lda, int64_t rows, const float* b, int64_t K, int64_t N, float* out,
+              int64_t ldo, bool accumulate);
+void small_mm(const double* a, int64_t lda, int64_t rows, const double* b, int64_t K, int64_t N, double* out,
+              int64_t ldo, bool accumulate);
+
+// Whether small steps take the AVX-512 kernel: where the CPU has it, unless `fastrnn::_gated_zmm_kernel(False)`
+// turned it off (tests and timings compare both kernels in one process).
+inline std::atomic<bool> g_zmm_allowed{true};
+
+inline bool zmm_kernel_on() {
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+  return have_avx512f() && g_zmm_allowed.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+// Up to this many multiply-adds a thread's step runs the register kernel rather than the BLAS: the AVX-512
+// kernel beat MKL's sgemm at every size measured (up to 64 x 1024 x 4096 forward, 64 x 4096 x 1024 backward),
+// the portable loop up to 64^3.
+constexpr int64_t kSmallStep = 64 * 64 * 64;
+constexpr int64_t kZmmSmallStep = int64_t{1} << 30;
+
+// op(W) [K, N] with strides (sk, sn) laid out in `out` as the register kernel reads it (see the top of the file);
+// returns where it starts: 64-byte aligned, since the AVX-512 kernel's loads of a panel row then stay in one
+// cache line (with malloc's 16-byte alignment the kernel ran ~20% slower at H = 32).
+template <typename T>
+const T* lay_out_step_weight(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, std::vector<T>& out) {
+  int64_t PW = std::max<int64_t>(N, 1);  // the portable loop: one panel, [K, N]
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+  if (zmm_kernel_on()) PW = 4 * Zmm<T>::L;
+#endif
+  const int64_t panels = (N + PW - 1) / PW;
+  constexpr int64_t kAlign = 64 / sizeof(T);
+  out.assign(panels * K * PW + kAlign, T(0));  // the last panel's padding stays 0
+  T* base = out.data() + (kAlign - reinterpret_cast<uintptr_t>(out.data()) / sizeof(T) % kAlign) % kAlign;
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t n0 = p * PW, n1 = std::min(N, n0 + PW);
+    for (int64_t k = 0; k < K; ++k) {
+      T* dst = base + (p * K + k) * PW;
+      const T* src = w + k * sk + n0 * sn;
+      if (sn == 1) {
+        std::memcpy(dst, src, sizeof(T) * (n1 - n0));
+      } else {
+        for (int64_t n = 0; n < n1 - n0; ++n) dst[n] = src[n * sn];
+      }
+    }
+  }
+  return base;
+}
+
+// One weight as a recurrence steps with it: op(W) = W^T (W [N, K], `trans`) or W ([K, N]), W contiguous.
+// `small_limit`: up to this many multiply-adds a thread's step runs the register kernel (see kSmallStep).
+template <typename T>
+class StepWeight {
+ public:
+  StepWeight() = default;
+  StepWeight(StepWeight&&) = default;  // a copy would point into the other's storage_
+  StepWeight(const T* w, bool trans, int64_t K, int64_t N, int64_t rows, int64_t small_limit)
+      : w_(w), trans_(trans), K_(K), N_(N) {
+    small_ = rows * K * N <= small_limit || !have_fortran_gemm<T>();
+    if (small_) kn_ = lay_out_step_weight(w, trans ? 1 : N, trans ? K : 1, K, N, storage_);
+  }
+
+  // out[rows, N] = (accumulate ? out : 0) + a[rows, K] @ op(W); a and out with row strides lda, ldo.
+  void apply(const T* a, int64_t lda, int64_t rows, T* out, int64_t ldo, bool accumulate) const {
+    if (rows <= 0) return;
+    if (!small_) {
+      gemm_rowmajor<T>(rows, N_, K_, a, lda, w_, trans_ ? K_ : N_, trans_, accumulate ? T(1) : T(0), out, ldo);
+      return;
+    }
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+    if (zmm_kernel_on()) {
+      zmm_step_mm(a, lda, rows, kn_, K_, N_, accumulate ? out : nullptr, ldo, out, ldo);
+      return;
+    }
+#endif
+    small_mm(a, lda, rows, kn_, K_, N_, out, ldo, accumulate);
+  }
+
+  // out[rows, N] = bias (nullptr: 0) + a @ op(W), small weights only (the fused input projection).
+  void apply_from(const T* bias, const T* a, int64_t lda, int64_t rows, T* out, int64_t ldo) const {
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+    zmm_step_mm(a, lda, rows, kn_, K_, N_, bias, 0, out, ldo);
+#endif
+  }
+
+  bool small() const { return small_; }
+
+ private:
+  const T* w_ = nullptr;
+  bool trans_ = false;
+  int64_t K_ = 0, N_ = 0;
+  bool small_ = true;
+  const T* kn_ = nullptr;  // op(W) laid out for the register kernel (small steps only), in storage_
+  std::vector<T> storage_;
+};
+
+// The small-step limit of the gated cells' matmuls (the AVX-512 kernel's where it runs).
+inline int64_t gated_small_limit() { return zmm_kernel_on() ? kZmmSmallStep : kSmallStep; }
+
+}  // namespace fastrnn

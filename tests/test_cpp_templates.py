@@ -1,0 +1,132 @@
+"""The C++ layer ops are one step loop templated on the cell (csrc/recurrence.cpp, cells.h, schedule.h): properties
+that hold bit for bit for every cell because the schedule is written once (packed input with equal lengths is the
+padded input, a reversed layer is the forward layer on the flipped sequence, inference and training forwards and
+the fused input projection walk the same steps), and one set of argument checks with one wording for every op.
+The old-vs-new bitwise check of the whole grid is tests/layer_ops_bitwise.py (run by hand against a saved build)."""
+
+import pytest
+import torch
+
+from fastrnn.gated_ops import _use_cpp
+
+pytestmark = pytest.mark.skipif(not _use_cpp(torch.zeros(1)), reason="the C++ extension is not available")
+
+ops = torch.ops.fastrnn
+T, B, H, IN = 6, 5, 24, 10
+CELLS = ["rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj"]
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "lstm_proj": 4}
+P_PROJ = 7
+
+
+@pytest.fixture(params=[False, True], ids=["portable", "avx512"])
+def zmm(request):
+    """Runs the test with the AVX-512 step kernel off, then on; restores the setting."""
+    was_on = ops._gated_zmm_kernel(request.param)
+    yield request.param
+    ops._gated_zmm_kernel(was_on)
+
+
+def _weights(cell: str, dtype, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    G, P = GATES[cell] * H, P_PROJ if cell == "lstm_proj" else H
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=dtype) * scale
+
+    return {"h0": randn(B, P), "c0": randn(B, H), "w_hh": randn(G, P, scale=P**-0.5), "b_hn": randn(H),
+            "w_hr": randn(P, H, scale=H**-0.5) if cell == "lstm_proj" else None,
+            "w_ih": randn(G, IN, scale=IN**-0.5), "bias": randn(G), "x": randn(T, B, IN), "xw": randn(T, B, G)}
+
+
+def _forward(cell: str, w: dict, xw, batch_sizes=None, reverse=False):
+    """The cell's training forward op on the projection xw: (y, h_n[, c_n])."""
+    if cell.startswith("rnn"):
+        return ops.rnn_fwd(xw, w["h0"], w["w_hh"], batch_sizes, reverse, int(cell == "rnn_relu"))
+    if cell == "gru":
+        return ops.gru_fwd(xw, w["h0"], w["w_hh"], w["b_hn"], batch_sizes, reverse)[:2]
+    return ops.lstm_fwd(xw, w["h0"], w["c0"], w["w_hh"], w["w_hr"], batch_sizes, reverse)[:3]
+
+
+def _assert_bitwise(got, want):
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape and torch.equal(g, w), f"output {i} differs"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_packed_equal_lengths_is_the_padded_call(cell, dtype, zmm):
+    w = _weights(cell, dtype)
+    for reverse in (False, True):
+        padded = _forward(cell, w, w["xw"], reverse=reverse)
+        packed = _forward(cell, w, w["xw"].reshape(T * B, -1), torch.full((T,), B), reverse)
+        _assert_bitwise([packed[0].reshape(padded[0].shape), *packed[1:]], padded)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_reversed_layer_is_the_forward_layer_on_the_flipped_sequence(cell, dtype, zmm):
+    w = _weights(cell, dtype, seed=1)
+    reversed_ = _forward(cell, w, w["xw"], reverse=True)
+    flipped = _forward(cell, w, w["xw"].flip(0))
+    _assert_bitwise([reversed_[0].flip(0), *reversed_[1:]], flipped)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "lstm_proj"])
+def test_inference_layer_and_training_forwards_walk_the_same_steps(cell, packed, zmm):
+    """gru/lstm_infer (no workspace) and gru/lstm_layer_fwd (workspace) give the same bits from the layer input
+    (both fuse the projection or both run at::linear first); from xw, infer equals fwd."""
+    w = _weights(cell, torch.float32, seed=2)
+    batch_sizes, x, xw = None, w["x"], w["xw"]
+    if packed:
+        batch_sizes = torch.tensor([5, 5, 4, 3, 3, 1])
+        keep = torch.cat([torch.arange(n) + t * B for t, n in enumerate(batch_sizes.tolist())])
+        x, xw = x.reshape(T * B, -1)[keep], xw.reshape(T * B, -1)[keep]
+    if cell == "gru":
+        infer = ops.gru_infer(x, w["w_ih"], w["bias"], w["h0"], w["w_hh"], w["b_hn"], batch_sizes, False)
+        layer = ops.gru_layer_fwd(x, w["w_ih"], w["bias"], w["h0"], w["w_hh"], w["b_hn"], batch_sizes, False)
+        from_xw = ops.gru_infer(xw, None, None, w["h0"], w["w_hh"], w["b_hn"], batch_sizes, False)
+        fwd = ops.gru_fwd(xw, w["h0"], w["w_hh"], w["b_hn"], batch_sizes, False)
+        _assert_bitwise(infer, layer[:2])
+        _assert_bitwise(from_xw, fwd[:2])
+    else:
+        args = (w["h0"], w["c0"], w["w_hh"], w["w_hr"], batch_sizes, False)
+        infer = ops.lstm_infer(x, w["w_ih"], w["bias"], *args)
+        layer = ops.lstm_layer_fwd(x, w["w_ih"], w["bias"], *args)
+        _assert_bitwise(infer, layer[:3])
+        _assert_bitwise(ops.lstm_infer(xw, None, None, *args), ops.lstm_fwd(xw, *args)[:3])
+
+
+WIDTH = {"rnn_fwd": 4, "gru_fwd": 12, "lstm_fwd": 16}  # G at H = 4
+
+
+def _call(op: str, **change):
+    """Calls a forward op on good arguments (T=3, B=2, H=4) with `change` applied."""
+    a = {"xw": torch.randn(3, 2, WIDTH[op]), "h0": torch.randn(2, 4), "c0": torch.randn(2, 4), "batch_sizes": None,
+         "w_hh": torch.randn(WIDTH[op], 4)}
+    a.update(change)
+    if op == "rnn_fwd":
+        return ops.rnn_fwd(a["xw"], a["h0"], a["w_hh"], a["batch_sizes"], False, 0)
+    if op == "gru_fwd":
+        return ops.gru_fwd(a["xw"], a["h0"], a["w_hh"], None, a["batch_sizes"], False)
+    return ops.lstm_fwd(a["xw"], a["h0"], a["c0"], a["w_hh"], None, a["batch_sizes"], False)
+
+
+@pytest.mark.parametrize("op", ["rnn_fwd", "gru_fwd", "lstm_fwd"])
+def test_every_op_words_the_same_bad_argument_the_same_way(op):
+    with pytest.raises(RuntimeError, match=rf"^fastrnn::{op}: argument 'h0' must be a Tensor, got None"):
+        _call(op, h0=None)
+    with pytest.raises(RuntimeError, match=rf"^fastrnn::{op}: expected h0 of shape \[2, 4\], got \[3, 4\]"):
+        _call(op, h0=torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match=rf"^fastrnn::{op}: the tensors must share a dtype, got Float \(xw\) and "
+                                           r"Double \(h0\)"):
+        _call(op, h0=torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=rf"^fastrnn::{op}: the CPU op supports float32 and float64, got Half"):
+        _call(op, xw=torch.randn(3, 2, 4).half())
+    with pytest.raises(RuntimeError, match=rf"^fastrnn::{op}: xw must have \d+ features, got 5"):
+        _call(op, xw=torch.randn(3, 2, 5))
+    with pytest.raises(RuntimeError, match=r"^fastrnn: batch_sizes must be non-increasing, got 2 then 3 at step 1"):
+        _call(op, xw=torch.randn(5, WIDTH[op]), batch_sizes=torch.tensor([2, 3]))
+    with pytest.raises(RuntimeError, match=rf"^fastrnn::{op}: batch_sizes must be a 1-D int64 CPU tensor"):
+        _call(op, batch_sizes=torch.tensor([2, 1], dtype=torch.int32))
