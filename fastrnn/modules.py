@@ -77,7 +77,7 @@ def _cell_if_plain():
 
 @functools.cache
 def _stack_forward():
-    """The built extension's no-autograd stack forward (csrc/rnn_stack.cpp), else the differentiable path."""
+    """The built extension's no-autograd stack forward (csrc/stack.cpp), else the differentiable path."""
     try:
         from fastrnn._C import rnn_stack_forward
     except ImportError:

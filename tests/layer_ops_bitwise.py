@@ -137,7 +137,7 @@ def run_grid(mod) -> dict:
 
 
 def run_entries(mod, c: Case, key: str, H: int, IN: int) -> dict:
-    """The whole-call and one-step entries (rnn_stack.cpp, gated_stack.cpp, rnn_cell.cpp, gated_cell.cpp)."""
+    """The whole-call and one-step entries (stack.cpp, cell.cpp: stack_if_plain, cell_if_plain and their aliases)."""
     out = {}
     B = c.batch
     x = c.randn(STEPS, B, IN)

@@ -1,5 +1,5 @@
 """GRUCell / LSTMCell steps: one C++ call with one C++ autograd node (``fastrnn._C.gated_cell_if_plain``,
-csrc/gated_cell.cpp), torch's cell kernel for what that call declines, the layer op's path with
+csrc/cell.cpp), torch's cell kernel for what that call declines, the layer op's path with
 ``FASTRNN_BACKEND`` set."""
 
 import copy

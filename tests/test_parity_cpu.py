@@ -73,7 +73,7 @@ def _forward_only(module, x, hx):
 
 @pytest.mark.parametrize("spec,config,kind", MATRIX)
 def test_inference_stack_matches_torch(use_backend, spec, config, kind):
-    """Calls that record no autograd run the whole stack in one C++ call (csrc/rnn_stack.cpp, gated_stack.cpp)."""
+    """Calls that record no autograd run the whole stack in one C++ call (csrc/stack.cpp)."""
     use_backend("cpp")
     gen = torch.Generator().manual_seed(hash(("inference", spec.id, kind, str(config))) % 2**31)
     extra, x, hx = make_family_input(spec, kind, config["num_layers"], config["bidirectional"], gen)

@@ -1,5 +1,5 @@
-"""The one-C++-call entries of the layer classes: fastrnn.RNN's (csrc/rnn_stack.cpp,
-``fastrnn._C.rnn_forward_if_plain``) and GRU / LSTM's (csrc/gated_stack.cpp, ``fastrnn._C.gated_forward_if_plain``).
+"""The one-C++-call entries of the layer classes: fastrnn.RNN's (csrc/stack.cpp,
+``fastrnn._C.rnn_forward_if_plain``) and GRU / LSTM's (the same ``stack_if_plain``).
 
 A plain eager call of ``fastrnn.RNN`` on CPU tensors (padded, batch-first or unbatched input, no dropout
 to draw) runs whole in C++ (issue 12): without gradients as a plain stack, with gradients as one C++
@@ -455,7 +455,7 @@ def test_malformed_calls_are_declined_with_torchs_error(calls_of, spec, bad):
 @pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
 def test_both_sides_of_the_fused_projection_switch_equal_torch(spec, batch):
     """At H = 1024 W_ih (16 MB) leaves the cache: with few rows a thread the gated layer ops project all steps in
-    one GEMM first, with many they project each step in the step kernel (csrc/gated_cpu.cpp, layer_input)."""
+    one GEMM first, with many they project each step in the step kernel (csrc/recurrence.cpp, fuse_projection)."""
     torch.manual_seed(0)
     theirs = spec.theirs(1024, 1024, dtype=torch.float64)
     ours = spec.ours.from_torch(theirs)

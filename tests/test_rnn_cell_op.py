@@ -1,4 +1,4 @@
-"""The fused RNNCell step (csrc/rnn_cell.cpp, ``fastrnn::rnn_cell``) against torch.nn.RNNCell.
+"""The fused RNNCell step (csrc/cell.cpp, ``fastrnn::rnn_cell``) against torch.nn.RNNCell.
 
 Its backward has two forms: one pass on raw pointers when no graph is recorded (a plain ``backward()``), and
 differentiable ATen ops under ``create_graph=True`` (double backward). Both are checked here across the

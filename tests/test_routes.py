@@ -89,7 +89,7 @@ ROUTES = [
     ("RNN", "cuda", "R7 cuDNN via finder or R10 eager Function (triton)",
      ({"aten::rnn_tanh", "aten::_cudnn_rnn"}, {"RNNRecurrenceFunction"})),
     # fastrnn.GRU
-    ("GRU", "eager cpu no_grad", "whole call in C++ (gated_stack.cpp)", {"whole:stack_if_plain"}),
+    ("GRU", "eager cpu no_grad", "whole call in C++ (stack.cpp)", {"whole:stack_if_plain"}),
     ("GRU", "eager cpu training", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
     ("GRU", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::gru_infer"}),
     ("GRU", "eager cpu training packed", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
@@ -117,7 +117,7 @@ ROUTES = [
     ("GRU", "onnx export", "L3 torch: the standard ONNX op", {"onnx:GRU"}),
     ("GRU", "cuda", "L3 torch (cuDNN)", ({"aten::gru", "aten::_cudnn_rnn"},)),
     # fastrnn.LSTM
-    ("LSTM", "eager cpu no_grad", "whole call in C++ (gated_stack.cpp)", {"whole:stack_if_plain"}),
+    ("LSTM", "eager cpu no_grad", "whole call in C++ (stack.cpp)", {"whole:stack_if_plain"}),
     ("LSTM", "eager cpu training", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
     ("LSTM", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::lstm_infer"}),
     ("LSTM", "eager cpu training packed", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
