@@ -151,7 +151,6 @@ class _Recurrent(TorchConversion, nn.RNNBase):
     and :meth:`_stack`, the family's layer loop."""
 
     _torch_class: type[nn.RNNBase]
-    _elman = False  # which op-reach policy applies (:func:`_fast_path_takes`)
 
     def flatten_parameters(self) -> None:
         """Does nothing: fastrnn reads the parameters where they are at every call."""
@@ -191,11 +190,11 @@ class _Recurrent(TorchConversion, nn.RNNBase):
 
     def _fast_path_takes(self, input: Tensor, states: list[Tensor], weights: list[Tensor],
                          batch_sizes: Optional[Tensor]) -> bool:
-        lstm = self.mode == "LSTM"
-        if len(states) != (2 if lstm else 1) or not _fast_path_takes(input, states, weights, self._elman):
+        lstm, elman = self.mode == "LSTM", self.mode.startswith("RNN")  # which op-reach policy applies
+        if len(states) != (2 if lstm else 1) or not _fast_path_takes(input, states, weights, elman):
             return False
         if batch_sizes is None:  # torch raises for an empty sequence (and the gated ops take no empty batch)
-            return input.size(1 if self.batch_first else 0) > 0 and (self._elman or input.size(0) * input.size(1) > 0)
+            return input.size(1 if self.batch_first else 0) > 0 and (elman or input.size(0) * input.size(1) > 0)
         if not _packed_fast_path_takes(batch_sizes, input.size(0)):
             return False
         if lstm:  # LSTM's forward leaves packed input to _VF.lstm's checks, which raise torch's error
@@ -242,7 +241,6 @@ class RNN(_Recurrent):
     """
 
     _torch_class = nn.RNN
-    _elman = True
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
