@@ -9,8 +9,7 @@ from fastrnn._cpp import empty_cache, load_built_ops
 from fastrnn.autograd import RNNRecurrenceFunction, rnn_recurrence
 from fastrnn.backends import available_backends
 from fastrnn.conversion import from_torch, to_torch
-from fastrnn.gated_modules import GRU, LSTM, GRUCell, LSTMCell
-from fastrnn.modules import RNN, RNNCell
+from fastrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 try:
     from fastrnn.quantization import quantize_dynamic

@@ -5,10 +5,14 @@ import pytest
 import torch
 
 import fastrnn
-from fastrnn.gated_modules import _fast_path_takes
+from fastrnn.modules import _op_takes
 from tests.family import GATED, params
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _fast_path_takes(input, states, weights, batch_sizes):
+    return _op_takes(input, states, weights, batch_sizes, elman=False)
 
 
 def test_fast_path_takes_only_cpu_float32_float64():

@@ -220,7 +220,7 @@ def test_subclasses_are_left_as_they_are_with_a_warning():
     with pytest.warns(UserWarning, match=r"0 is a .*Tagged, a subclass of torch\.nn\.modules\.rnn\.LSTM"):
         fast = fastrnn.from_torch(model)
     assert type(fast[0]) is Tagged and fast[0].tag() == "mine" and type(fast[1]) is fastrnn.GRU
-    with pytest.warns(UserWarning, match=r"FastTagged, a subclass of fastrnn\.gated_modules\.GRU"):
+    with pytest.warns(UserWarning, match=r"FastTagged, a subclass of fastrnn\.modules\.GRU"):
         back = fastrnn.to_torch(nn.Sequential(FastTagged(3, 4)))
     assert type(back[0]) is FastTagged
 
