@@ -546,3 +546,45 @@ def test_jit_trace_of_the_ops_records_the_custom_ops(spec):
     traced = torch.jit.trace(fn, args)
     assert op in str(traced.graph)
     torch.testing.assert_close(traced(*args), fn(*args))
+
+
+class _WithH(nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        return self.rnn(x, h)[0]
+
+
+class _WithHC(nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        return self.rnn(x, (h, h[..., :6].contiguous()))[0]
+
+
+@pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
+def test_scripted_preamble_is_torchs(spec):
+    """The one scripted forward the sequence modules share (modules._Recurrent._padded): unbatched and
+    batch-first input with a given state give torch's scripted results, and bad shapes torch's scripted error."""
+    torch.manual_seed(0)
+    wrap = _WithHC if spec.name == "LSTM" else _WithH
+    for kwargs in ({}, {"batch_first": True, "num_layers": 2}):
+        ref = spec.theirs(4, 6, **kwargs)
+        ours, theirs = torch.jit.script(wrap(spec.ours.from_torch(ref))), torch.jit.script(wrap(ref))
+        layers, failed = ref.num_layers, 0
+        for x, h in ((torch.randn(5, 4), torch.randn(layers, 6)), (torch.randn(3, 3, 4), torch.randn(layers, 3, 6)),
+                     (torch.randn(5, 4), torch.randn(layers, 1, 6)), (torch.randn(2, 3, 5, 4), torch.randn(1, 6))):
+            try:
+                want = theirs(x, h)
+            except torch.jit.Error as error:
+                with pytest.raises(torch.jit.Error) as raised:
+                    ours(x, h)
+                assert str(error).splitlines()[-1] == str(raised.value).splitlines()[-1]
+                failed += 1
+                continue
+            torch.testing.assert_close(ours(x, h), want)
+        assert failed == 2  # a 3-D state with unbatched input, a 4-D input
