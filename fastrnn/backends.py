@@ -222,20 +222,14 @@ def stack_forward_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> boo
     return True
 
 
-def _known_forced_backend() -> str:
-    """FASTRNN_BACKEND ('' when unset), a ValueError when it names no fastrnn backend."""
-    forced = forced_backend()
-    if forced and forced not in _BACKENDS:
-        raise ValueError(f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}")
-    return forced
-
-
 def select_backend(x: Tensor, family: str = "RNN") -> Backend:
     """The backend that runs ``family``'s op (``"RNN"``, ``"GRU/LSTM"``) on ``x``'s device and dtype: the
     forced one (an error where it has no kernels for the family or cannot run ``x``), else the fastest that can,
     with one warning per family, device and backend when a faster one is missing."""
-    forced = _known_forced_backend()
+    forced = forced_backend()
     if forced:
+        if forced not in _BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}")
         if forced not in _KERNELS[family]:
             raise RuntimeError(f"{BACKEND_ENV}={forced}: fastrnn has no {forced} kernels for {family} yet")
         backend = _BACKENDS[forced]

@@ -37,11 +37,13 @@ from fastrnn.reference import ACTIVATIONS
 def check_same_device(*tensors: Optional[Tensor]) -> None:
     """What a fake (meta) implementation raises when its tensors are on different devices, in torch's words:
     a meta tensor among CPU ones would otherwise get shapes back and no error."""
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        expected = next((d for d in devices if d.type == "meta"), tensors[0].device)
-        wrong = next(t.device for t in tensors if t is not None and t.device != expected)
-        raise RuntimeError(f"Tensor on device {wrong} is not on the expected device {expected}!")
+    first = tensors[0].device
+    for t in tensors[1:]:
+        if t is not None and t.device != first:  # the rare path: the set and the message
+            devices = {u.device for u in tensors if u is not None}
+            expected = next((d for d in devices if d.type == "meta"), first)
+            wrong = next(u.device for u in tensors if u is not None and u.device != expected)
+            raise RuntimeError(f"Tensor on device {wrong} is not on the expected device {expected}!")
 
 
 def state_weight_grad(dg: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[Tensor], reverse: bool) -> Tensor:
@@ -519,9 +521,9 @@ def rnn_recurrence(
     Returns:
         ``y`` (shape of ``xw``) and ``h_n`` ``[B, H]``.
     """
-    for name, t in (("xw", xw), ("h0", h0), ("w_hh", w_hh)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"fastrnn.rnn_recurrence(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    if not (isinstance(xw, Tensor) and isinstance(h0, Tensor) and isinstance(w_hh, Tensor)):
+        name, t = next((n, t) for n, t in (("xw", xw), ("h0", h0), ("w_hh", w_hh)) if not isinstance(t, Tensor))
+        raise TypeError(f"fastrnn.rnn_recurrence(): argument '{name}' must be Tensor, not {type(t).__name__}")
     check_same_device(xw, h0, w_hh)
     return _rnn_entry(xw, h0, w_hh, batch_sizes, reverse, ref.activation_id(activation))
 
