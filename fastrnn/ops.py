@@ -312,14 +312,16 @@ def differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) ->
     return result
 
 
-def _op_grads(spec: Recurrence, ctx, grads: tuple, bptt: Callable) -> tuple:
+def _op_grads(spec: Recurrence, ctx, grads: tuple, bptt: Callable, materialized: bool = False) -> tuple:
     """The gradients of the op's inputs ``(*t, *flags)`` through ``bptt`` (the backward kernel or op); without a
-    second-order op, a create_graph backward differentiates the reference instead."""
+    second-order op, a create_graph backward differentiates the reference instead. ``materialized``: no output
+    gradient is None (an old-style Function's are zeros)."""
     t, y, ws = _saved(spec, ctx)
     if spec.second_order is None and torch.is_grad_enabled():
         outputs = spec.reference(*t, *ctx.flags)[: spec.outputs]
         return tuple(differentiate_reference(ctx, t, outputs, grads))
-    grads = _zeros_if_none(grads, (y, *t[1 : 1 + spec.states]))
+    if not materialized:
+        grads = _zeros_if_none(grads, (y, *t[1 : 1 + spec.states]))
     return *spec.grads(bptt, t, y, ws, grads, ctx.needs_input_grad, ctx.flags), *_NONES[: len(ctx.flags)]
 
 
@@ -335,7 +337,7 @@ def _eager_function(spec: Recurrence, backward_op) -> type:
         return output[:outputs]
 
     def backward(ctx, *grads):  # create_graph: through the backward op, whose autograd is registered
-        return _op_grads(spec, ctx, grads, backward_op if torch.is_grad_enabled() else spec.bwd)
+        return _op_grads(spec, ctx, grads, backward_op if torch.is_grad_enabled() else spec.bwd, True)
 
     return type(f"{spec.name}RecurrenceFunction", (torch.autograd.Function,), {
         "__doc__": f"``fastrnn::{spec.op}`` on plain eager tensors, old-style (``forward(ctx, ...)``).",
