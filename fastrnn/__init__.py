@@ -6,10 +6,10 @@ Importing fastrnn never compiles or fails for want of a compiler, Triton or a GP
 
 from fastrnn import functional
 from fastrnn._cpp import empty_cache, load_built_ops
-from fastrnn.autograd import RNNRecurrenceFunction, rnn_recurrence
 from fastrnn.backends import available_backends
 from fastrnn.conversion import from_torch, to_torch
 from fastrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from fastrnn.ops import RNNRecurrenceFunction, rnn_recurrence
 
 try:
     from fastrnn.quantization import quantize_dynamic

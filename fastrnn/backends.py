@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Optional, Protocol
+from typing import Optional, Union
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -31,30 +31,6 @@ def forced_backend() -> str:
         value = _ENV_BYTES.get(_BACKEND_KEY)
         return value.decode().strip() if value else ""
     return os.environ.get(BACKEND_ENV, "").strip()
-
-
-class Backend(Protocol):
-    name: str
-
-    def unavailable_reason(self) -> Optional[str]: ...
-
-    def cannot_run(self, xw: Tensor) -> Optional[str]: ...
-
-    def fwd(
-        self, xw: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, act: str
-    ) -> tuple[Tensor, Tensor]: ...
-
-    def bwd(
-        self,
-        dy: Tensor,
-        dh_n: Tensor,
-        y: Tensor,
-        w_hh: Tensor,
-        batch_sizes: Optional[Tensor],
-        reverse: bool,
-        act: str,
-        need_dh0: bool = True,
-    ) -> tuple[Tensor, Tensor]: ...
 
 
 class ReferenceBackend:
@@ -147,8 +123,15 @@ class TritonBackend:
         return rnn_bwd_triton(dy, dh_n, y, w_hh, batch_sizes, reverse, reference.activation_id(act))
 
 
+Backend = Union[TritonBackend, CppBackend, ReferenceBackend]
 _BACKENDS: dict[str, Backend] = {b.name: b for b in (TritonBackend(), CppBackend(), ReferenceBackend())}
-_PREFERENCE = {"cpu": ("cpp", "reference"), "cuda": ("triton", "reference")}
+# Per family, the backends with kernels for it, fastest first, by device type (any other device: the reference).
+# GRU / LSTM have no Triton kernels yet.
+_PREFERENCE = {
+    "RNN": {"cpu": ("cpp", "reference"), "cuda": ("triton", "reference")},
+    "GRU/LSTM": {"cpu": ("cpp", "reference")},
+}
+_KERNELS = {family: {n for row in rows.values() for n in row} for family, rows in _PREFERENCE.items()}
 _warned: set[str] = set()
 
 
@@ -239,64 +222,30 @@ def stack_forward_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> boo
     return True
 
 
-def cpp_runs(x: Tensor, family: str) -> bool:
-    """Whether the C++ op runs a ``family`` op (``"GRU/LSTM"``: no Triton kernels yet) on ``x``, else the
-    reference: CPU float32 / float64 with the library loaded (one warning when it is missing), as
-    :func:`select_backend` chooses for the RNN. ``FASTRNN_BACKEND`` forces, with a clear error where the forced
-    backend cannot run ``x``."""
-    forced = _known_forced_backend()
-    if forced == "reference":
-        return False
-    if forced and forced != "cpp":
-        raise RuntimeError(f"{BACKEND_ENV}={forced}: fastrnn has no {forced} kernels for {family} yet")
-    cpp = _BACKENDS["cpp"]
-    reason = cpp.cannot_run(x)
-    if reason is not None:
-        if forced:
-            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run here: {reason}")
-        return False
-    missing = cpp.unavailable_reason()
-    if missing is not None:
-        if forced:
-            raise RuntimeError(f"{BACKEND_ENV}=cpp cannot run here: {missing}")
-        _warn_once(f"cpu:{family}", f"fastrnn: {family} use the reference backend on cpu because {missing}")
-        return False
-    return True
-
-
-def _known_forced_backend() -> str:
-    """FASTRNN_BACKEND ('' when unset), a ValueError when it names no fastrnn backend."""
+def select_backend(x: Tensor, family: str = "RNN") -> Backend:
+    """The backend that runs ``family``'s op (``"RNN"``, ``"GRU/LSTM"``) on ``x``'s device and dtype: the
+    forced one (an error where it has no kernels for the family or cannot run ``x``), else the fastest that can,
+    with one warning per family, device and backend when a faster one is missing."""
     forced = forced_backend()
-    if forced and forced not in _BACKENDS:
-        raise ValueError(f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}")
-    return forced
-
-
-def select_backend(xw: Tensor) -> Backend:
-    """The backend that runs the op on ``xw``'s device and dtype."""
-    forced = _known_forced_backend()
     if forced:
+        if forced not in _BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a fastrnn backend; choose from {sorted(_BACKENDS)}")
+        if forced not in _KERNELS[family]:
+            raise RuntimeError(f"{BACKEND_ENV}={forced}: fastrnn has no {forced} kernels for {family} yet")
         backend = _BACKENDS[forced]
-        reason = backend.unavailable_reason() or backend.cannot_run(xw)
+        reason = backend.unavailable_reason() or backend.cannot_run(x)
         if reason is not None:
             raise RuntimeError(f"{BACKEND_ENV}={forced} cannot run here: {reason}")
         return backend
     skipped = []
-    for name in _PREFERENCE.get(xw.device.type, ("reference",)):
-        backend = _BACKENDS.get(name)
-        if backend is None:
-            skipped.append(f"{name}: not installed")
-            continue
+    for name in _PREFERENCE[family].get(x.device.type, ("reference",)):
+        backend = _BACKENDS[name]
         missing = backend.unavailable_reason()
         if missing is not None:
             skipped.append(f"{name}: {missing}")
-            continue
-        if backend.cannot_run(xw) is None:
+        elif backend.cannot_run(x) is None:
             if skipped:
-                _warn_once(
-                    f"{xw.device.type}:{name}",
-                    f"fastrnn: using the {name} backend on {xw.device.type} because "
-                    + "; ".join(skipped),
-                )
+                _warn_once(f"{family}:{x.device.type}:{name}", f"fastrnn ({family}): using the {name} backend on "
+                           f"{x.device.type} because " + "; ".join(skipped))
             return backend
     return _BACKENDS["reference"]

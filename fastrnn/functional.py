@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastrnn import gated_ops
-from fastrnn.autograd import rnn_recurrence
+from fastrnn.ops import rnn_recurrence
 
 
 @torch.jit.unused

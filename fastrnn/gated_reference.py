@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastrnn.reference import _schedule
+from fastrnn.reference import _schedule, run_steps
 
 
 def gru_step(xw_t: Tensor, h: Tensor, w_hh: Tensor, b_hn: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -58,24 +58,6 @@ def lstm_step(
     return u @ w_hr.t(), c_new, torch.cat([*saved, u], -1)
 
 
-def _run(step, xw: Tensor, states: list[Tensor], batch_sizes: Optional[Tensor], reverse: bool):
-    """Walks ``step(xw_rows, *state_rows) -> (*new_states, ws_rows)`` over the steps; rows past a step's
-    batch size keep their state. Returns the per-step first state (y), the final states and ws."""
-    sizes, offsets, order = _schedule(xw, batch_sizes, reverse, backward=False)
-    flat = xw.reshape(-1, xw.size(-1))
-    ys: dict[int, Tensor] = {}
-    wss: dict[int, Tensor] = {}
-    for t in order:
-        b = sizes[t]
-        *new, ws = step(flat[offsets[t] : offsets[t + 1]], *(s[:b] for s in states))
-        ys[t], wss[t] = new[0], ws
-        states = [torch.cat([n, s[b:]]) if b < s.size(0) else n for n, s in zip(new, states)]
-    y = torch.cat([ys[t] for t in range(len(sizes))])
-    ws = torch.cat([wss[t] for t in range(len(sizes))])
-    lead = xw.shape[:-1]
-    return y.view(*lead, -1), states, ws.view(*lead, -1)
-
-
 def gru_recurrence_ref(
     xw: Tensor,
     h0: Tensor,
@@ -86,7 +68,7 @@ def gru_recurrence_ref(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """GRU over the sequence. ``xw`` ``[T, B, 3H]`` or ``[N, 3H]``; ``h0`` ``[B, H]``; ``w_hh`` ``[3H, H]``;
     ``b_hn`` ``[H]``. Returns ``y`` (``[T, B, H]`` / ``[N, H]``), ``h_n`` ``[B, H]`` and ws (``4H`` a row)."""
-    y, (h_n,), ws = _run(lambda x, h: gru_step(x, h, w_hh, b_hn), xw, [h0], batch_sizes, reverse)
+    y, (h_n,), ws = run_steps(lambda x, h: gru_step(x, h, w_hh, b_hn), xw, [h0], batch_sizes, reverse)
     return y, h_n, ws
 
 
@@ -101,7 +83,7 @@ def lstm_recurrence_ref(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """LSTM over the sequence. ``xw`` ``[T, B, 4H]`` or ``[N, 4H]``; ``h0`` ``[B, P]``; ``c0`` ``[B, H]``;
     ``w_hh`` ``[4H, P]``; ``w_hr`` ``[P, H]``. Returns ``y`` (``P`` a row), ``h_n``, ``c_n`` and ws."""
-    y, (h_n, c_n), ws = _run(
+    y, (h_n, c_n), ws = run_steps(
         lambda x, h, c: lstm_step(x, h, c, w_hh, w_hr), xw, [h0, c0], batch_sizes, reverse
     )
     return y, h_n, c_n, ws

@@ -1,186 +1,422 @@
-"""The recurrence as ``torch.library`` custom ops, so ``torch.compile(fullgraph=True)`` and ``torch.export``
-see one opaque node per layer and direction instead of graph-breaking on a Python autograd.Function.
+"""The family's recurrence ops (Elman, GRU, LSTM), generated from one :class:`Recurrence` spec per cell.
 
-``fastrnn::recurrence(xw, h0, w_hh, batch_sizes, reverse, activation) -> (y, h_n)`` runs on the backend
-chosen for ``xw`` (see :mod:`fastrnn.backends`). Its registered backward is itself an op,
-``fastrnn::recurrence_backward``, whose own registered backward, ``fastrnn::recurrence_double_backward``,
-makes double backward work with the reference's written-out second-order step loop (second derivatives
-are rare and small; triple backward is not supported).
-Fake implementations only allocate, never touch data.
+Each spec becomes:
+- ``<name>RecurrenceFunction``, an old-style ``autograd.Function`` for plain eager tensors (a third of the
+  per-call overhead of a ``setup_context`` one, which matters for short sequences);
+- the ``torch.library`` custom ops ``fastrnn::<op>`` and ``fastrnn::<op>_backward`` with fakes and registered
+  autograd, whenever dynamo, export or another tracer looks: graphs hold one opaque node per layer and direction;
+- ``_<name>UnderTransforms``, a ``setup_context`` Function for torch.func, which batches the custom ops;
+- the entry (:func:`rnn_recurrence`, :func:`gru_recurrence`, :func:`lstm_recurrence`) that picks one of them.
+
+Forward and backward run on the backend :func:`fastrnn.backends.select_backend` picks for the cell's family; the
+backward returns per-step gate gradients, and the weight gradients are one GEMM or reduction each, here.
+Higher-order gradients come one of two ways, a spec field: the Elman backward op has its own registered autograd,
+``fastrnn::recurrence_double_backward`` (the reference's written-out second-order step loop); the gated cells'
+create_graph backward differentiates the pure-PyTorch reference recomputed on the saved inputs.
+Fakes only allocate, never touch data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from fastrnn import gated_reference as gref
+from fastrnn import reference as ref
 from fastrnn._cpp import on_load
-from fastrnn.backends import select_backend
+from fastrnn.backends import needs_any_order, select_backend, traced
 from fastrnn.flops import register_flop_formulas
-from fastrnn.reference import ACTIVATIONS, prev_state_index, rnn_recurrence_bwd_ref, rnn_recurrence_double_bwd_ref
+from fastrnn.reference import ACTIVATIONS
 
 
-def check_same_device(*tensors: Tensor) -> None:
+def check_same_device(*tensors: Optional[Tensor]) -> None:
     """What a fake (meta) implementation raises when its tensors are on different devices, in torch's words:
     a meta tensor among CPU ones would otherwise get shapes back and no error."""
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        expected = next((d for d in devices if d.type == "meta"), tensors[0].device)
-        wrong = next(t.device for t in tensors if t.device != expected)
-        raise RuntimeError(f"Tensor on device {wrong} is not on the expected device {expected}!")
+    first = tensors[0].device
+    for t in tensors[1:]:
+        if t is not None and t.device != first:  # the rare path: the set and the message
+            devices = {u.device for u in tensors if u is not None}
+            expected = next((d for d in devices if d.type == "meta"), first)
+            wrong = next(u.device for u in tensors if u is not None and u.device != expected)
+            raise RuntimeError(f"Tensor on device {wrong} is not on the expected device {expected}!")
 
 
-@torch.library.custom_op("fastrnn::recurrence", mutates_args=())
-def recurrence(
-    xw: Tensor, h0: Tensor, w_hh: Tensor, batch_sizes: Optional[Tensor], reverse: bool, activation: int
-) -> tuple[Tensor, Tensor]:
+def state_weight_grad(dg: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[Tensor], reverse: bool) -> Tensor:
+    """``dW_hh = dg^T h_prev`` over all steps and rows, ``h_prev`` being the state each step read: one GEMM (two
+    for padded input, no copy).
+
+    ``dg``: ``[T, B, G]`` or ``[N, G]``; ``y``: ``[T, B, P]`` or ``[N, P]``; ``h0``: ``[B, P]``. Returns ``[G, P]``.
+    """
+    gates, width = dg.size(-1), y.size(-1)
+    if batch_sizes is None:
+        first = -1 if reverse else 0  # not size(0) - 1: a traced backward would specialize on T
+        dw = dg[first].t().mm(h0)
+        if y.size(0) > 1:
+            later, prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+            dw = dw.addmm(later.reshape(-1, gates).t(), prev.reshape(-1, width))
+        return dw
+    index = ref.prev_state_index(batch_sizes, reverse, y.size(0)).to(y.device)
+    return dg.t().mm(torch.cat([y, h0]).index_select(0, index))  # [N, P] previous states
+
+
+def _cpp_or_reference(cpp_op: str, reference: Callable) -> Callable:
+    """A GRU / LSTM kernel: the C++ op ``fastrnn::<cpp_op>`` where the backend chooser picks cpp, else
+    ``reference``; both take the op's arguments."""
+
+    def run(*args):
+        if select_backend(args[0], "GRU/LSTM").name == "cpp":
+            return getattr(torch.ops.fastrnn, cpp_op)(*args)
+        return reference(*args)
+
+    return run
+
+
+def _tensor_args(schema: str) -> int:
+    """How many tensor arguments come before the step layout (``batch_sizes``, ``reverse``, ...) in ``schema``."""
+    return [a.name for a in torch._C.parse_schema(f"fastrnn::_{schema}").arguments].index("batch_sizes")
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """One cell's recurrence op, as data; everything below the three rows is written once.
+
+    The op takes ``(*t, *flags)``: tensors ``t = (xw, *states, w_hh[, extra])`` and the step layout ``flags =
+    (batch_sizes, reverse[, activation])``. It returns ``(y, *final states)``, then, where ``ws``, the workspace its
+    backward reads. The backward op takes the output gradients and saved tensors, then ``(*flags, need_dh0)``, and
+    returns per-row gate gradients first and the initial states' gradients last.
+    """
+
+    name: str  # class names: <name>RecurrenceFunction, _<name>UnderTransforms
+    op: str  # fastrnn::<op>, fastrnn::<op>_backward
+    cpp: str  # the C++ ops fastrnn::<cpp>_fwd, _bwd (and for GRU / LSTM _infer, _layer_fwd)
+    states: int
+    ws: bool
+    schema: str  # without the name
+    backward_schema: str
+    fwd: Callable  # (*t, *flags) -> outputs, on the chosen backend
+    bwd: Callable  # the backward op's arguments -> its outputs, on the chosen backend
+    reference: Callable  # (*t, *flags) -> outputs: pure PyTorch, differentiable to any order
+    fake: Callable  # the op's arguments -> outputs, shapes only
+    fake_backward: Callable
+    grads: Callable  # (bptt, t, y, ws, output grads, needs_input_grad, flags) -> gradients of t
+    infer: Optional[Callable] = None  # fwd without the workspace, for calls nothing differentiates
+    # Elman: its backward op is differentiable through fastrnn::<op>_double_backward, this schema, running
+    # ``second_order`` (the written-out VJP of ``reference_backward``). None: a create_graph backward
+    # differentiates ``reference`` recomputed on the saved inputs, xw included.
+    second_order_schema: Optional[str] = None
+    second_order: Optional[Callable] = None
+    reference_backward: Optional[Callable] = None
+    vmap: Optional[Callable] = None  # (op) -> the op's vmap rule; its backward ops then run once per slice
+
+    @cached_property
+    def outputs(self) -> int:
+        return 1 + self.states
+
+    @cached_property
+    def tensors(self) -> int:
+        return _tensor_args(self.schema)
+
+    @cached_property
+    def saved_from(self) -> int:
+        """The first tensor input the op saves: xw only where a create_graph backward recomputes the reference."""
+        return 1 if self.second_order is not None else 0
+
+
+# --- what each cell contributes -------------------------------------------------------------------------
+
+
+def _rnn_grads(bptt, t, y, ws, g, need, flags) -> tuple:
+    """``(dxw, dh0, dW_hh)`` from the BPTT's ``(dz, dh0)``; None where ``need`` says none."""
+    dz, dh0 = bptt(g[0], g[1], y, t[2], *flags, need[1])
+    dw = state_weight_grad(dz, y, t[1], *flags[:2]) if need[2] else None
+    return dz, dh0 if need[1] else None, dw
+
+
+def _gru_grads(bptt, t, y, ws, g, need, flags) -> tuple:
+    """``(dxw, dh0, dW_hh, db_hn)`` from ``gru_bwd``'s ``(dxw, dg, dh0)``."""
+    dxw, dg, dh0 = bptt(g[0], g[1], y, ws, t[1], t[2], *flags, need[1])
+    hidden = y.size(-1)
+    dw = state_weight_grad(dg, y, t[1], *flags) if need[2] else None
+    db = dg.reshape(-1, 3 * hidden)[:, 2 * hidden :].sum(0) if need[3] else None
+    return dxw, dh0 if need[1] else None, dw, db
+
+
+def _lstm_grads(bptt, t, y, ws, g, need, flags) -> tuple:
+    """``(da, dh0, dc0, dW_hh, dW_hr)`` from ``lstm_bwd``'s ``(da, dh_all, dh0, dc0)``."""
+    da, dh_all, dh0, dc0 = bptt(g[0], g[1], g[2], ws, t[2], t[3], t[4], *flags, need[1])
+    dw = state_weight_grad(da, y, t[1], *flags) if need[3] else None
+    dw_hr = None
+    if need[4]:
+        hidden = t[2].size(-1)
+        dw_hr = dh_all.reshape(-1, dh_all.size(-1)).t().mm(ws[..., 5 * hidden :].reshape(-1, hidden))
+    return da, dh0 if need[1] else None, dc0 if need[2] else None, dw, dw_hr
+
+
+def _fold_into_batch(op) -> Callable:
+    """The Elman op's vmap rule: shared weights over padded input fold the vmapped dimension into the batch, one
+    op call; anything else runs once per slice."""
+
+    def rule(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activation):
+        if in_dims[2] is not None or batch_sizes is not None or in_dims[3] is not None:
+            return _vmap_by_loop(op, 3)(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activation)
+        size = info.batch_size
+        xs, hs = _to_front(xw, in_dims[0], size), _to_front(h0, in_dims[1], size)  # [V, T, B, H], [V, B, H]
+        steps, batch, hidden = xs.shape[1:]
+        y, h_n = op(xs.transpose(0, 1).reshape(steps, size * batch, hidden), hs.reshape(size * batch, hidden),
+                    w_hh, None, reverse, activation)
+        return (y.reshape(steps, size, batch, hidden).transpose(0, 1), h_n.reshape(size, batch, hidden)), (0, 0)
+
+    return rule
+
+
+def _rnn_fwd(xw, h0, w_hh, batch_sizes, reverse, activation):
     return select_backend(xw).fwd(xw, h0, w_hh, batch_sizes, reverse, ACTIVATIONS[activation])
 
 
-@recurrence.register_fake
-def _(xw, h0, w_hh, batch_sizes, reverse, activation):
-    check_same_device(xw, h0, w_hh)
+def _rnn_bwd(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0=True):
+    act = ACTIVATIONS[activation]
+    return select_backend(y).bwd(dy, dh_n, y, w_hh, batch_sizes, reverse, act, need_dh0=need_dh0)
+
+
+def _rnn_fake(xw, h0, w_hh, *flags):
     return torch.empty_like(xw), torch.empty_like(h0)
 
 
-@torch.library.custom_op("fastrnn::recurrence_backward", mutates_args=())
-def recurrence_backward(
-    dy: Tensor,
-    dh_n: Tensor,
-    y: Tensor,
-    w_hh: Tensor,
-    batch_sizes: Optional[Tensor],
-    reverse: bool,
-    activation: int,
-    need_dh0: bool,
-) -> tuple[Tensor, Tensor]:
-    dz, dh0 = select_backend(y).bwd(
-        dy, dh_n, y, w_hh, batch_sizes, reverse, ACTIVATIONS[activation], need_dh0=need_dh0
-    )
-    return dz, dh0 if need_dh0 else torch.zeros_like(dh_n)
-
-
-@recurrence_backward.register_fake
-def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0):
-    check_same_device(dy, dh_n, y, w_hh)
+def _rnn_fake_backward(dy, dh_n, y, w_hh, *flags):
     return torch.empty_like(y), torch.empty_like(dh_n)
 
 
-def recurrent_weight_grad(
-    dz: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[Tensor], reverse: bool
-) -> Tensor:
-    """``dW_hh = dz^T h_prev`` over all steps and rows: one GEMM (two for padded input, no copy).
-
-    ``dz``, ``y``: ``[T, B, H]`` or packed ``[N, H]``; ``h0``: ``[B, H]``. Returns ``[H, H]``.
-    """
-    hidden = y.size(-1)
-    if batch_sizes is None:
-        first = -1 if reverse else 0  # not size(0) - 1: a traced backward would specialize on T
-        dw = dz[first].t().mm(h0)
-        if y.size(0) > 1:
-            later, prev = (dz[:-1], y[1:]) if reverse else (dz[1:], y[:-1])
-            dw = dw.addmm(later.reshape(-1, hidden).t(), prev.reshape(-1, hidden))
-        return dw
-    index = prev_state_index(batch_sizes, reverse, y.size(0)).to(y.device)
-    h_prev = torch.cat([y, h0]).index_select(0, index)  # [N, H]
-    return dz.t().mm(h_prev)
+def _gru_fake(xw, h0, w_hh, b_hn, *flags):
+    lead, hidden = xw.shape[:-1], h0.size(-1)
+    return xw.new_empty(*lead, hidden), h0.new_empty(h0.shape), xw.new_empty(*lead, 4 * hidden)
 
 
-def save_recurrence_context(ctx, inputs, output) -> None:
-    """What every autograd entry of the op keeps for backward: h0, w_hh and y, plus the step layout."""
-    xw, h0, w_hh, batch_sizes, reverse, activation = inputs
-    ctx.save_for_backward(h0, w_hh, output[0])
-    ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+def _gru_fake_backward(dy, dh_n, y, ws, h0, w_hh, *flags):
+    wide = y.new_empty(*y.shape[:-1], 3 * y.size(-1))
+    return wide, torch.empty_like(wide), dh_n.new_empty(dh_n.shape)
 
 
-def recurrence_input_grads(ctx, h0: Tensor, y: Tensor, dz: Tensor, dh0: Tensor) -> tuple:
-    """The gradients of (xw, h0, w_hh, batch_sizes, reverse, activation) from the op's backward outputs.
-    ``h0`` and ``y`` come from the caller's one read of ``ctx.saved_tensors``."""
-    dw = recurrent_weight_grad(dz, y, h0, ctx.batch_sizes, ctx.reverse) if ctx.needs_input_grad[2] else None
-    return dz, dh0 if ctx.needs_input_grad[1] else None, dw, None, None, None
+def _lstm_fake(xw, h0, c0, w_hh, w_hr, *flags):
+    lead, hidden = xw.shape[:-1], c0.size(-1)
+    saved = 5 * hidden if w_hr is None else 6 * hidden
+    return xw.new_empty(*lead, h0.size(-1)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), xw.new_empty(*lead, saved)
 
 
-def _recurrence_grad(ctx, dy, dh_n):
-    h0, w_hh, y = ctx.saved_tensors
-    dy = torch.zeros_like(y) if dy is None else dy
-    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
-    need_dh0 = ctx.needs_input_grad[1]
-    dz, dh0 = recurrence_backward(dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation, need_dh0)
-    return recurrence_input_grads(ctx, h0, y, dz, dh0)
+def _lstm_fake_backward(dy, dh_n, dc_n, ws, c0, w_hh, w_hr, *flags):
+    dh_all = dy.new_empty(dy.shape) if w_hr is not None else dy.new_empty(0)
+    return ws.new_empty(*ws.shape[:-1], 4 * c0.size(-1)), dh_all, dh_n.new_empty(dh_n.shape), c0.new_empty(c0.shape)
 
 
-recurrence.register_autograd(_recurrence_grad, setup_context=save_recurrence_context)
+def _gated_infer(cpp: str, reference: Callable) -> Callable:
+    """``fwd`` without the workspace: the C++ inference op (given no ``W_ih``), or the reference."""
+
+    def run(xw, *rest):
+        if select_backend(xw, "GRU/LSTM").name == "cpp":
+            return getattr(torch.ops.fastrnn, f"{cpp}_infer")(xw, None, None, *rest)
+        return reference(xw, *rest)[:-1]
+
+    return run
 
 
-@torch.library.custom_op("fastrnn::recurrence_double_backward", mutates_args=())
-def recurrence_double_backward(
-    ddz: Tensor,
-    ddh0: Tensor,
-    dy: Tensor,
-    dh_n: Tensor,
-    y: Tensor,
-    w_hh: Tensor,
-    batch_sizes: Optional[Tensor],
-    reverse: bool,
-    activation: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of ``recurrence_backward``'s (dz, dh0) with respect to (dy, dh_n, y, w_hh): the reference's
-    step loop over the batch sizes, opaque to tracers."""
-    return rnn_recurrence_double_bwd_ref(ddz, ddh0, dy, dh_n, y, w_hh, batch_sizes, reverse, ACTIVATIONS[activation])
+RNN = Recurrence(
+    name="RNN", op="recurrence", cpp="rnn", states=1, ws=False,
+    schema="(Tensor xw, Tensor h0, Tensor w_hh, Tensor? batch_sizes, bool reverse, SymInt activation) "
+           "-> (Tensor, Tensor)",
+    backward_schema="(Tensor dy, Tensor dh_n, Tensor y, Tensor w_hh, Tensor? batch_sizes, bool reverse, "
+                    "SymInt activation, bool need_dh0) -> (Tensor, Tensor)",
+    fwd=_rnn_fwd, bwd=_rnn_bwd,
+    reference=lambda *a: ref.rnn_recurrence_ref(*a[:-1], ACTIVATIONS[a[-1]]),
+    fake=_rnn_fake, fake_backward=_rnn_fake_backward, grads=_rnn_grads,
+    second_order_schema="(Tensor ddz, Tensor ddh0, Tensor dy, Tensor dh_n, Tensor y, Tensor w_hh, "
+                        "Tensor? batch_sizes, bool reverse, SymInt activation) -> (Tensor, Tensor, Tensor, Tensor)",
+    second_order=lambda *a: ref.rnn_recurrence_double_bwd_ref(*a[:-1], ACTIVATIONS[a[-1]]),
+    reference_backward=lambda *a: ref.rnn_recurrence_bwd_ref(*a[:-1], ACTIVATIONS[a[-1]]),
+    vmap=_fold_into_batch,
+)
+
+GRU = Recurrence(
+    name="GRU", op="gru_recurrence", cpp="gru", states=1, ws=True,
+    schema="(Tensor xw, Tensor h0, Tensor w_hh, Tensor? b_hn, Tensor? batch_sizes, bool reverse) "
+           "-> (Tensor, Tensor, Tensor)",
+    backward_schema="(Tensor dy, Tensor dh_n, Tensor y, Tensor ws, Tensor h0, Tensor w_hh, Tensor? batch_sizes, "
+                    "bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor)",
+    fwd=_cpp_or_reference("gru_fwd", lambda *a: gref.gru_recurrence_ref(*a)),
+    bwd=_cpp_or_reference("gru_bwd", lambda *a: gref.gru_recurrence_bwd_ref(*a[:-1])),
+    reference=lambda *a: gref.gru_recurrence_ref(*a),
+    fake=_gru_fake, fake_backward=_gru_fake_backward, grads=_gru_grads,
+    infer=_gated_infer("gru", lambda *a: gref.gru_recurrence_ref(*a)),
+)
+
+LSTM = Recurrence(
+    name="LSTM", op="lstm_recurrence", cpp="lstm", states=2, ws=True,
+    schema="(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? batch_sizes, bool reverse) "
+           "-> (Tensor, Tensor, Tensor, Tensor)",
+    backward_schema="(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor ws, Tensor c0, Tensor w_hh, Tensor? w_hr, "
+                    "Tensor? batch_sizes, bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor, Tensor)",
+    fwd=_cpp_or_reference("lstm_fwd", lambda *a: gref.lstm_recurrence_ref(*a)),
+    bwd=_cpp_or_reference("lstm_bwd", lambda *a: gref.lstm_recurrence_bwd_ref(*a[:-1])),
+    reference=lambda *a: gref.lstm_recurrence_ref(*a),
+    fake=_lstm_fake, fake_backward=_lstm_fake_backward, grads=_lstm_grads,
+    infer=_gated_infer("lstm", lambda *a: gref.lstm_recurrence_ref(*a)),
+)
 
 
-@recurrence_double_backward.register_fake
-def _(ddz, ddh0, dy, dh_n, y, w_hh, batch_sizes, reverse, activation):
-    check_same_device(ddz, ddh0, dy, dh_n, y, w_hh)
-    return torch.empty_like(dy), torch.empty_like(dh_n), torch.empty_like(y), torch.empty_like(w_hh)
+# --- the wiring, once for every cell --------------------------------------------------------------------
+
+_NONES = (None,) * 4
 
 
-def _setup_double_backward(ctx, inputs, output):
-    *tensors, batch_sizes, reverse, activation = inputs
-    ctx.save_for_backward(*tensors)
-    ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+def _saver(spec: Recurrence) -> Callable:
+    """``save(ctx, inputs, output)``: what backward reads, the tensor inputs from ``spec.saved_from`` on, ``y``
+    and the workspace, and the step layout (the per-call path: the spec's numbers bound once)."""
+    first, count, outputs = spec.saved_from, spec.tensors, spec.outputs
+
+    def save(ctx, inputs: tuple, output: tuple) -> None:
+        ctx.save_for_backward(*inputs[first:count], output[0], *output[outputs:])
+        ctx.flags = inputs[count:]
+
+    return save
 
 
-def _double_backward_grad(ctx, *cotangents):
-    """Third and higher orders. The double backward is the vector-Jacobian product of the reference's
-    backward, which is written in out-of-place torch ops; so it is rebuilt here as such a product with
-    torch.func and differentiated once more. torch.func keeps its levels apart from the outer autograd, so
-    with ``create_graph`` the result stays differentiable and every further order works."""
-    tensors = ctx.saved_tensors
-    act = ACTIVATIONS[ctx.activation]
-
-    def double_backward(ddz, ddh0, dy, dh_n, y, w_hh):
-        _, vjp = torch.func.vjp(
-            lambda *a: rnn_recurrence_bwd_ref(*a, ctx.batch_sizes, ctx.reverse, act), dy, dh_n, y, w_hh
-        )
-        return vjp((ddz, ddh0))
-
-    _, vjp = torch.func.vjp(double_backward, *tensors)
-    cotangents = tuple(torch.zeros_like(t) if c is None else c for c, t in zip(cotangents, tensors[2:]))
-    grads = vjp(cotangents)
-    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:6])), None, None, None)
+def _saved(spec: Recurrence, ctx) -> tuple:
+    """``(t, y, ws)`` from one read of ``ctx.saved_tensors`` (non-reentrant checkpointing allows one unpack per
+    backward), None in ``t`` where an input was not saved."""
+    saved = ctx.saved_tensors
+    first, count = spec.saved_from, spec.tensors - spec.saved_from
+    return (None,) * first + saved[:count], saved[count], saved[-1] if spec.ws else None
 
 
-recurrence_double_backward.register_autograd(_double_backward_grad, setup_context=_setup_double_backward)
+def _zeros_if_none(grads: tuple, like: tuple) -> tuple:
+    return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, like))
 
 
-def _setup_backward(ctx, inputs, output):
-    dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0 = inputs
-    ctx.save_for_backward(dy, dh_n, y, w_hh)
-    ctx.batch_sizes, ctx.reverse, ctx.activation = batch_sizes, reverse, activation
+def _contiguous(tensors) -> tuple:
+    """The custom ops' outputs in the layout their fake kernels promise (dense, row-major)."""
+    return tuple(t.contiguous() for t in tensors)
 
 
-def _backward_grad(ctx, ddz, ddh0):
-    dy, dh_n, y, w_hh = ctx.saved_tensors
-    ddz = torch.zeros_like(y) if ddz is None else ddz
-    ddh0 = torch.zeros_like(dh_n) if ddh0 is None else ddh0
-    grads = recurrence_double_backward(ddz, ddh0, dy, dh_n, y, w_hh, ctx.batch_sizes, ctx.reverse, ctx.activation)
-    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])), None, None, None, None)
+def differentiate_reference(ctx, inputs: tuple, outputs: tuple, grads: tuple) -> list:
+    """create_graph: the gradients of ``inputs`` through ``outputs``, the pure-PyTorch reference recomputed on
+    the saved inputs under autograd, so that any order of gradient is the reference's."""
+    grads = _zeros_if_none(grads, outputs)
+    wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[i] and t is not None and t.requires_grad]
+    result = [None] * len(ctx.needs_input_grad)
+    found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True, allow_unused=True)
+    for i, grad in zip(wanted, found):
+        result[i] = grad
+    return result
 
 
-recurrence_backward.register_autograd(_backward_grad, setup_context=_setup_backward)
+def _op_grads(spec: Recurrence, ctx, grads: tuple, bptt: Callable, materialized: bool = False) -> tuple:
+    """The gradients of the op's inputs ``(*t, *flags)`` through ``bptt`` (the backward kernel or op); without a
+    second-order op, a create_graph backward differentiates the reference instead. ``materialized``: no output
+    gradient is None (an old-style Function's are zeros)."""
+    t, y, ws = _saved(spec, ctx)
+    if spec.second_order is None and torch.is_grad_enabled():
+        outputs = spec.reference(*t, *ctx.flags)[: spec.outputs]
+        return tuple(differentiate_reference(ctx, t, outputs, grads))
+    if not materialized:
+        grads = _zeros_if_none(grads, (y, *t[1 : 1 + spec.states]))
+    return *spec.grads(bptt, t, y, ws, grads, ctx.needs_input_grad, ctx.flags), *_NONES[: len(ctx.flags)]
+
+
+def _eager_function(spec: Recurrence, backward_op) -> type:
+    """The old-style Function for plain eager tensors: a third of the overhead of a ``setup_context`` one."""
+
+    fwd, first, count, outputs = spec.fwd, spec.saved_from, spec.tensors, spec.outputs
+
+    def forward(ctx, *args):  # the per-call path: _saver's body, inline
+        output = fwd(*args)
+        ctx.save_for_backward(*args[first:count], output[0], *output[outputs:])
+        ctx.flags = args[count:]
+        return output[:outputs]
+
+    def backward(ctx, *grads):  # create_graph: through the backward op, whose autograd is registered
+        return _op_grads(spec, ctx, grads, backward_op if torch.is_grad_enabled() else spec.bwd, True)
+
+    return type(f"{spec.name}RecurrenceFunction", (torch.autograd.Function,), {
+        "__doc__": f"``fastrnn::{spec.op}`` on plain eager tensors, old-style (``forward(ctx, ...)``).",
+        "forward": staticmethod(forward), "backward": staticmethod(backward), "__module__": __name__})
+
+
+def _device_checked(fake: Callable, tensors: int) -> Callable:
+    def checked(*args):
+        check_same_device(*args[:tensors])
+        return fake(*args)
+
+    return checked
+
+
+def _custom_ops(spec: Recurrence) -> tuple:
+    """``fastrnn::<op>`` and its backward op, with fakes, registered autograd and (``spec.vmap``) vmap rules."""
+    op = torch.library.custom_op(f"fastrnn::{spec.op}", lambda *args: _contiguous(spec.fwd(*args)),
+                                 mutates_args=(), schema=spec.schema)
+    op.register_fake(_device_checked(spec.fake, spec.tensors))
+
+    def backward_impl(*args):
+        out = list(spec.bwd(*args))
+        if not args[-1]:  # need_dh0; the backward's outputs end with the initial states' gradients
+            out[-spec.states] = torch.zeros_like(args[1])
+        return _contiguous(out)
+
+    backward_op = torch.library.custom_op(f"fastrnn::{spec.op}_backward", backward_impl, mutates_args=(),
+                                          schema=spec.backward_schema)
+    backward_tensors = _tensor_args(spec.backward_schema)
+    backward_op.register_fake(_device_checked(spec.fake_backward, backward_tensors))
+    op.register_autograd(lambda ctx, *grads: _op_grads(spec, ctx, grads[: spec.outputs], backward_op),
+                         setup_context=_saver(spec))
+    vmap = spec.vmap is not None and hasattr(op, "register_vmap")  # torch >= 2.5; else functorch's fallback
+    if vmap:
+        op.register_vmap(spec.vmap(op))
+        backward_op.register_vmap(_vmap_by_loop(backward_op, backward_tensors))
+    if spec.second_order is not None:
+        _second_order_op(spec, backward_op, backward_tensors, vmap)
+    return op, backward_op
+
+
+def _second_order_op(spec: Recurrence, backward_op, backward_tensors: int, vmap: bool) -> None:
+    """``fastrnn::<op>_double_backward``, the backward op's registered autograd: the VJP of the backward with
+    respect to its tensor arguments, as ``spec.second_order`` writes it out. Its own autograd (third order and
+    up) is torch.func's VJP of the differentiable ``spec.reference_backward``: torch.func keeps its levels apart
+    from the outer autograd, so with create_graph every further order works."""
+    double_op = torch.library.custom_op(f"fastrnn::{spec.op}_double_backward", lambda *a: spec.second_order(*a),
+                                        mutates_args=(), schema=spec.second_order_schema)
+    tensors = _tensor_args(spec.second_order_schema)
+    first = tensors - backward_tensors  # the cotangents of the backward's outputs come first
+    double_op.register_fake(_device_checked(lambda *a: tuple(torch.empty_like(t) for t in a[first:tensors]), tensors))
+
+    def save(ctx, saved: tuple, flags: tuple, output: tuple = ()) -> None:
+        ctx.save_for_backward(*saved)
+        ctx.flags, ctx.shapes = flags, [o.shape for o in output]
+
+    def double_backward_grad(ctx, *cotangents):
+        saved = ctx.saved_tensors
+
+        def double_backward(*a):
+            _, vjp = torch.func.vjp(lambda *b: spec.reference_backward(*b, *ctx.flags), *a[first:])
+            return vjp(a[:first])
+
+        _, vjp = torch.func.vjp(double_backward, *saved)
+        grads = vjp(_zeros_if_none(cotangents, saved[first:]))
+        return *(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), *_NONES[: len(ctx.flags)]
+
+    def backward_grad(ctx, *cotangents):
+        saved = ctx.saved_tensors
+        cotangents = tuple(saved[0].new_zeros(s) if c is None else c for c, s in zip(cotangents, ctx.shapes))
+        grads = double_op(*cotangents, *saved, *ctx.flags)
+        return *(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), *_NONES[: len(ctx.flags) + 1]
+
+    double_op.register_autograd(double_backward_grad,
+                                setup_context=lambda ctx, inputs, output: save(ctx, inputs[:tensors], inputs[tensors:]))
+    backward_op.register_autograd(backward_grad, setup_context=lambda ctx, inputs, output: save(
+        ctx, inputs[:backward_tensors], inputs[backward_tensors:-1], output))  # [-1]: need_dh0, no step layout
+    if vmap:
+        double_op.register_vmap(_vmap_by_loop(double_op, tensors))
 
 
 def _to_front(t: Optional[Tensor], dim: Optional[int], size: int) -> Optional[Tensor]:
@@ -189,7 +425,7 @@ def _to_front(t: Optional[Tensor], dim: Optional[int], size: int) -> Optional[Te
     return t.movedim(dim, 0)
 
 
-def _vmap_by_loop(op, tensor_args: int):
+def _vmap_by_loop(op, tensor_args: int) -> Callable:
     """A vmap rule that runs the op once per vmapped slice (batch_sizes must not be vmapped)."""
 
     def rule(info, in_dims, *args):
@@ -203,39 +439,162 @@ def _vmap_by_loop(op, tensor_args: int):
     return rule
 
 
-def _vmap_recurrence(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activation):
-    # Shared weights over padded input: fold the vmapped dimension into the batch, one op call.
-    if in_dims[2] is None and batch_sizes is None and in_dims[3] is None:
-        size = info.batch_size
-        xs, hs = _to_front(xw, in_dims[0], size), _to_front(h0, in_dims[1], size)  # [V, T, B, H], [V, B, H]
-        steps, batch, hidden = xs.shape[1:]
-        y, h_n = recurrence(xs.transpose(0, 1).reshape(steps, size * batch, hidden),
-                            hs.reshape(size * batch, hidden), w_hh, None, reverse, activation)
-        return (y.reshape(steps, size, batch, hidden).transpose(0, 1), h_n.reshape(size, batch, hidden)), (0, 0)
-    return _vmap_by_loop(recurrence, 3)(info, in_dims, xw, h0, w_hh, batch_sizes, reverse, activation)
+def _functorch_function(spec: Recurrence, op, backward_op) -> type:
+    """functorch needs a ``setup_context`` Function (the custom op's registered autograd is not one); it calls
+    the op, which functorch batches, under no_grad. First order: deeper transforms run the reference."""
+
+    def forward(*args):
+        with torch.no_grad():  # this Function is the autograd; the op brings the vmap rule
+            return op(*args)
+
+    save = _saver(spec)
+
+    def setup_context(ctx, inputs, output):
+        save(ctx, inputs, output)
+        if spec.ws:
+            ctx.mark_non_differentiable(output[-1])
+
+    def backward(ctx, *grads):
+        with torch.no_grad():
+            return _op_grads(spec, ctx, grads[: spec.outputs], backward_op)
+
+    return type(f"_{spec.name}UnderTransforms", (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "__module__": __name__})
 
 
-if hasattr(recurrence, "register_vmap"):  # torch >= 2.5; older torch runs torch.func through its fallback
-    recurrence.register_vmap(_vmap_recurrence)
-    recurrence_backward.register_vmap(_vmap_by_loop(recurrence_backward, 4))
-    recurrence_double_backward.register_vmap(_vmap_by_loop(recurrence_double_backward, 6))
+def _define(spec: Recurrence) -> tuple:
+    """(eager Function, custom op, backward op, functorch Function, entry) of one spec. The entry runs the op on
+    ``(*t, *flags)`` through whichever of them fits who is looking and returns ``(y, *final states)``."""
+    op, backward_op = _custom_ops(spec)
+    function, under_transforms = _eager_function(spec, backward_op), _functorch_function(spec, op, backward_op)
+    count, outputs, reference, infer = spec.tensors, spec.outputs, spec.reference, spec.infer
+
+    def entry(*args):
+        tensors = args[:count]
+        if needs_any_order(*tensors):
+            return reference(*args)[:outputs]
+        if torch._C._are_functorch_transforms_active():
+            return under_transforms.apply(*args)[:outputs]
+        if traced(args[0]):
+            return op(*args)[:outputs]
+        if infer is not None and not differentiated(*tensors):
+            return infer(*args)
+        return function.apply(*args)
+
+    return function, op, backward_op, under_transforms, entry
+
+
+RNNRecurrenceFunction, recurrence, recurrence_backward, _RNNUnderTransforms, _rnn_entry = _define(RNN)
+GRURecurrenceFunction, gru_recurrence_op, gru_recurrence_backward_op, _GRUUnderTransforms, _gru_entry = _define(GRU)
+LSTMRecurrenceFunction, lstm_recurrence_op, lstm_recurrence_backward_op, _LSTMUnderTransforms, _lstm_entry = _define(
+    LSTM)
+recurrence_double_backward = torch.ops.fastrnn.recurrence_double_backward
+_ENTRIES = {"RNN": _rnn_entry, "GRU": _gru_entry, "LSTM": _lstm_entry}
+
+
+# --- entries --------------------------------------------------------------------------------------------
+
+
+def differentiated(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will record this call: otherwise the op need not save anything for a backward."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def run_recurrence(spec: Recurrence, *args) -> tuple:
+    """The op on ``args = (*t, *flags)`` through the entry that fits who is looking; ``(y, *final states)``."""
+    return _ENTRIES[spec.name](*args)
+
+
+def rnn_recurrence(
+    xw: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+    activation: str = "tanh",
+) -> tuple[Tensor, Tensor]:
+    """``h_t = act(xw_t + h_{t-1} W_hh^T)`` on the backend chosen for ``xw``, differentiable to any order.
+
+    Args:
+        xw: ``[T, B, H]`` or packed ``[N, H]``, the input projection with both biases folded in.
+        h0: ``[B, H]``. w_hh: ``[H, H]``. batch_sizes: ``[T]`` int64 CPU tensor for packed ``xw``.
+
+    Returns:
+        ``y`` (shape of ``xw``) and ``h_n`` ``[B, H]``.
+    """
+    if not (isinstance(xw, Tensor) and isinstance(h0, Tensor) and isinstance(w_hh, Tensor)):
+        name, t = next((n, t) for n, t in (("xw", xw), ("h0", h0), ("w_hh", w_hh)) if not isinstance(t, Tensor))
+        raise TypeError(f"fastrnn.rnn_recurrence(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    check_same_device(xw, h0, w_hh)
+    return _rnn_entry(xw, h0, w_hh, batch_sizes, reverse, ref.activation_id(activation))
+
+
+def gru_recurrence(
+    xw: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hn: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The GRU recurrence, differentiable to any order.
+
+    Args:
+        xw: ``[T, B, 3H]`` or packed ``[N, 3H]``: ``x W_ih^T + b_ih + [b_hr, b_hz, 0]``.
+        h0: ``[B, H]``. w_hh: ``[3H, H]``. b_hn: ``[H]`` or ``None``.
+        batch_sizes: ``[T]`` int64 CPU tensor for packed ``xw``.
+
+    Returns:
+        ``y`` (``[T, B, H]`` or ``[N, H]``) and ``h_n`` ``[B, H]``.
+    """
+    return _gru_entry(xw, h0, w_hh, b_hn, batch_sizes, reverse)
+
+
+def lstm_recurrence(
+    xw: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The LSTM recurrence, differentiable to any order.
+
+    Args:
+        xw: ``[T, B, 4H]`` or packed ``[N, 4H]``: ``x W_ih^T + b_ih + b_hh``.
+        h0: ``[B, P]`` (``P`` = proj_size or H). c0: ``[B, H]``. w_hh: ``[4H, P]``. w_hr: ``[P, H]`` or ``None``.
+        batch_sizes: ``[T]`` int64 CPU tensor for packed ``xw``.
+
+    Returns:
+        ``y`` (``[T, B, P]`` or ``[N, P]``), ``h_n`` ``[B, P]`` and ``c_n`` ``[B, H]``.
+    """
+    return _lstm_entry(xw, h0, c0, w_hh, w_hr, batch_sizes, reverse)
+
+
+def _layer_fake(spec: Recurrence, keep: int) -> Callable:
+    """A ``<cpp>_layer_fwd`` / ``_infer`` fake: the op's shapes, ``x`` in place of ``xw``, ``keep`` outputs."""
+    return lambda x, w_ih, bias, *rest: spec.fake(x, *rest)[:keep]
 
 
 def _register_cpp_fakes() -> None:
-    """Shape-only kernels of the Elman C++ ops, for tracers and torch.library.opcheck (the gated ones: see
-    :func:`fastrnn.gated_ops._register_cpp_fakes`)."""
-
-    @torch.library.register_fake("fastrnn::rnn_fwd")
-    def _(xw, h0, w_hh, batch_sizes, reverse, activation):
-        check_same_device(xw, h0, w_hh)
-        return torch.empty_like(xw), torch.empty_like(h0)
-
-    @torch.library.register_fake("fastrnn::rnn_bwd")
-    def _(dy, dh_n, y, w_hh, batch_sizes, reverse, activation, need_dh0=True):
-        check_same_device(dy, dh_n, y, w_hh)
-        return torch.empty_like(y), torch.empty_like(dh_n)
+    """Shape-only kernels of the C++ ops, for tracers and torch.library.opcheck: the shapes of the custom ops
+    they serve (``<cpp>_fwd`` / ``_bwd`` take the op's arguments, ``_layer_fwd`` / ``_infer`` ``x, W_ih, bias``
+    first); run by :func:`fastrnn._cpp.on_load` when the ops load."""
+    for spec in (RNN, GRU, LSTM):
+        cpp = spec.cpp
+        torch.library.register_fake(f"fastrnn::{cpp}_fwd")(_device_checked(spec.fake, spec.tensors))
+        torch.library.register_fake(f"fastrnn::{cpp}_bwd")(
+            _device_checked(spec.fake_backward, _tensor_args(spec.backward_schema)))
+        if spec.ws:
+            torch.library.register_fake(f"fastrnn::{cpp}_layer_fwd")(_layer_fake(spec, spec.outputs + 1))
+            torch.library.register_fake(f"fastrnn::{cpp}_infer")(_layer_fake(spec, spec.outputs))
+    torch.library.register_fake("fastrnn::mm_nn")(lambda a, b, bias=None: a.new_empty(a.size(0), b.size(1)))
 
 
 register_flop_formulas()
+# The C++ ops' fakes and FLOP formulas as soon as the ops load, so that a direct torch.ops.fastrnn.* call under a
+# tracer finds them before any module has run.
 on_load(_register_cpp_fakes)
 on_load(register_flop_formulas)

@@ -78,6 +78,29 @@ def _act_grad(y: Tensor, activation: str) -> Tensor:
     return 1 - y * y if activation == "tanh" else (y <= 0).logical_not().to(y.dtype)
 
 
+def run_steps(step, xw: Tensor, states: list[Tensor], batch_sizes: Tensor | None, reverse: bool):
+    """The forward step loop of every cell: ``step(xw_rows, *state_rows) -> (*new_states, ws_rows)`` over the
+    steps (``ws_rows`` None where the cell saves nothing); rows past a step's batch size keep their state.
+
+    Returns ``y`` (each step's first state, ``xw``'s leading shape), the final states and ``ws`` (or None).
+    """
+    sizes, offsets, order = _schedule(xw, batch_sizes, reverse, backward=False)
+    flat = xw.reshape(-1, xw.size(-1))
+    ys: dict[int, Tensor] = {}
+    wss: dict[int, Tensor] = {}
+    for t in order:
+        b = sizes[t]
+        *new, ws = step(flat[offsets[t] : offsets[t + 1]], *(s[:b] for s in states))
+        ys[t], wss[t] = new[0], ws
+        states = [torch.cat([n, s[b:]]) if b < s.size(0) else n for n, s in zip(new, states)]
+    lead = xw.shape[:-1]
+    if not sizes:
+        width = states[0].size(-1)
+        return flat[:0, :width].view(*lead, width), states, None
+    y = torch.cat([ys[t] for t in range(len(sizes))]).view(*lead, -1)
+    return y, states, None if wss[0] is None else torch.cat([wss[t] for t in range(len(sizes))]).view(*lead, -1)
+
+
 def rnn_recurrence_ref(
     xw: Tensor,
     h0: Tensor,
@@ -97,17 +120,8 @@ def rnn_recurrence_ref(
     Returns:
         ``y`` with the shape of ``xw`` and ``h_n`` ``[B, H]``.
     """
-    sizes, offsets, steps = _schedule(xw, batch_sizes, reverse, backward=False)
-    flat = xw.reshape(-1, xw.size(-1))
-    h = h0
-    outs: dict[int, Tensor] = {}
-    for t in steps:
-        b = sizes[t]
-        h_t = _act(flat[offsets[t] : offsets[t + 1]] + h[:b] @ w_hh.t(), activation)
-        outs[t] = h_t
-        h = torch.cat([h_t, h[b:]]) if b < h.size(0) else h_t
-    y = torch.cat([outs[t] for t in range(len(sizes))]) if sizes else flat[:0]
-    return y.view_as(xw), h
+    y, (h_n,), _ = run_steps(lambda x, h: (_act(x + h @ w_hh.t(), activation), None), xw, [h0], batch_sizes, reverse)
+    return y, h_n
 
 
 def rnn_recurrence_bwd_ref(

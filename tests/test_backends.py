@@ -108,13 +108,13 @@ def test_gru_lstm_backend_choice_follows_the_same_rules(monkeypatch):
         fastrnn.GRU(3, 4)(x)
     monkeypatch.setenv(backends.BACKEND_ENV, "cpp")
     with pytest.raises(RuntimeError, match="FASTRNN_BACKEND=cpp cannot run here: it supports float32"):
-        backends.cpp_runs(x.half(), "GRU/LSTM")
+        backends.select_backend(x.half(), "GRU/LSTM")
     monkeypatch.setenv(backends.BACKEND_ENV, "nonsense")
     with pytest.raises(ValueError, match="is not a fastrnn backend"):
         fastrnn.GRU(3, 4)(x)
     monkeypatch.delenv(backends.BACKEND_ENV)
     monkeypatch.setattr(backends.CppBackend, "unavailable_reason", lambda self: "no compiler here")
     monkeypatch.setattr(backends, "_warned", set())
-    with pytest.warns(RuntimeWarning, match="GRU/LSTM use the reference backend on cpu because no compiler here"):
+    with pytest.warns(RuntimeWarning, match=r"\(GRU/LSTM\): using the reference backend on cpu because cpp: no"):
         out = fastrnn.GRU(3, 4)(x)[0]
     assert out.shape == (2, 1, 4)

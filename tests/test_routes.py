@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.profiler import ProfilerActivity, profile
 
 import fastrnn
-from fastrnn import autograd, gated_reference, modules, reference
+from fastrnn import gated_reference, modules, reference
 
 T, B, IN, H = 3, 2, 4, 5
 SEQUENCE = ("RNN", "GRU", "LSTM")
@@ -52,7 +52,7 @@ _TORCH_RNN_OPS = {"rnn_tanh", "rnn_relu", "gru", "lstm", "rnn_tanh_cell", "rnn_r
 # acceptable sets: the algorithm finder picks cuDNN or Triton per shape class by timing them.
 
 _WHOLE_RNN = "whole:stack_if_plain"
-_UNDER_GRAD_RNN = {"_RecurrenceUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_fwd",
+_UNDER_GRAD_RNN = {"_RNNUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_fwd",
                    "fastrnn::recurrence_backward", "fastrnn::rnn_bwd"}
 
 ROUTES = [
@@ -77,7 +77,7 @@ ROUTES = [
     ("RNN", "float16 cpu", "R5 torch", {"aten::rnn_tanh"}),
     ("RNN", "meta", "R5 torch", {"aten::rnn_tanh"}),
     ("RNN", "torch.func.vmap", "R8 op under torch.func",
-     {"Vmapped_RecurrenceUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_fwd"}),
+     {"Vmapped_RNNUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_fwd"}),
     ("RNN", "torch.func.grad", "R8 op under torch.func", _UNDER_GRAD_RNN),
     ("RNN", "torch.func.jacfwd", "reference (any order, needs_any_order)", {"reference:rnn"}),
     ("RNN", "torch.compile", "R9 custom op", {"graph:fastrnn::recurrence"}),
@@ -160,7 +160,7 @@ ROUTES = [
     ("RNNCell", "meta", "the cell op (direct binding of fastrnn::rnn_cell), C++ node",
      {"whole:rnn_cell_op", "node:RnnCellFunction"}),
     ("RNNCell", "torch.func.vmap", "op under torch.func",
-     {"Vmapped_RecurrenceUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_fwd"}),
+     {"Vmapped_RNNUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_fwd"}),
     ("RNNCell", "torch.func.grad", "op under torch.func", _UNDER_GRAD_RNN),
     ("RNNCell", "torch.func.jacfwd", "reference (any order)", {"reference:rnn"}),
     ("RNNCell", "torch.compile", "custom op", {"graph:fastrnn::recurrence"}),
@@ -288,7 +288,6 @@ def spies(monkeypatch):
 
         monkeypatch.setattr(owner, name, spy)
 
-    watch_function(autograd, "rnn_recurrence_ref", "reference:rnn")
     watch_function(reference, "rnn_recurrence_ref", "reference:rnn")
     watch_function(gated_reference, "gru_recurrence_ref", "reference:gru")
     watch_function(gated_reference, "lstm_recurrence_ref", "reference:lstm")
