@@ -186,19 +186,25 @@ def traced(x: Tensor) -> bool:
     return torch.compiler.is_compiling() or type(x) is not Tensor or torch._C._get_tracing_state() is not None
 
 
+# Bound once: each costs an attribute walk per call otherwise, and a plain eager call asks all of them. The same
+# function objects, so dynamo still recognises them.
+_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state
+_transforms_active = torch._C._are_functorch_transforms_active
+_any_autocast = torch._C._is_any_autocast_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
 def _eager_cpp_call(input: Tensor) -> bool:
+    """Whether this is a plain eager call the C++ library can take whole: a plain tensor, no tracer, transform,
+    forward-mode AD (the C++ nodes have no forward-mode rule), autocast or dispatch mode (FlopCounterMode sees
+    ops only), no other backend forced, the library loaded. Per call: every check is a cheap one."""
     forced = forced_backend()
-    if forced and forced != "cpp":
+    if (forced and forced != "cpp") or type(input) is not Tensor or forward_ad._current_level >= 0:
         return False
-    if (
-        type(input) is not Tensor
-        or forward_ad._current_level >= 0  # dual tensors: the C++ nodes have no forward-mode rule
-        or torch.compiler.is_compiling()
-        or torch._C._get_tracing_state() is not None
-        or torch._C._are_functorch_transforms_active()
-        or torch._C._is_any_autocast_enabled()
-        or torch._C._len_torch_dispatch_stack() > 0  # a dispatch mode (FlopCounterMode, ...) sees ops only
-    ):
+    if _is_compiling():  # first of the tracers' checks: dynamo folds it, and never reaches the C calls below
+        return False
+    if _tracing_state() is not None or _transforms_active() or _any_autocast() or _dispatch_modes() > 0:
         return False
     return _BACKENDS["cpp"].unavailable_reason() is None
 
