@@ -245,10 +245,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   auto cn = lstm ? step_buffer({batch, H}, c.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "fastrnn_layer_forward", [&] {
     using T = scalar_t;
-    const int64_t limit = gates == 1 ? kSmallStep : gated_small_limit();
-    const StepWeight<T> sw(w.data_ptr<T>(), true, P, G, rows, limit);
-    const StepWeight<T> swr = proj ? StepWeight<T>(wr.data_ptr<T>(), true, H, P, rows, limit) : StepWeight<T>();
-    const StepWeight<T> sp = fuse ? StepWeight<T>(wi.data_ptr<T>(), true, I, G, rows, limit) : StepWeight<T>();
+    const StepWeight<T> sw(w.data_ptr<T>(), true, P, G, rows);
+    const StepWeight<T> swr = proj ? StepWeight<T>(wr.data_ptr<T>(), true, H, P, rows) : StepWeight<T>();
+    const StepWeight<T> sp = fuse ? StepWeight<T>(wi.data_ptr<T>(), true, I, G, rows) : StepWeight<T>();
     // Zeros stand in for a missing b_hn: a conditional load would keep the gate loop from vectorising.
     std::vector<T> zeros(gates == 3 && !b_hn.has_value() ? H : 0, T(0));
     const auto bh = b_hn.has_value() ? b_hn->contiguous() : at::Tensor();
@@ -311,9 +310,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
   AT_DISPATCH_FLOATING_TYPES(lead.scalar_type(), "fastrnn_layer_backward", [&] {
     using T = scalar_t;
     const int64_t rows = rows_per_thread(batch);
-    const int64_t limit = gates == 1 ? kSmallStep : gated_small_limit();
-    const StepWeight<T> sw(w.data_ptr<T>(), false, G, P, rows, limit);
-    const StepWeight<T> swr = proj ? StepWeight<T>(wr.data_ptr<T>(), false, P, H, rows, limit) : StepWeight<T>();
+    const StepWeight<T> sw(w.data_ptr<T>(), false, G, P, rows);
+    const StepWeight<T> swr = proj ? StepWeight<T>(wr.data_ptr<T>(), false, P, H, rows) : StepWeight<T>();
     Layer<T> L;
     L.H = H, L.P = P, L.W = W, L.w_hh = &sw, L.w_hr = proj ? &swr : nullptr;
     L.y = ptr<T>(yc), L.ws = ptr<T>(wsc);
@@ -346,7 +344,7 @@ void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t b
       return;
     }
   }
-  const StepWeight<T> sw(w, true, H, H, rows_per_thread(batch), kSmallStep);
+  const StepWeight<T> sw(w, true, H, H, rows_per_thread(batch));
   Layer<T> L;
   L.H = H, L.P = H, L.x = xw, L.h0 = h0, L.w_hh = &sw, L.y = y, L.hn = hn;
   with_cell(1, activation, [&](auto kind) {
@@ -358,7 +356,7 @@ template <typename T>
 void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
                              bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh) {
   const Steps s(nullptr, steps, batch);
-  const StepWeight<T> sw(w, false, H, H, rows_per_thread(batch), kSmallStep);
+  const StepWeight<T> sw(w, false, H, H, rows_per_thread(batch));
   Layer<T> L;
   L.H = H, L.P = H, L.y = const_cast<T*>(y), L.w_hh = &sw, L.dy = dy, L.dh = dh, L.dgates = dz;
   with_cell(1, activation, [&](auto kind) {

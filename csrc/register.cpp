@@ -5,7 +5,6 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
 
-#include <array>
 #include <optional>
 #include <vector>
 
@@ -24,15 +23,14 @@ struct Args {
     for (int i : tensors)
       if (!THPVariable_Check(args[i])) return false;
     for (int i : or_none)
-      if (i >= 0 && args[i] != Py_None && !THPVariable_Check(args[i])) return false;
+      if (args[i] != Py_None && !THPVariable_Check(args[i])) return false;
     return true;
   }
-  // i < 0: an argument the binding does not take (an undefined tensor, 0).
-  at::Tensor tensor(int i) const { return i < 0 || args[i] == Py_None ? at::Tensor() : THPVariable_Unpack(args[i]); }
+  at::Tensor tensor(int i) const { return args[i] == Py_None ? at::Tensor() : THPVariable_Unpack(args[i]); }
   std::optional<at::Tensor> optional(int i) const {
     return args[i] == Py_None ? std::nullopt : std::optional<at::Tensor>(THPVariable_Unpack(args[i]));
   }
-  int64_t integer(int i) const { return i < 0 ? 0 : PyLong_AsLongLong(args[i]); }
+  int64_t integer(int i) const { return PyLong_AsLongLong(args[i]); }
   bool flag(int i) const { return PyObject_IsTrue(args[i]) == 1; }
 
   // A module's weights from a Python list (or, with `any_sequence`, any sequence) of tensors.
@@ -115,59 +113,34 @@ PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssi
   END_HANDLE_TH_ERRORS
 }
 
-// Where a whole-call binding finds each argument (-1: not passed; a missing cx is None, proj_size 0).
-struct StackPositions {
-  int nargs, kind, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
-      hidden_size, proj_size;
-};
-struct CellPositions {
-  int nargs, kind, input, hx, cx, parameters;
-};
-
 // stack_if_plain(kind, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
-// hidden_size, proj_size) -> (output, h_n, c_n or None) or None (whole_call.h); also bound as
-// gated_forward_if_plain (kind 3 or 4: gates) and, with its arguments in torch.nn.RNN's order,
-// rnn_forward_if_plain(input, hx, weights, has_biases, num_layers, bidirectional, activation, batch_first,
-// input_size, hidden_size) -> (output, h_n) or None.
-constexpr StackPositions kStackArgs{12, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
-constexpr StackPositions kRnnArgs{10, 6, 0, 1, -1, 2, 3, 4, 5, 7, 8, 9, -1};
-
-template <const StackPositions& P>
+// hidden_size, proj_size) -> (output, h_n, c_n or None) or None (whole_call.h).
 PyObject* stack_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   const Args a{args};
   std::vector<at::Tensor> weights;
-  if (nargs != P.nargs || !a.are({P.input}, {P.hx, P.cx}) || !a.weights(P.weights, weights)) Py_RETURN_NONE;
-  const int64_t kind = a.integer(P.kind), num_layers = a.integer(P.num_layers), input_size = a.integer(P.input_size),
-                hidden_size = a.integer(P.hidden_size), proj_size = a.integer(P.proj_size);
+  if (nargs != 12 || !a.are({1}, {2, 3}) || !a.weights(4, weights)) Py_RETURN_NONE;
+  const int64_t kind = a.integer(0), num_layers = a.integer(6), input_size = a.integer(9),
+                hidden_size = a.integer(10), proj_size = a.integer(11);
   if (PyErr_Occurred()) return nullptr;
-  if (P.cx < 0 && kind != 0 && kind != 1) Py_RETURN_NONE;
-  const auto out = fastrnn::stack_if_plain(kind, a.tensor(P.input), a.tensor(P.hx), a.tensor(P.cx), weights,
-                                           a.flag(P.has_biases), num_layers, a.flag(P.bidirectional),
-                                           a.flag(P.batch_first), input_size, hidden_size, proj_size);
+  const auto out = fastrnn::stack_if_plain(kind, a.tensor(1), a.tensor(2), a.tensor(3), weights, a.flag(5),
+                                           num_layers, a.flag(7), a.flag(8), input_size, hidden_size, proj_size);
   if (!out.has_value()) Py_RETURN_NONE;
-  return P.cx < 0 ? wrap({(*out)[0], (*out)[1]}) : wrap({(*out)[0], (*out)[1], (*out)[2]});
+  return wrap({(*out)[0], (*out)[1], (*out)[2]});
   END_HANDLE_TH_ERRORS
 }
 
 // cell_if_plain(kind, input, hx, cx, parameters) -> h' or (h', c') (kind 4) or None, `parameters` being the
-// module's _parameters dict (whole_call.h); also bound as gated_cell_if_plain (kind 3 or 4: gates) and, in
-// torch.nn.RNNCell's order, rnn_cell_if_plain(input, hx, parameters, activation) -> h' or None.
-constexpr CellPositions kCellArgs{5, 0, 1, 2, 3, 4};
-constexpr CellPositions kRnnCellArgs{4, 3, 0, 1, -1, 2};
-
-template <const CellPositions& P>
+// module's _parameters dict (whole_call.h).
 PyObject* cell_if_plain_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   const Args a{args};
   at::Tensor w[2];
   std::optional<at::Tensor> b[2];
-  if (nargs != P.nargs || !a.are({P.input}, {P.hx, P.cx}) || !a.cell_parameters(P.parameters, w, b)) Py_RETURN_NONE;
-  const int64_t kind = a.integer(P.kind);
+  if (nargs != 5 || !a.are({1}, {2, 3}) || !a.cell_parameters(4, w, b)) Py_RETURN_NONE;
+  const int64_t kind = a.integer(0);
   if (PyErr_Occurred()) return nullptr;
-  if (P.cx < 0 && kind != 0 && kind != 1) Py_RETURN_NONE;
-  const auto out = fastrnn::cell_if_plain(kind, a.tensor(P.input), a.tensor(P.hx), a.tensor(P.cx), w[0], w[1], b[0],
-                                          b[1]);
+  const auto out = fastrnn::cell_if_plain(kind, a.tensor(1), a.tensor(2), a.tensor(3), w[0], w[1], b[0], b[1]);
   if (!out.has_value()) Py_RETURN_NONE;
   return kind == 4 ? wrap({(*out)[0], (*out)[1]}) : THPVariable_Wrap((*out)[0]);
   END_HANDLE_TH_ERRORS
@@ -180,12 +153,8 @@ constexpr PyCFunction fastcall() {
 
 // Each binding's usage is in the comment above its function.
 PyMethodDef methods[] = {
-    {"stack_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL, "RNN / GRU / LSTM call, or None"},
-    {"cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL, "RNN / GRU / LSTM cell step, or None"},
-    {"rnn_forward_if_plain", fastcall<stack_if_plain_py<kRnnArgs>>(), METH_FASTCALL, "RNN call, or None"},
-    {"gated_forward_if_plain", fastcall<stack_if_plain_py<kStackArgs>>(), METH_FASTCALL, "GRU / LSTM call, or None"},
-    {"rnn_cell_if_plain", fastcall<cell_if_plain_py<kRnnCellArgs>>(), METH_FASTCALL, "RNNCell step, or None"},
-    {"gated_cell_if_plain", fastcall<cell_if_plain_py<kCellArgs>>(), METH_FASTCALL, "GRU / LSTM cell step, or None"},
+    {"stack_if_plain", fastcall<stack_if_plain_py>(), METH_FASTCALL, "RNN / GRU / LSTM call, or None"},
+    {"cell_if_plain", fastcall<cell_if_plain_py>(), METH_FASTCALL, "RNN / GRU / LSTM cell step, or None"},
     {"rnn_stack_forward", fastcall<rnn_stack_forward_py>(), METH_FASTCALL, "RNN stack without autograd"},
     {"rnn_cell", fastcall<rnn_cell_py>(), METH_FASTCALL, "fastrnn::rnn_cell without the op call's boxing"},
     {nullptr, nullptr, 0, nullptr}};

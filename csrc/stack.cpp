@@ -20,7 +20,7 @@
 #include <tuple>
 #include <vector>
 
-#include "blas.h"
+#include "brgemm_gemm.h"
 #include "rnn_cpu.h"
 #include "saved_inputs.h"
 #include "step_buffers.h"
@@ -29,7 +29,7 @@
 namespace fastrnn {
 namespace {
 
-// Below this many multiply-adds the Elman projection is one vectorised dot per output; above, one BLAS GEMM.
+// Below this many multiply-adds the Elman projection is one vectorised dot per output; above, one GEMM (mm_nn's).
 constexpr int64_t kSmallProjection = 64 * 64 * 8;
 
 // A checked stack call: L layers, D directions, `per_direction` weights each (w_ih, w_hh[, b_ih, b_hh][, w_hr]),
@@ -145,18 +145,12 @@ void project(const T* x, int64_t rows, int64_t I, const T* w_ih, const T* b_ih, 
     bias.assign(H, T(0));
     for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
   }
-  const bool small = rows * I * H <= kSmallProjection;
-  if (!small && !bias.empty()) {
-    for (int64_t r = 0; r < rows; ++r) std::copy(bias.begin(), bias.end(), out + r * H);
-  }
-  if (small) {
-    rows_times_wt(x, rows, I, w_ih, H, out, false);
-    if (!bias.empty()) {
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < H; ++j) out[r * H + j] += bias[j];
-    }
-  } else {
-    gemm_rowmajor<T>(rows, H, I, x, I, w_ih, I, true, bias.empty() ? T(0) : T(1), out, H);
+  const T* b = bias.empty() ? nullptr : bias.data();
+  if (rows * I * H > kSmallProjection) return gemm_nn_bias<T>(rows, H, I, x, I, w_ih, I, true, b, out, H);
+  rows_times_wt(x, rows, I, w_ih, H, out, false);
+  if (b != nullptr) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < H; ++j) out[r * H + j] += bias[j];
   }
 }
 

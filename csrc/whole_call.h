@@ -1,8 +1,7 @@
 // The whole-call entries over every cell, as fastrnn._C.stack_if_plain / cell_if_plain bind them. kind: 0 (RNN
 // tanh), 1 (RNN relu), 3 (GRU), 4 (LSTM). Each takes the module's own arguments, does its preamble (unbatched
 // input, batch_first, a missing state), and returns nullopt for anything not plainly well-formed: the caller
-// then runs torch's checks and path. They replace rnn_cpu.h's rnn_forward_if_plain, gated_forward_if_plain,
-// rnn_cell_if_plain and gated_cell_if_plain (the Python bindings of those names call these).
+// then runs torch's checks and path.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -137,7 +137,7 @@ def run_grid(mod) -> dict:
 
 
 def run_entries(mod, c: Case, key: str, H: int, IN: int) -> dict:
-    """The whole-call and one-step entries (stack.cpp, cell.cpp: stack_if_plain, cell_if_plain and their aliases)."""
+    """The whole-call and one-step entries (stack.cpp, cell.cpp: stack_if_plain, cell_if_plain)."""
     out = {}
     B = c.batch
     x = c.randn(STEPS, B, IN)
@@ -149,25 +149,26 @@ def run_entries(mod, c: Case, key: str, H: int, IN: int) -> dict:
             got = mod.rnn_stack_forward(x, hx, weights[:8], None, True, 1, True, act)
         out[f"{key}/rnn_stack{act}"] = [fingerprint(t) for t in got]
         params = [w.clone().requires_grad_() for w in weights[:4]]
-        got = mod.rnn_forward_if_plain(x, hx[:1], params, True, 1, False, act, False, IN, H)
+        got = mod.stack_if_plain(act, x, hx[:1], None, params, True, 1, False, False, IN, H, 0)
         if got is not None:
+            got = got[:2]  # c_n is None
             (got[0].sum() + got[1].sum()).backward()
             out[f"{key}/rnn_plain{act}"] = [fingerprint(t) for t in got] + [fingerprint(p.grad) for p in params]
         cell = {"weight_ih": params[0], "weight_hh": params[1], "bias_ih": params[2], "bias_hh": params[3]}
         with torch.no_grad():
-            out[f"{key}/rnn_cell{act}"] = [fingerprint(mod.rnn_cell_if_plain(x[0], hx[0], cell, act))]
+            out[f"{key}/rnn_cell{act}"] = [fingerprint(mod.cell_if_plain(act, x[0], hx[0], None, cell))]
     for gates in (3, 4):
         G = gates * H
         weights = [c.randn(G, IN, scale=IN**-0.5), c.randn(G, H, scale=H**-0.5), c.randn(G), c.randn(G)]
         h0, c0 = c.randn(1, B, H), c.randn(1, B, H)
         with torch.no_grad():
-            got = mod.gated_forward_if_plain(gates, x, h0, c0 if gates == 4 else None, weights, True, 1, False,
-                                             False, IN, H, 0)
+            got = mod.stack_if_plain(gates, x, h0, c0 if gates == 4 else None, weights, True, 1, False, False, IN,
+                                     H, 0)
         if got is not None:
             out[f"{key}/gated_plain{gates}"] = [fingerprint(t) for t in got]
         params = {"weight_ih": weights[0].clone().requires_grad_(), "weight_hh": weights[1].clone().requires_grad_(),
                   "bias_ih": weights[2], "bias_hh": weights[3]}
-        got = mod.gated_cell_if_plain(gates, x[0], h0[0], c0[0] if gates == 4 else None, params)
+        got = mod.cell_if_plain(gates, x[0], h0[0], c0[0] if gates == 4 else None, params)
         if got is not None:
             got = got if isinstance(got, tuple) else (got,)
             sum(t.sum() for t in got).backward()

@@ -1,4 +1,4 @@
-"""GRUCell / LSTMCell steps: one C++ call with one C++ autograd node (``fastrnn._C.gated_cell_if_plain``,
+"""GRUCell / LSTMCell steps: one C++ call with one C++ autograd node (``fastrnn._C.cell_if_plain``,
 csrc/cell.cpp), torch's cell kernel for what that call declines, the layer op's path with
 ``FASTRNN_BACKEND`` set."""
 

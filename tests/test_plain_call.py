@@ -1,5 +1,5 @@
-"""The one-C++-call entries of the layer classes: fastrnn.RNN's (csrc/stack.cpp,
-``fastrnn._C.rnn_forward_if_plain``) and GRU / LSTM's (the same ``stack_if_plain``).
+"""The one-C++-call entry of the layer classes (csrc/stack.cpp, ``fastrnn._C.stack_if_plain``): fastrnn.RNN's
+(kinds 0 and 1) and GRU / LSTM's (3 and 4).
 
 A plain eager call of ``fastrnn.RNN`` on CPU tensors (padded, batch-first or unbatched input, no dropout
 to draw) runs whole in C++ (issue 12): without gradients as a plain stack, with gradients as one C++
@@ -23,7 +23,15 @@ import fastrnn
 from tests.family import GRU, LAYER_CLASSES, Spec, params
 from tests.test_errors import _outcome
 
-plain = pytest.importorskip("fastrnn._C").rnn_forward_if_plain
+_stack_if_plain = pytest.importorskip("fastrnn._C").stack_if_plain
+
+
+def plain(x, hx, weights, has_biases, num_layers, bidirectional, activation, batch_first, input_size, hidden_size):
+    """fastrnn.RNN's call of the entry in torch.nn.RNN's argument order (kind = activation, no cx, no
+    projection): ``(output, h_n)`` or None."""
+    out = _stack_if_plain(activation, x, hx, None, weights, has_biases, num_layers, bidirectional, batch_first,
+                          input_size, hidden_size, 0)
+    return None if out is None else out[:2]
 
 # Where each family's modules get their C++ entry (the name of its cached getter, the getter's module).
 ENTRIES = {"rnn": ("_stack_if_plain",), "gru": ("_stack_if_plain",), "lstm": ("_stack_if_plain",)}

@@ -119,7 +119,12 @@ def test_cell_loop_training_matches_torch():
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-11)
 
 
-cell_if_plain = pytest.importorskip("fastrnn._C").rnn_cell_if_plain
+_cell_if_plain = pytest.importorskip("fastrnn._C").cell_if_plain
+
+
+def cell_if_plain(x, h, parameters, activation):
+    """RNNCell's call of the entry in torch.nn.RNNCell's argument order (kind = activation, no cx): h' or None."""
+    return _cell_if_plain(activation, x, h, None, parameters)
 
 
 def test_module_takes_the_one_call_entry_for_plain_calls(entry_calls):

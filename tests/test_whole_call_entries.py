@@ -1,12 +1,14 @@
 """The unified whole-call bindings ``fastrnn._C.stack_if_plain(kind, ...)`` and ``cell_if_plain(kind, ...)``
 (csrc/whole_call.h; kind 0 / 1 RNN tanh / relu, 3 GRU, 4 LSTM) against torch's modules on the same float64
 weights: every layout the module preamble handles (batch-first, unbatched, a missing state), the gradients
-of a recorded call, the calls they decline, and the old per-family bindings giving the same numbers."""
+of a recorded call, the calls they decline, and the module's call of them giving the same numbers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+import fastrnn
 
 _C = pytest.importorskip("fastrnn._C")
 KINDS = {0: ("RNN", {"nonlinearity": "tanh"}), 1: ("RNN", {"nonlinearity": "relu"}), 3: ("GRU", {}), 4: ("LSTM", {})}
@@ -99,17 +101,17 @@ def test_stack_entry_declines_what_torch_must_check():
 
 
 @pytest.mark.parametrize("kind", list(KINDS), ids=[f"kind{k}" for k in KINDS])
-def test_old_stack_bindings_are_the_same_call(kind):
+def test_module_plain_call_is_the_stack_binding(kind):
+    """What fastrnn's module sends the binding (``_plain_call``, fastrnn/modules.py) gives the direct call's bits; the
+    per-family bindings (rnn_forward_if_plain, gated_forward_if_plain) that this replaced are gone."""
     theirs = _modules(kind, False, num_layers=2)
+    ours = getattr(fastrnn, KINDS[kind][0]).from_torch(theirs)
     x = torch.randn(T, B, IN, dtype=torch.float64)
     args = _stack_args(kind, theirs, x, (None, None) if kind == 4 else None)
     with torch.no_grad():
         new = _C.stack_if_plain(*args)
-        if kind in (0, 1):
-            old = _C.rnn_forward_if_plain(x, None, args[4], True, 2, False, kind, False, IN, H)
-        else:
-            old = _C.gated_forward_if_plain(*args)
-    assert len(old) == (2 if kind in (0, 1) else 3)
+        old = ours._plain_call(x, None, None)
+    assert len(old) == 3 and (old[2] is None) == (kind != 4)  # c_n: LSTM only
     for o, n in zip(old, new):
         assert (o is None and n is None) or torch.equal(o, n)
 
