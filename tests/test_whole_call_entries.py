@@ -102,17 +102,17 @@ def test_stack_entry_declines_what_torch_must_check():
 
 @pytest.mark.parametrize("kind", list(KINDS), ids=[f"kind{k}" for k in KINDS])
 def test_module_plain_call_is_the_stack_binding(kind):
-    """What fastrnn's module sends the binding (``_plain_call``, fastrnn/modules.py) gives the direct call's bits; the
-    per-family bindings (rnn_forward_if_plain, gated_forward_if_plain) that this replaced are gone."""
+    """A plain module call (``_Recurrent._eager_forward``, fastrnn/modules.py) gives the direct binding call's bits;
+    the per-family bindings (rnn_forward_if_plain, gated_forward_if_plain) that this replaced are gone."""
     theirs = _modules(kind, False, num_layers=2)
     ours = getattr(fastrnn, KINDS[kind][0]).from_torch(theirs)
     x = torch.randn(T, B, IN, dtype=torch.float64)
     args = _stack_args(kind, theirs, x, (None, None) if kind == 4 else None)
     with torch.no_grad():
         new = _C.stack_if_plain(*args)
-        old = ours._plain_call(x, None, None)
-    assert len(old) == 3 and (old[2] is None) == (kind != 4)  # c_n: LSTM only
-    for o, n in zip(old, new):
+        output, state = ours(x)
+    assert len(new) == 3 and (new[2] is None) == (kind != 4)  # c_n: LSTM only
+    for o, n in zip((output, *(state if kind == 4 else (state, None))), new):
         assert (o is None and n is None) or torch.equal(o, n)
 
 
