@@ -15,7 +15,7 @@ import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastrnn.backends import select_backend, traced
+from fastrnn.backends import traced
 from fastrnn.ops import (  # noqa: F401  (re-exported: the gated ops' names before the family shared one generator)
     GRU,
     LSTM,
@@ -24,6 +24,7 @@ from fastrnn.ops import (  # noqa: F401  (re-exported: the gated ops' names befo
     Recurrence,
     _GRUUnderTransforms,
     _LSTMUnderTransforms,
+    _use_cpp,
     differentiate_reference,
     differentiated,
     gru_recurrence,
@@ -35,11 +36,6 @@ from fastrnn.ops import (  # noqa: F401  (re-exported: the gated ops' names befo
     run_recurrence,
     state_weight_grad,
 )
-
-
-def _use_cpp(x: Tensor) -> bool:
-    """Whether the backend chooser runs the gated ops on ``x`` in C++ (else the reference)."""
-    return select_backend(x, "GRU/LSTM").name == "cpp"
 
 
 def _gru_layer_saved(h0: Tensor, w_hh: Tensor, b_hn: Optional[Tensor]) -> tuple[tuple, tuple]:

@@ -64,12 +64,17 @@ def state_weight_grad(dg: Tensor, y: Tensor, h0: Tensor, batch_sizes: Optional[T
     return dg.t().mm(torch.cat([y, h0]).index_select(0, index))  # [N, P] previous states
 
 
+def _use_cpp(x: Tensor) -> bool:
+    """Whether the backend chooser runs the gated ops on ``x`` in C++ (else the reference)."""
+    return select_backend(x, "GRU/LSTM").name == "cpp"
+
+
 def _cpp_or_reference(cpp_op: str, reference: Callable) -> Callable:
     """A GRU / LSTM kernel: the C++ op ``fastrnn::<cpp_op>`` where the backend chooser picks cpp, else
     ``reference``; both take the op's arguments."""
 
     def run(*args):
-        if select_backend(args[0], "GRU/LSTM").name == "cpp":
+        if _use_cpp(args[0]):
             return getattr(torch.ops.fastrnn, cpp_op)(*args)
         return reference(*args)
 
@@ -216,7 +221,7 @@ def _gated_infer(cpp: str, reference: Callable) -> Callable:
     """``fwd`` without the workspace: the C++ inference op (given no ``W_ih``), or the reference."""
 
     def run(xw, *rest):
-        if select_backend(xw, "GRU/LSTM").name == "cpp":
+        if _use_cpp(xw):
             return getattr(torch.ops.fastrnn, f"{cpp}_infer")(xw, None, None, *rest)
         return reference(xw, *rest)[:-1]
 
