@@ -136,8 +136,6 @@ def _exporting_onnx() -> bool:
 def _fx_leaf(module: nn.Module, input, hx):
     """Under torch.fx.symbolic_trace the module is one ``call_module`` node, as torch's own RNNs are (fx
     treats only modules defined in torch.nn as leaves by default)."""
-    if not isinstance(input, torch.fx.Proxy):
-        return None
     tracer = input.tracer
     args = (input,) if hx is None else (input, hx)
     return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
@@ -518,14 +516,13 @@ class _Cell(TorchConversion, nn.RNNCellBase):
     def _step(self, input: Tensor, hx: Optional[list[Tensor]]) -> list[Tensor]:
         """torch's forward for input ``(N, H_in)`` or ``(H_in)`` and ``hx`` as a list of the cell's states
         (``(N, H_out)`` or ``(H_out)``): the same checks, messages and zero states. Returns the new states."""
-        name = self._name()
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+            raise ValueError(f"{self._name()}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
             for idx, value in enumerate(hx):
                 if value.dim() not in (1, 2):
                     what = f"hx[{idx}]" if self._states == 2 else "hidden"
-                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {value.dim()}D instead")
+                    raise ValueError(f"{self._name()}: Expected {what} to be 1D or 2D, got {value.dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
