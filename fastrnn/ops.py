@@ -26,7 +26,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastrnn import gated_reference as gref
 from fastrnn import reference as ref
 from fastrnn._cpp import on_load
 from fastrnn.backends import needs_any_order, select_backend, traced
@@ -250,11 +249,11 @@ GRU = Recurrence(
            "-> (Tensor, Tensor, Tensor)",
     backward_schema="(Tensor dy, Tensor dh_n, Tensor y, Tensor ws, Tensor h0, Tensor w_hh, Tensor? batch_sizes, "
                     "bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor)",
-    fwd=_cpp_or_reference("gru_fwd", lambda *a: gref.gru_recurrence_ref(*a)),
-    bwd=_cpp_or_reference("gru_bwd", lambda *a: gref.gru_recurrence_bwd_ref(*a[:-1])),
-    reference=lambda *a: gref.gru_recurrence_ref(*a),
+    fwd=_cpp_or_reference("gru_fwd", lambda *a: ref.gru_recurrence_ref(*a)),
+    bwd=_cpp_or_reference("gru_bwd", lambda *a: ref.gru_recurrence_bwd_ref(*a[:-1])),
+    reference=lambda *a: ref.gru_recurrence_ref(*a),
     fake=_gru_fake, fake_backward=_gru_fake_backward, grads=_gru_grads,
-    infer=_gated_infer("gru", lambda *a: gref.gru_recurrence_ref(*a)),
+    infer=_gated_infer("gru", lambda *a: ref.gru_recurrence_ref(*a)),
 )
 
 LSTM = Recurrence(
@@ -263,11 +262,11 @@ LSTM = Recurrence(
            "-> (Tensor, Tensor, Tensor, Tensor)",
     backward_schema="(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor ws, Tensor c0, Tensor w_hh, Tensor? w_hr, "
                     "Tensor? batch_sizes, bool reverse, bool need_dh0) -> (Tensor, Tensor, Tensor, Tensor)",
-    fwd=_cpp_or_reference("lstm_fwd", lambda *a: gref.lstm_recurrence_ref(*a)),
-    bwd=_cpp_or_reference("lstm_bwd", lambda *a: gref.lstm_recurrence_bwd_ref(*a[:-1])),
-    reference=lambda *a: gref.lstm_recurrence_ref(*a),
+    fwd=_cpp_or_reference("lstm_fwd", lambda *a: ref.lstm_recurrence_ref(*a)),
+    bwd=_cpp_or_reference("lstm_bwd", lambda *a: ref.lstm_recurrence_bwd_ref(*a[:-1])),
+    reference=lambda *a: ref.lstm_recurrence_ref(*a),
     fake=_lstm_fake, fake_backward=_lstm_fake_backward, grads=_lstm_grads,
-    infer=_gated_infer("lstm", lambda *a: gref.lstm_recurrence_ref(*a)),
+    infer=_gated_infer("lstm", lambda *a: ref.lstm_recurrence_ref(*a)),
 )
 
 
