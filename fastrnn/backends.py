@@ -209,13 +209,6 @@ def _eager_cpp_call(input: Tensor) -> bool:
     return _BACKENDS["cpp"].unavailable_reason() is None
 
 
-def fused_cell_takes(input: Tensor) -> bool:
-    """Whether ``RNNCell`` runs its step as the one C++ op ``fastrnn::rnn_cell``: plain eager calls, with the
-    C++ library loaded and no other backend forced; else through the recurrence op like ``RNN``. Per call,
-    so every check here is a cheap one."""
-    return _eager_cpp_call(input)
-
-
 def stack_forward_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
     """Whether ``RNN`` runs its whole stack in one C++ call with no autograd: eager CPU float32/float64 calls
     that record no gradient (inference). Dropout is the caller's to rule out."""
