@@ -32,7 +32,7 @@ from torch import Tensor
 
 from fastrnn import reference as ref
 from fastrnn._cpp import on_load
-from fastrnn.backends import needs_any_order, select_backend, traced
+from fastrnn.backends import differentiated, needs_any_order, select_backend, traced
 from fastrnn.flops import register_flop_formulas
 from fastrnn.reference import ACTIVATIONS
 
@@ -515,11 +515,6 @@ _ENTRIES = {"RNN": _rnn_entry, "GRU": _gru_entry, "LSTM": _lstm_entry}
 
 
 # --- entries --------------------------------------------------------------------------------------------
-
-
-def differentiated(*tensors: Optional[Tensor]) -> bool:
-    """Whether autograd will record this call: otherwise the op need not save anything for a backward."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def rnn_recurrence(
