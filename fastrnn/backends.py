@@ -209,23 +209,16 @@ def _eager_cpp_call(input: Tensor) -> bool:
     return _BACKENDS["cpp"].unavailable_reason() is None
 
 
-def fused_cell_takes(input: Tensor) -> bool:
-    """Whether ``RNNCell`` runs its step as the one C++ op ``fastrnn::rnn_cell``: plain eager calls, with the
-    C++ library loaded and no other backend forced; else through the recurrence op like ``RNN``. Per call,
-    so every check here is a cheap one."""
-    return _eager_cpp_call(input)
+def differentiated(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will record this call: otherwise the op need not save anything for a backward."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def stack_forward_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
     """Whether ``RNN`` runs its whole stack in one C++ call with no autograd: eager CPU float32/float64 calls
     that record no gradient (inference). Dropout is the caller's to rule out."""
-    if input.device.type != "cpu" or input.dtype not in CppBackend.dtypes or not _eager_cpp_call(input):
-        return False
-    if torch.is_grad_enabled() and (
-        input.requires_grad or hx.requires_grad or any(w.requires_grad for w in weights)
-    ):
-        return False
-    return True
+    cpu = input.device.type == "cpu" and input.dtype in CppBackend.dtypes
+    return cpu and _eager_cpp_call(input) and not differentiated(input, hx, *weights)
 
 
 def select_backend(x: Tensor, family: str = "RNN") -> Backend:

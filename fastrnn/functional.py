@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastrnn import gated_ops
+from fastrnn import ops
 from fastrnn.ops import rnn_recurrence
 
 
@@ -86,15 +86,15 @@ def layer(
             y, h, _ = torch.ops.fastrnn.gru_recurrence(F.linear(x, w_ih, bias), states[0], w_hh, b_hn, batch_sizes,
                                                        reverse)
         else:  # the C++ layer ops where they run (one inference op, or one node owning the projection)
-            y, h = gated_ops.gru_layer(x, w_ih, bias, states[0], w_hh, b_hn, batch_sizes, reverse)
+            y, h = ops.layer(ops.GRU, x, w_ih, bias, states[0], w_hh, b_hn, batch_sizes, reverse)
         return y, [h]
     if mode == "LSTM":
         if torch.jit.is_scripting():
             y, h, c, _ = torch.ops.fastrnn.lstm_recurrence(F.linear(x, w_ih, _summed(b_ih, b_hh)), states[0],
                                                            states[1], w_hh, w_hr, batch_sizes, reverse)
         else:
-            y, h, c = gated_ops.lstm_layer(x, w_ih, _summed(b_ih, b_hh), states[0], states[1], w_hh, w_hr,
-                                           batch_sizes, reverse)
+            y, h, c = ops.layer(ops.LSTM, x, w_ih, _summed(b_ih, b_hh), states[0], states[1], w_hh, w_hr,
+                                batch_sizes, reverse)
         return y, [h, c]
     xw = F.linear(x, w_ih, _summed(b_ih, b_hh))
     if torch.jit.is_scripting():  # the custom op, with its registered autograd
@@ -227,7 +227,7 @@ def gru_cell(
     xw = F.linear(input, w_ih, bias).unsqueeze(0)
     if torch.jit.is_scripting():
         return torch.ops.fastrnn.gru_recurrence(xw, hx, w_hh, b_hn, None, False)[1]
-    return gated_ops.gru_recurrence(xw, hx, w_hh, b_hn)[1]
+    return ops.gru_recurrence(xw, hx, w_hh, b_hn)[1]
 
 
 def lstm_cell(
@@ -243,5 +243,5 @@ def lstm_cell(
     if torch.jit.is_scripting():
         _, h_n, c_n, _ = torch.ops.fastrnn.lstm_recurrence(xw, hx[0], hx[1], w_hh, None, None, False)
         return h_n, c_n
-    _, h_n, c_n = gated_ops.lstm_recurrence(xw, hx[0], hx[1], w_hh)
+    _, h_n, c_n = ops.lstm_recurrence(xw, hx[0], hx[1], w_hh)
     return h_n, c_n

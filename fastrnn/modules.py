@@ -12,7 +12,8 @@ class). Where each call goes (the routes): ARCHITECTURE.md.
 """
 
 import functools
-from typing import Optional, overload
+import importlib
+from typing import Callable, Optional, overload
 
 import torch
 from torch import _VF, Tensor, nn
@@ -23,7 +24,6 @@ from fastrnn.backends import (
     CppBackend,
     _eager_cpp_call,
     forced_backend,
-    fused_cell_takes,
     needs_any_order,
     stack_forward_takes,
 )
@@ -80,45 +80,27 @@ def _op_takes(input: Tensor, states: list[Tensor], weights: list[Tensor], batch_
     return _packed_fast_path_takes(batch_sizes, input.size(0))
 
 
-@functools.cache
-def _rnn_cell_op():
-    """The built extension's direct binding of ``fastrnn::rnn_cell`` (a few microseconds less a call than the
-    generic op call), or the op itself when the library was compiled on first use. Resolved once."""
-    try:
-        from fastrnn._C import rnn_cell
-    except ImportError:
-        return torch.ops.fastrnn.rnn_cell.default
-    return rnn_cell
+def _built(name: str, fallback: Callable[[], object] = lambda: None) -> Callable[[], object]:
+    """A getter of the built extension's direct binding ``fastrnn._C.<name>``, resolved once (a few microseconds
+    less a call than the generic op call); ``fallback()`` when the library was compiled on first use."""
+
+    @functools.cache
+    def get():
+        try:
+            return getattr(importlib.import_module("fastrnn._C"), name)
+        except (ImportError, AttributeError):
+            return fallback()
+
+    return get
 
 
-@functools.cache
-def _stack_if_plain():
-    """The built extension's whole RNN / GRU / LSTM call (csrc/stack.cpp: ``stack_if_plain``), or None."""
-    try:
-        from fastrnn._C import stack_if_plain
-    except ImportError:
-        return None
-    return stack_if_plain
-
-
-@functools.cache
-def _cell_if_plain():
-    """The built extension's whole RNNCell / GRUCell / LSTMCell step (csrc/cell.cpp: ``cell_if_plain``), or None."""
-    try:
-        from fastrnn._C import cell_if_plain
-    except ImportError:
-        return None
-    return cell_if_plain
-
-
-@functools.cache
-def _stack_forward():
-    """The built extension's no-autograd Elman stack forward (csrc/stack.cpp), else the differentiable path."""
-    try:
-        from fastrnn._C import rnn_stack_forward
-    except ImportError:
-        return _stack_forward_in_python
-    return rnn_stack_forward
+# The whole RNN / GRU / LSTM call (csrc/stack.cpp) and the whole RNNCell / GRUCell / LSTMCell step (csrc/cell.cpp),
+# None without the built extension; the Elman step op fastrnn::rnn_cell; the no-autograd Elman stack forward
+# (csrc/stack.cpp), else the differentiable path.
+_stack_if_plain = _built("stack_if_plain")
+_cell_if_plain = _built("cell_if_plain")
+_rnn_cell_op = _built("rnn_cell", lambda: torch.ops.fastrnn.rnn_cell.default)
+_stack_forward = _built("rnn_stack_forward", lambda: _stack_forward_in_python)
 
 
 def _stack_forward_in_python(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, activation):
@@ -559,7 +541,7 @@ class _Cell(TorchConversion, nn.RNNCellBase):
         w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         elman = self._cell_kind is None
         if not _exporting_onnx():  # under an ONNX exporter: what torch's cell exports
-            if elman and fused_cell_takes(input):
+            if elman and _eager_cpp_call(input):
                 try:
                     return [_rnn_cell_op()(input, states[0], w_ih, w_hh, b_ih, b_hh, _ELMAN_KIND[self.nonlinearity])]
                 except RuntimeError:
