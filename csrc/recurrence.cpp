@@ -194,6 +194,8 @@ bool fuse_projection(int64_t rows, int64_t I, int64_t G, int64_t P, int64_t elem
          rows * P * G <= kZmmSmallStep;
 }
 
+}  // namespace
+
 // ---- the entries ---------------------------------------------------------------------------------------
 
 // The forward ops of every cell (gates 1: Elman with `act`, 3: GRU, 4: LSTM): x is xw [T, B, G] / [N, G], or
@@ -203,8 +205,8 @@ bool fuse_projection(int64_t rows, int64_t I, int64_t G, int64_t P, int64_t elem
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const char* op, int64_t gates, int64_t act, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& b_hn,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save,
-    const std::optional<at::Tensor>& w_ih = std::nullopt, const std::optional<at::Tensor>& bias = std::nullopt) {
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save, const std::optional<at::Tensor>& w_ih,
+    const std::optional<at::Tensor>& bias) {
   const Check check{op};
   const bool lstm = gates == 4, proj = w_hr.has_value();
   const char* x_name = w_ih.has_value() ? "x" : "xw";
@@ -325,8 +327,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
   if (lstm && !proj) second = at::empty({0}, g.options());
   return {dgates, second, dh, dc};
 }
-
-}  // namespace
 
 template <typename T>
 void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t batch, const T* xw, const T* h0,

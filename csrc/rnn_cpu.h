@@ -92,16 +92,21 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
                                                      bool has_biases, int64_t num_layers,
                                                      bool bidirectional, int64_t activation);
 
-// The gated layers' inference ops (recurrence.cpp: fastrnn::gru_infer / lstm_infer): with w_ih, x is the layer
-// input and each step's projection is made in the step kernel where that pays (see layer_input there).
-std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_ih,
-                                                 const std::optional<at::Tensor>& bias, const at::Tensor& h0,
-                                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
-                                                 const std::optional<at::Tensor>& batch_sizes, bool reverse);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& w_ih, const std::optional<at::Tensor>& bias,
-    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse);
+// Every cell's layer forward and backward (recurrence.cpp; what the fastrnn::rnn_* / gru_* / lstm_* ops run, with
+// their argument checks): gates 1 (Elman with `act`), 3 (GRU), 4 (LSTM). The forward returns y, h_n, c_n (LSTM)
+// and, with save, the workspace ws its backward reads; given w_ih, x is the layer input and each step's
+// projection x W_ih^T + bias is made in the step kernel where that pays. The backward returns the gradient of
+// the gates (Elman dz, GRU dxw, LSTM da), GRU dg / LSTM dh_all, dh0 and dc0 (LSTM).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
+    const char* op, int64_t gates, int64_t act, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& b_hn,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save,
+    const std::optional<at::Tensor>& w_ih = std::nullopt, const std::optional<at::Tensor>& bias = std::nullopt);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
+    const char* op, int64_t gates, int64_t act, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+    const at::Tensor& y, const at::Tensor& ws, const at::Tensor& state0, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse,
+    bool need_dh0);
 
 // One RNNCell step with its autograd (cell.cpp): h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh).
 at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
