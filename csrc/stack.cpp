@@ -39,30 +39,6 @@ struct StackShape {
   bool has_biases = false, proj = false;
 };
 
-// The layer x direction walk: y = layer(input, k, reverse) for k = layer * D + d; the directions' outputs
-// are concatenated into the next layer's input. Returns the last layer's.
-template <class Layer>
-at::Tensor over_layers(at::Tensor input, int64_t layers, int64_t directions, const Layer& layer) {
-  for (int64_t l = 0; l < layers; ++l) {
-    if (directions == 1) {
-      input = layer(input, l, false);
-    } else {
-      const at::Tensor forward = layer(input, 2 * l, false);
-      input = at::cat({forward, layer(input, 2 * l + 1, true)}, -1);
-    }
-  }
-  return input;
-}
-
-bool any_requires_grad(const at::Tensor& input, const at::Tensor (&states)[2], const std::vector<at::Tensor>& weights) {
-  if (input.requires_grad()) return true;
-  for (const at::Tensor& s : states)
-    if (s.defined() && s.requires_grad()) return true;
-  for (const auto& w : weights)
-    if (w.requires_grad()) return true;
-  return false;
-}
-
 // Why the stack does not take these arguments, or "" when it does (and *shape then holds the call's shape).
 // x: padded [T, B, I] or packed [N, I]; states[i]: [L * D, B, P] (h) and [L * D, B, H] (c) or undefined.
 // Only cheap shape, dtype and device facts: every value is read later by the kernels, and a refused call is
@@ -227,18 +203,6 @@ struct Gated {
 using Gru = Gated<3>;
 using Lstm = Gated<4>;
 
-// f(cell) for the cell of stack_if_plain's kind (0, 1: Elman; 3: Gru; 4: Lstm).
-template <typename F>
-void with_stack_cell(int64_t kind, const F& f) {
-  if (kind == 3) {
-    f(Gru{});
-  } else if (kind == 4) {
-    f(Lstm{});
-  } else {
-    f(Elman{kind});
-  }
-}
-
 // The whole stack: (output, h_n, c_n or undefined). keep (a recording call): each layer's input, then per
 // direction its y (and a gated cell's ws): what StackFunction's backward reads.
 template <class Cell>
@@ -247,8 +211,7 @@ std::array<at::Tensor, 3> stack_forward(const Cell& cell, const StackShape& s, c
                                         const std::optional<at::Tensor>& batch_sizes,
                                         std::vector<at::Tensor>* keep = nullptr) {
   c10::AutoGradMode no_grad(false);
-  const at::Tensor states[2] = {given[0].defined() ? given[0].contiguous() : given[0],
-                                given[1].defined() ? given[1].contiguous() : given[1]};
+  const at::Tensor states[2] = {dense(given[0]), dense(given[1])};
   at::Tensor finals[2];
   for (int64_t i = 0; i < Cell::kStates; ++i)
     finals[i] = at::empty({s.layers * s.directions, s.batch, i == 0 ? s.P : s.H}, x.options());
@@ -262,8 +225,14 @@ std::array<at::Tensor, 3> stack_forward(const Cell& cell, const StackShape& s, c
     if (ws.defined()) keep->push_back(ws);
     return y;
   };
-  const at::Tensor output = over_layers(x.contiguous(), s.layers, s.directions, layer);
-  return {output, finals[0], finals[1]};
+  // Layer by layer, y = layer(input, k, reverse) for k = layer * D + d; the directions' outputs make the next
+  // layer's input.
+  at::Tensor input = x.contiguous();
+  for (int64_t l = 0; l < s.layers; ++l) {
+    input = s.directions == 1 ? layer(input, l, false)
+                              : at::cat({layer(input, 2 * l, false), layer(input, 2 * l + 1, true)}, -1);
+  }
+  return {input, finals[0], finals[1]};
 }
 
 // out [G, P] = sum over steps of dg_t^T h_{t-1} (h_{-1} = h0; reversed: h_{t+1}, h_T = h0). Two GEMMs, no copy.
@@ -283,11 +252,8 @@ void recurrent_weight_grad(int64_t steps, int64_t batch, int64_t G, int64_t P, c
 template <typename T>
 at::Tensor column_sums(const at::Tensor& m, int64_t rows, int64_t cols, int64_t from, int64_t width) {
   if (rows * width > (1 << 16)) return m.view({rows, cols}).narrow(1, from, width).sum(0);  // threaded
-  at::Tensor out = at::zeros({width}, m.options());
-  T* b = out.data_ptr<T>();
-  const T* p = m.const_data_ptr<T>() + from;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < width; ++j) b[j] += p[r * cols + j];
+  at::Tensor out = at::empty({width}, m.options());
+  sum_rows(m.const_data_ptr<T>() + from, rows, width, out.data_ptr<T>(), cols);
   return out;
 }
 
@@ -302,7 +268,8 @@ void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::va
                     const std::vector<at::Tensor>& saved, int64_t input_size, const std::vector<bool>& wanted,
                     std::vector<at::Tensor>& grads) {
   const int64_t gates = kind == 3 || kind == 4 ? kind : 1, n_states = gates == 4 ? 2 : 1, D = s.directions;
-  const int64_t per_direction = s.per_direction, H = s.H, P = s.P, G = gates * H, per_layer = 1 + D * (gates > 1 ? 2 : 1);
+  const int64_t per_direction = s.per_direction, H = s.H, P = s.P, G = gates * H;
+  const int64_t per_layer = 1 + D * (gates > 1 ? 2 : 1);  // saved: the layer's input, then y (and ws) a direction
   const at::Tensor& y0 = saved[1];
   const int64_t steps = y0.size(0), batch = y0.size(1), rows = steps * batch;
   const auto options = y0.options();
@@ -403,14 +370,15 @@ class StackFunction : public torch::autograd::Function<StackFunction> {
     const at::Tensor given[2] = {state_list[0], n_states > 1 ? state_list[1] : at::Tensor()};
     std::vector<at::Tensor> keep;
     std::array<at::Tensor, 3> out;
-    with_stack_cell(kind, [&](const auto& cell) { out = stack_forward(cell, s, x, given, weights, std::nullopt, &keep); });
+    by_kind<Elman, Gru, Lstm>(
+        kind, [&](const auto& cell) { out = stack_forward(cell, s, x, given, weights, std::nullopt, &keep); });
     // What torch's stack saves (saved_inputs.h): W_ih where the layer's input needs a gradient, the input where
     // a W_ih does, W_hh (and W_hr) where anything in its chain (layer input, states, that direction's weights)
     // does, h0 where a W_hh does (the GRU's backward reads h0 always: else a copy, as torch keeps h0 - n), the
     // LSTM's c0; biases never. The layers' outputs and workspaces always.
     std::vector<at::Tensor> saved_weights(weights.size());
-    bool input_rg = x.requires_grad(), states_rg = false, any_w_hh_rg = false, any_w_ih0_rg = false;
-    for (const at::Tensor& t : state_list) states_rg = states_rg || t.requires_grad();
+    const bool states_rg = any_requires_grad({state_list});
+    bool input_rg = x.requires_grad(), any_w_hh_rg = false, any_w_ih0_rg = false;
     for (int64_t layer = 0; layer < s.layers; ++layer) {
       bool output_rg = false;
       for (int64_t d = 0; d < s.directions; ++d) {
@@ -467,43 +435,28 @@ class StackFunction : public torch::autograd::Function<StackFunction> {
       const std::vector<at::Tensor> all = recompute_inputs(ctx, unpacked);
       const at::Tensor& x = all[0];
       const std::vector<at::Tensor> weights(all.begin() + 1 + n_states, all.end());
-      std::vector<at::Tensor> inputs, outputs, grad_outputs;
-      std::vector<int64_t> where;
-      for (int64_t i = 0; i < inputs_n; ++i) {
-        if (wanted[i]) inputs.push_back(all[i]), where.push_back(i);
-      }
       // torch's own stack, recomputed: gradients of any order are torch's.
       const bool b = s.has_biases, bi = s.directions == 2;
       const int64_t L = s.layers;
-      std::vector<at::Tensor> found_outputs;
+      std::vector<at::Tensor> outputs;
       if (kind == 4) {
         auto [o, h, c] = at::lstm(x, {all[1], all[2]}, weights, b, L, 0.0, false, bi, false);
-        found_outputs = {o, h, c};
+        outputs = {o, h, c};
       } else {
         auto [o, h] = kind == 3      ? at::gru(x, all[1], weights, b, L, 0.0, false, bi, false)
                       : kind == kTanh ? at::rnn_tanh(x, all[1], weights, b, L, 0.0, false, bi, false)
                                       : at::rnn_relu(x, all[1], weights, b, L, 0.0, false, bi, false);
-        found_outputs = {o, h};
+        outputs = {o, h};
       }
-      for (size_t i = 0; i < found_outputs.size(); ++i) {
-        if (grads[i].defined()) outputs.push_back(found_outputs[i]), grad_outputs.push_back(grads[i]);
-      }
-      if (outputs.empty() || inputs.empty()) return result;
-      auto found = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true, create_graph,
-                                         /*allow_unused=*/true);
-      for (size_t j = 0; j < where.size(); ++j) result[where[j]] = found[j];
+      differentiate(outputs, grads, all, wanted, create_graph, result);
       return result;
     }
-    at::Tensor states[2];
-    for (int64_t i = 0; i < n_states; ++i) states[i] = saved[i].defined() ? saved[i].contiguous() : saved[i];
+    const at::Tensor states[2] = {dense(saved[0]), n_states > 1 ? dense(saved[1]) : at::Tensor()};
     const std::vector<at::Tensor> layers(saved.begin() + n_states + count, saved.end());  // contiguous already
-    std::vector<at::Tensor> dense(count);
-    for (int64_t i = 0; i < count; ++i) {
-      const at::Tensor& w = saved[n_states + i];
-      dense[i] = w.defined() ? w.contiguous() : w;
-    }
+    std::vector<at::Tensor> weights(count);
+    for (int64_t i = 0; i < count; ++i) weights[i] = dense(saved[n_states + i]);
     AT_DISPATCH_FLOATING_TYPES(layers[1].scalar_type(), "fastrnn_stack_backward", [&] {
-      stack_backward<scalar_t>(kind, s, grads, states, dense, layers, input_size, wanted, result);
+      stack_backward<scalar_t>(kind, s, grads, states, weights, layers, input_size, wanted, result);
     });
     return result;
   }
@@ -536,7 +489,7 @@ std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at:
       s.H != hidden_size || (proj_size > 0 && s.P != proj_size))
     return std::nullopt;
   std::array<at::Tensor, 3> out;
-  if (at::GradMode::is_enabled() && any_requires_grad(input, states, weights)) {
+  if (at::GradMode::is_enabled() && any_requires_grad({input, states, weights})) {
     // A missing state is zeros that need no gradient; the view ops around the Function are recorded as usual.
     std::vector<at::Tensor> given(Cell::kStates);
     for (int64_t i = 0; i < Cell::kStates; ++i) {
@@ -572,7 +525,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
                                   bidirectional ? 2 : 1, &s);
   TORCH_CHECK(why.empty(), "fastrnn: rnn_stack_forward: ", why);
   if (batch_sizes.has_value()) check_batch_sizes(*batch_sizes, input.size(0), "input");
-  TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad(input, {hx, {}}, weights)),
+  TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad({input, hx, weights})),
               "fastrnn: rnn_stack_forward records no autograd; call it without gradients");
   auto [output, h_n, unused] = stack_forward(Elman{activation}, s, input, {hx, {}}, weights, batch_sizes);
   return {output, h_n};
@@ -585,7 +538,7 @@ std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::
                                                         int64_t proj_size) {
   if (kind != kTanh && kind != kRelu && kind != 3 && kind != 4) return std::nullopt;
   std::optional<std::array<at::Tensor, 3>> out;
-  with_stack_cell(kind, [&](const auto& cell) {
+  by_kind<Elman, Gru, Lstm>(kind, [&](const auto& cell) {
     out = whole_stack(cell, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
                       hidden_size, proj_size);
   });
