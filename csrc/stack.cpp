@@ -275,10 +275,12 @@ void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::va
   const auto options = y0.options();
   // dY: the gradient of the current layer's output [T, B, D * P]; zeros where the caller sent none.
   at::Tensor dY = out_grads[0].defined() ? step_contiguous(out_grads[0]) : at::zeros({steps, batch, D * P}, options);
-  at::Tensor d_final[2], d_state[2];  // the final states' gradients (given or zeros), the initial states'
+  // The final states' gradients (given; else zeros, the Elman's in dh), the initial states'.
+  at::Tensor d_final[2], d_state[2];
   for (int64_t i = 0; i < n_states; ++i) {
     const std::array<int64_t, 3> sizes{s.layers * D, batch, i == 0 ? P : H};
-    d_final[i] = out_grads[1 + i].defined() ? out_grads[1 + i].contiguous() : at::zeros(sizes, options);
+    const at::Tensor& given = out_grads[1 + i];
+    d_final[i] = given.defined() ? given.contiguous() : gates == 1 ? given : at::zeros(sizes, options);
     if (wanted[1 + i]) d_state[i] = at::empty(sizes, options);
   }
   // Uninitialised buffers (a std::vector would zero a [T, B, H] dz first: ~50 ms at T=100, B=64, H=1024).
@@ -306,7 +308,8 @@ void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::va
       const bool reverse = d == 1;
       at::Tensor dgates, dgh, ws;
       if (gates == 1) {
-        std::copy(d_final[0].data_ptr<T>() + k * batch * H, d_final[0].data_ptr<T>() + (k + 1) * batch * H, dh.begin());
+        const T* dh_n = ptr_or_null<T>(d_final[0]);
+        for (int64_t i = 0; i < batch * H; ++i) dh[i] = dh_n != nullptr ? dh_n[k * batch * H + i] : T(0);
         recurrence_backward_raw<T>(steps, batch, dy.data_ptr<T>(), y.data_ptr<T>(), w[1].data_ptr<T>(), H, reverse,
                                    kind, wanted[1], dz_buffer.data_ptr<T>(), dh.data());
         if (wanted[1]) std::copy(dh.begin(), dh.end(), d_state[0].data_ptr<T>() + k * batch * H);
