@@ -212,14 +212,6 @@ struct Lstm {  // ws row: [i, f, g, o, c']
   }
 };
 
-// f(cell) for kind 0 / 1 (Elman tanh / relu), 3 (Gru) or 4 (Lstm).
-template <class F>
-decltype(auto) with_cell(int64_t kind, const F& f) {
-  if (kind == 3) return f(Gru{});
-  if (kind == 4) return f(Lstm{});
-  return f(Elman{kind});
-}
-
 int64_t gates_of(int64_t kind) { return kind >= 3 ? kind : 1; }
 
 // A gradient matmul of the step, d [rows, G]: out[rows, K] = d @ b with b [G, K] (a weight as stored), or
@@ -260,13 +252,8 @@ void backward_raw(const Cell& cell, const CellShape& d, const T* gh, const T* gc
   }
   if (out[3] != nullptr) cell_grad_mm<T>(true, N, G, I, dxw.data(), x, out[3]);
   if (out[4] != nullptr) cell_grad_mm<T>(true, N, G, H, dgp, h, out[4]);
-  if (out[5] != nullptr) sum_rows(dxw.data(), N, G, out[5]);
-  if (out[6] != nullptr) sum_rows(dgp, N, G, out[6]);
-}
-
-template <typename T>
-T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
+  if (out[5] != nullptr) sum_rows(dxw.data(), N, G, out[5], G);
+  if (out[6] != nullptr) sum_rows(dgp, N, G, out[6], G);
 }
 
 at::Tensor value_or_undefined(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
@@ -301,7 +288,6 @@ std::array<at::Tensor, 3> step(int64_t kind, const at::Tensor& input, const at::
     return {z, at::Tensor(), z};
   }
   const CellShape d{N, input.size(1), H, G};
-  const auto dense = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
   const at::Tensor x = dense(input), h = dense(hx), c = dense(cx), wi = dense(w_ih), wh = dense(w_hh),
                    bi = dense(b_ih), bh = dense(b_hh);
   at::Tensor ho = at::empty({N, H}, x.options());
@@ -309,7 +295,7 @@ std::array<at::Tensor, 3> step(int64_t kind, const at::Tensor& input, const at::
   at::Tensor ws = kind >= 3 ? at::empty({N, kind == 4 ? 5 * H : 4 * H}, x.options()) : ho;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastrnn_cell", [&] {
     using T = scalar_t;
-    with_cell(kind, [&](const auto& cell) {
+    by_kind<Elman, Gru, Lstm>(kind, [&](const auto& cell) {
       cell.template forward<T>(d, x.data_ptr<T>(), h.data_ptr<T>(), ptr_or_null<T>(c), wi.data_ptr<T>(),
                                wh.data_ptr<T>(), ptr_or_null<T>(bi), ptr_or_null<T>(bh), ho.data_ptr<T>(),
                                ptr_or_null<T>(co), ws.data_ptr<T>());
@@ -319,7 +305,7 @@ std::array<at::Tensor, 3> step(int64_t kind, const at::Tensor& input, const at::
 }
 
 // The step's autograd node. Inputs x, h, c (Lstm only), w_ih, w_hh, b_ih, b_hh (absent: no bias; not
-// undefined tensors, which Function::apply rejects) and the kind (with_cell); outputs h' (and c').
+// undefined tensors, which Function::apply rejects) and the kind (by_kind); outputs h' (and c').
 // RnnCellFunction and GatedCellFunction are its two names (the Elman cell's, the gated cells').
 template <class Self>
 class CellFunction : public torch::autograd::Function<Self> {
@@ -336,8 +322,7 @@ class CellFunction : public torch::autograd::Function<Self> {
     // What torch's cell saves (saved_inputs.h): each operand of a product only if the other needs a gradient;
     // plus copies of h (Gru: h - n) and c (Lstm: c * f') where torch saves an intermediate made from them
     // instead and the raw backward reads them.
-    const bool any_but_c = x.requires_grad() || h.requires_grad() || w_ih.requires_grad() || w_hh.requires_grad() ||
-                           (b_ih.defined() && b_ih.requires_grad()) || (b_hh.defined() && b_hh.requires_grad());
+    const bool any_but_c = any_requires_grad({x, h, w_ih, w_hh, b_ih, b_hh});
     // saved[i]: whether inputs[i] itself is saved (x, h, c, w_ih, w_hh, b_ih, b_hh).
     const std::vector<bool> saved = {w_ih.requires_grad(), w_hh.requires_grad(), kind != 4 || any_but_c,
                                      x.requires_grad(),    h.requires_grad(),    false, false};
@@ -377,29 +362,17 @@ class CellFunction : public torch::autograd::Function<Self> {
       const bool create_graph = at::GradMode::is_enabled();
       at::AutoGradMode recording(true);
       const std::vector<at::Tensor> inputs = recompute_inputs(ctx, {x, h, c, w_ih, w_hh, {}, {}});
-      std::vector<at::Tensor> outputs, grad_outputs = {gh};
-      with_cell(kind, [&](const auto& cell) {
+      std::vector<at::Tensor> outputs;
+      by_kind<Elman, Gru, Lstm>(kind, [&](const auto& cell) {
         const auto out = cell.torch_step(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], given(inputs[5]),
                                          given(inputs[6]));
         if constexpr (std::decay_t<decltype(cell)>::kLstm) {
           outputs = out;
-          grad_outputs.push_back(gc.defined() ? gc : at::zeros_like(out[1]));
         } else {
           outputs = {out};
         }
       });
-      std::vector<at::Tensor> wrt;
-      std::vector<size_t> where;
-      for (size_t i = 0; i < inputs.size(); ++i) {
-        if (wanted[i] && inputs[i].requires_grad()) {
-          wrt.push_back(inputs[i]);
-          where.push_back(i);
-        }
-      }
-      if (wrt.empty()) return result;
-      auto got = torch::autograd::grad(outputs, wrt, grad_outputs, /*retain_graph=*/true, create_graph,
-                                       /*allow_unused=*/true);
-      for (size_t k = 0; k < where.size(); ++k) result[where[k]] = got[k];
+      differentiate(outputs, {gh, gc}, inputs, wanted, create_graph, result);
       return result;
     }
     const std::vector<std::vector<int64_t>> shapes = {{d.N, d.I}, {d.N, d.H}, {d.N, d.H}, {d.G, d.I},
@@ -407,14 +380,13 @@ class CellFunction : public torch::autograd::Function<Self> {
     for (size_t i = 0; i < 7; ++i) {
       if (present[i] && wanted[i]) result[i] = at::empty(shapes[i], ws.options());
     }
-    const auto dense = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
     const at::Tensor ghc = dense(gh), gcc = dense(gc), xc = dense(x), hc = dense(h), cc = dense(c), wi = dense(w_ih),
                      wh = dense(w_hh), wsc = dense(ws);
     AT_DISPATCH_FLOATING_TYPES(ws.scalar_type(), "fastrnn_cell_backward", [&] {
       using T = scalar_t;
       std::array<T*, 7> out;
       for (size_t i = 0; i < 7; ++i) out[i] = ptr_or_null<T>(result[i]);
-      with_cell(kind, [&](const auto& cell) {
+      by_kind<Elman, Gru, Lstm>(kind, [&](const auto& cell) {
         backward_raw<std::decay_t<decltype(cell)>, T>(cell, d, ghc.data_ptr<T>(), ptr_or_null<T>(gcc),
                                                        ptr_or_null<T>(xc), ptr_or_null<T>(hc), ptr_or_null<T>(cc),
                                                        ptr_or_null<T>(wi), ptr_or_null<T>(wh), wsc.data_ptr<T>(), out);
@@ -479,13 +451,8 @@ at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, cons
                              const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                              const std::optional<at::Tensor>& b_hh, int64_t activation) {
   // With nothing to record, skip Function::apply: it builds a graph node even when it will not keep it.
-  bool record = at::GradMode::is_enabled();
-  if (record) {
-    record = input.requires_grad() || hx.requires_grad() || w_ih.requires_grad() || w_hh.requires_grad() ||
-             (b_ih.has_value() && b_ih->defined() && b_ih->requires_grad()) ||
-             (b_hh.has_value() && b_hh->defined() && b_hh->requires_grad());
-  }
-  if (!record) {
+  if (!at::GradMode::is_enabled() ||
+      !any_requires_grad({input, hx, w_ih, w_hh, value_or_undefined(b_ih), value_or_undefined(b_hh)})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, activation);
   }
@@ -512,11 +479,8 @@ std::optional<std::array<at::Tensor, 2>> cell_if_plain(int64_t kind, const at::T
   const at::Tensor h = state(hx), c = kind == 4 ? state(cx) : at::Tensor();
   const at::Tensor bi = value_or_undefined(b_ih), bh = value_or_undefined(b_hh);
   if (!plain_step_takes(kind, x, h, c, w_ih, w_hh, bi, bh, kind >= 3)) return std::nullopt;
-  bool record = false;
-  for (const at::Tensor* t : {&x, &h, &c, &w_ih, &w_hh, &bi, &bh})
-    record = record || (t->defined() && t->requires_grad());
   std::array<at::Tensor, 2> out;
-  if (record && at::GradMode::is_enabled()) {
+  if (at::GradMode::is_enabled() && any_requires_grad({x, h, c, w_ih, w_hh, bi, bh})) {
     const auto got = kind >= 3 ? GatedCellFunction::apply(x, h, given(c), w_ih, w_hh, given(bi), given(bh), kind)
                                : RnnCellFunction::apply(x, h, given(c), w_ih, w_hh, given(bi), given(bh), kind);
     out = {got[0], kind == 4 ? got[1] : at::Tensor()};

@@ -173,11 +173,6 @@ at::Tensor with_width(const at::Tensor& like, int64_t width) {
   return step_buffer(with_last(like.sizes(), width), like.options());
 }
 
-template <typename T>
-T* ptr(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 // Largest W_ih a forward op projects with step by step: W_ih and W_hh together stay in this CPU's L3 up to
 // H = 512 (4 MB each, float32); at H = 1024 (16 MB each) they do not.
 constexpr int64_t kFusedWeightBytes = int64_t{1} << 23;
@@ -194,6 +189,8 @@ bool fuse_projection(int64_t rows, int64_t I, int64_t G, int64_t P, int64_t elem
          rows * P * G <= kZmmSmallStep;
 }
 
+}  // namespace
+
 // ---- the entries ---------------------------------------------------------------------------------------
 
 // The forward ops of every cell (gates 1: Elman with `act`, 3: GRU, 4: LSTM): x is xw [T, B, G] / [N, G], or
@@ -203,8 +200,8 @@ bool fuse_projection(int64_t rows, int64_t I, int64_t G, int64_t P, int64_t elem
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const char* op, int64_t gates, int64_t act, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& b_hn,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save,
-    const std::optional<at::Tensor>& w_ih = std::nullopt, const std::optional<at::Tensor>& bias = std::nullopt) {
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save, const std::optional<at::Tensor>& w_ih,
+    const std::optional<at::Tensor>& bias) {
   const Check check{op};
   const bool lstm = gates == 4, proj = w_hr.has_value();
   const char* x_name = w_ih.has_value() ? "x" : "xw";
@@ -253,10 +250,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const auto bh = b_hn.has_value() ? b_hn->contiguous() : at::Tensor();
     const auto bc = fuse && bias.has_value() ? bias->contiguous() : at::Tensor();
     Layer<T> L;
-    L.H = H, L.P = P, L.W = W, L.x = xc.data_ptr<T>(), L.I = I, L.h0 = h.data_ptr<T>(), L.c0 = ptr<T>(c);
-    L.proj = fuse ? &sp : nullptr, L.bias = ptr<T>(bc), L.b_hn = bh.defined() ? bh.data_ptr<T>() : zeros.data();
+    L.H = H, L.P = P, L.W = W, L.x = xc.data_ptr<T>(), L.I = I, L.h0 = h.data_ptr<T>(), L.c0 = ptr_or_null<T>(c);
+    L.proj = fuse ? &sp : nullptr, L.bias = ptr_or_null<T>(bc), L.b_hn = bh.defined() ? bh.data_ptr<T>() : zeros.data();
     L.w_hh = &sw, L.w_hr = proj ? &swr : nullptr;
-    L.y = y.data_ptr<T>(), L.ws = ptr<T>(ws), L.hn = hn.data_ptr<T>(), L.cn = ptr<T>(cn);
+    L.y = y.data_ptr<T>(), L.ws = ptr_or_null<T>(ws), L.hn = hn.data_ptr<T>(), L.cn = ptr_or_null<T>(cn);
     if (lstm && !save) std::memcpy(L.cn, L.c0, sizeof(T) * batch * H);  // inference: the running cell state
     with_cell(gates, act, [&](auto kind) {
       run_forward<typename decltype(kind)::template type<T>>(s, batch, L, reverse);
@@ -314,9 +311,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
     const StepWeight<T> swr = proj ? StepWeight<T>(wr.data_ptr<T>(), false, P, H, rows) : StepWeight<T>();
     Layer<T> L;
     L.H = H, L.P = P, L.W = W, L.w_hh = &sw, L.w_hr = proj ? &swr : nullptr;
-    L.y = ptr<T>(yc), L.ws = ptr<T>(wsc);
+    L.y = ptr_or_null<T>(yc), L.ws = ptr_or_null<T>(wsc);
     L.h0 = gru ? s0.data_ptr<T>() : nullptr, L.c0 = lstm ? s0.data_ptr<T>() : nullptr;
-    L.dy = g.data_ptr<T>(), L.dh = dh.data_ptr<T>(), L.dc = ptr<T>(dc), L.dgates = dgates.data_ptr<T>();
+    L.dy = g.data_ptr<T>(), L.dh = dh.data_ptr<T>(), L.dc = ptr_or_null<T>(dc), L.dgates = dgates.data_ptr<T>();
     L.dg = gru ? second.data_ptr<T>() : nullptr, L.dh_all = proj ? second.data_ptr<T>() : nullptr;
     with_cell(gates, act, [&](auto kind) {
       run_backward<typename decltype(kind)::template type<T>>(s, batch, L, reverse, need_dh0);
@@ -325,8 +322,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
   if (lstm && !proj) second = at::empty({0}, g.options());
   return {dgates, second, dh, dc};
 }
-
-}  // namespace
 
 template <typename T>
 void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t batch, const T* xw, const T* h0,
@@ -373,6 +368,7 @@ FASTRNN_INSTANTIATE_RAW(float)
 FASTRNN_INSTANTIATE_RAW(double)
 #undef FASTRNN_INSTANTIATE_RAW
 
+// xw [T, B, H] (batch_sizes empty) or [N, H] (packed); h0 [B, H]; w_hh [H, H]. Returns y (shape of xw), h_n [B, H].
 std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& w_hh,
                                                const std::optional<at::Tensor>& batch_sizes, bool reverse,
                                                int64_t activation) {
@@ -380,6 +376,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::T
   return {y, hn};
 }
 
+// dy and y: shape of xw; dh_n [B, H]. Returns dz (shape of y) and dh0 [B, H]; without need_dh0 the last step's
+// dz W_hh is skipped and dh0 holds no meaningful values.
 std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& y,
                                                const at::Tensor& w_hh, const std::optional<at::Tensor>& batch_sizes,
                                                bool reverse, int64_t activation, bool need_dh0) {
@@ -531,6 +529,8 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("rnn_fwd", &fastrnn::rnn_fwd_cpu);
+  m.impl("rnn_bwd", &fastrnn::rnn_bwd_cpu);
   m.impl("_gated_step_mm", &fastrnn::gated_step_mm_cpu);
   m.impl("gru_fwd", &fastrnn::gru_fwd_cpu);
   m.impl("gru_infer", &fastrnn::gru_infer_cpu);

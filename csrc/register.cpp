@@ -1,5 +1,5 @@
-// Schemas of the fastrnn ops and their CPU kernels. Importing the built module registers them; Python
-// reaches them as torch.ops.fastrnn.rnn_fwd / torch.ops.fastrnn.rnn_bwd.
+// The fastrnn library (the Elman layer ops' schemas; the other files add theirs and every kernel) and the fast
+// Python bindings. Importing the built module registers the ops; Python reaches them as torch.ops.fastrnn.*.
 #include <Python.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -176,9 +176,4 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def(
       "rnn_bwd(Tensor dy, Tensor dh_n, Tensor y, Tensor w_hh, Tensor? batch_sizes, bool reverse, "
       "int activation, bool need_dh0=True) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
-  m.impl("rnn_fwd", &fastrnn::rnn_fwd_cpu);
-  m.impl("rnn_bwd", &fastrnn::rnn_bwd_cpu);
 }

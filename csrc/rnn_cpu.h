@@ -20,20 +20,6 @@ constexpr int64_t kRelu = 1;
 // non-increasing, summing to rows; TORCH_CHECK with the offending step otherwise.
 void check_batch_sizes(const at::Tensor& batch_sizes, int64_t rows, const char* x_name);
 
-// xw [T, B, H] (batch_sizes empty) or [N, H] (packed); h0 [B, H]; w_hh [H, H].
-// Returns y (shape of xw) and h_n [B, H].
-std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::Tensor& h0,
-                                               const at::Tensor& w_hh,
-                                               const std::optional<at::Tensor>& batch_sizes,
-                                               bool reverse, int64_t activation);
-
-// dy and y: shape of xw; dh_n [B, H]. Returns dz (shape of y) and dh0 [B, H]; without need_dh0 the
-// last step's dz W_hh is skipped and dh0 holds no meaningful values.
-std::tuple<at::Tensor, at::Tensor> rnn_bwd_cpu(const at::Tensor& dy, const at::Tensor& dh_n,
-                                               const at::Tensor& y, const at::Tensor& w_hh,
-                                               const std::optional<at::Tensor>& batch_sizes,
-                                               bool reverse, int64_t activation, bool need_dh0);
-
 // The forward recurrence on raw contiguous buffers (recurrence.cpp): xw [T, B, H] or packed [N, H] (batch_sizes
 // nullptr when padded, else `steps` sizes), h0 [B, H], w [H, H]; writes y (shape of xw; may be xw itself,
 // then the recurrence runs in place) and hn [B, H]. Arguments are the caller's to check.
@@ -76,13 +62,20 @@ FASTRNN_INLINE void axpy(T a, const T* __restrict x, T* __restrict y, int64_t n)
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// out[cols] = the sum of rows[r, :] over r < n_rows: a cell step's bias gradient.
+// out[cols] = the sum of rows[r, :cols] over r < n_rows, rows ld apart: a bias gradient.
 template <typename T>
-void sum_rows(const T* rows, int64_t n_rows, int64_t cols, T* out) {
+void sum_rows(const T* rows, int64_t n_rows, int64_t cols, T* out, int64_t ld) {
   std::fill(out, out + cols, T(0));
   for (int64_t r = 0; r < n_rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) out[j] += rows[r * cols + j];
+    for (int64_t j = 0; j < cols; ++j) out[j] += rows[r * ld + j];
 }
+
+// t's data, or nullptr for an undefined t; t made contiguous, or undefined.
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+inline at::Tensor dense(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
 // The whole stack forward without autograd (stack.cpp). weights: per layer and direction
 // w_ih, w_hh[, b_ih, b_hh] in torch.nn.RNN order; hx [L * D, B, H]. Returns output and h_n [L * D, B, H].
@@ -92,16 +85,18 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
                                                      bool has_biases, int64_t num_layers,
                                                      bool bidirectional, int64_t activation);
 
-// The gated layers' inference ops (recurrence.cpp: fastrnn::gru_infer / lstm_infer): with w_ih, x is the layer
-// input and each step's projection is made in the step kernel where that pays (see layer_input there).
-std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std::optional<at::Tensor>& w_ih,
-                                                 const std::optional<at::Tensor>& bias, const at::Tensor& h0,
-                                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn,
-                                                 const std::optional<at::Tensor>& batch_sizes, bool reverse);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& w_ih, const std::optional<at::Tensor>& bias,
-    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
-    const std::optional<at::Tensor>& batch_sizes, bool reverse);
+// Every cell's layer forward and backward with their argument checks, what the layer ops run (recurrence.cpp
+// says what they take and return).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
+    const char* op, int64_t gates, int64_t act, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& b_hn,
+    const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save,
+    const std::optional<at::Tensor>& w_ih = std::nullopt, const std::optional<at::Tensor>& bias = std::nullopt);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
+    const char* op, int64_t gates, int64_t act, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+    const at::Tensor& y, const at::Tensor& ws, const at::Tensor& state0, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes, bool reverse,
+    bool need_dh0);
 
 // One RNNCell step with its autograd (cell.cpp): h' = act(input W_ih^T + b_ih + hx W_hh^T + b_hh).
 at::Tensor rnn_cell_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,

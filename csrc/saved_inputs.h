@@ -61,6 +61,31 @@ inline bool plain_grads(const torch::autograd::variable_list& grads) {
   return true;
 }
 
+// Whether a defined tensor among the groups needs a gradient.
+inline bool any_requires_grad(std::initializer_list<at::TensorList> groups) {
+  for (at::TensorList group : groups)
+    for (const at::Tensor& t : group)
+      if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+// A recomputing backward's last step: the gradients of `outputs` (given `grads`; an undefined one: none) with
+// respect to inputs[i] where wanted[i], into result[i]; recorded where create_graph.
+inline void differentiate(const std::vector<at::Tensor>& outputs, const torch::autograd::variable_list& grads,
+                          const std::vector<at::Tensor>& inputs, const std::vector<bool>& wanted, bool create_graph,
+                          torch::autograd::variable_list& result) {
+  std::vector<at::Tensor> outs, grad_outs, wrt;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < outputs.size(); ++i)
+    if (grads[i].defined()) outs.push_back(outputs[i]), grad_outs.push_back(grads[i]);
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (wanted[i] && inputs[i].defined() && inputs[i].requires_grad()) wrt.push_back(inputs[i]), where.push_back(i);
+  if (outs.empty() || wrt.empty()) return;
+  const auto found = torch::autograd::grad(outs, wrt, grad_outs, /*retain_graph=*/true, create_graph,
+                                           /*allow_unused=*/true);
+  for (size_t j = 0; j < where.size(); ++j) result[where[j]] = found[j];
+}
+
 // `t` if `saved`, else undefined: what save_for_backward gets for a tensor torch's backward would not read.
 inline at::Tensor if_saved(bool saved, const at::Tensor& t) { return saved ? t : at::Tensor(); }
 

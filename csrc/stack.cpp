@@ -4,10 +4,10 @@
 // autograd.Function and no dispatcher per layer: a tiny call (T = 5, B = 1, H = 8) is a few allocations and
 // loops, where it spent ~50 us in Python around a few microseconds of arithmetic.
 //
-// Without autograd every cell runs its layer inference (Elman: the input projection written straight into
-// the output buffer, then the recurrence in place there; Gru / Lstm: gru_infer / lstm_infer, the projection
-// made per step). A recording Elman call runs the same forward in RnnStackFunction, whose backward is C++
-// too; a recording GRU / LSTM call is declined (the caller runs its layer path).
+// Every cell runs its layer forward (Elman: the input projection written straight into the output buffer, then
+// the recurrence in place there; Gru / Lstm: layer_forward, the projection made per step). A recording call
+// runs the same forward in StackFunction, one node for the whole stack whatever the cell, which keeps the gated
+// layers' workspaces and whose backward is C++ too.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/autograd.h>
@@ -38,30 +38,6 @@ struct StackShape {
   int64_t layers = 0, directions = 1, per_direction = 2, batch = 0, H = 0, P = 0;
   bool has_biases = false, proj = false;
 };
-
-// The layer x direction walk: y = layer(input, k, reverse) for k = layer * D + d; the directions' outputs
-// are concatenated into the next layer's input. Returns the last layer's.
-template <class Layer>
-at::Tensor over_layers(at::Tensor input, int64_t layers, int64_t directions, const Layer& layer) {
-  for (int64_t l = 0; l < layers; ++l) {
-    if (directions == 1) {
-      input = layer(input, l, false);
-    } else {
-      const at::Tensor forward = layer(input, 2 * l, false);
-      input = at::cat({forward, layer(input, 2 * l + 1, true)}, -1);
-    }
-  }
-  return input;
-}
-
-bool any_requires_grad(const at::Tensor& input, const at::Tensor (&states)[2], const std::vector<at::Tensor>& weights) {
-  if (input.requires_grad()) return true;
-  for (const at::Tensor& s : states)
-    if (s.defined() && s.requires_grad()) return true;
-  for (const auto& w : weights)
-    if (w.requires_grad()) return true;
-  return false;
-}
 
 // Why the stack does not take these arguments, or "" when it does (and *shape then holds the call's shape).
 // x: padded [T, B, I] or packed [N, I]; states[i]: [L * D, B, P] (h) and [L * D, B, H] (c) or undefined.
@@ -155,7 +131,8 @@ void project(const T* x, int64_t rows, int64_t I, const T* w_ih, const T* b_ih, 
 }
 
 // One layer and direction k of a stack call: x, the layer input, contiguous [T, B, in] or packed [N, in];
-// w, its weights; states, the call's given states (or undefined); finals, where row k of each final state goes.
+// w, its weights; states, the call's given states (or undefined); finals, where row k of each final state goes;
+// ws, where a recording call keeps a gated layer's workspace for its backward (nullptr: inference).
 struct LayerCall {
   const StackShape& s;
   const at::Tensor& x;
@@ -165,12 +142,14 @@ struct LayerCall {
   int64_t k;
   bool reverse;
   const std::optional<at::Tensor>& batch_sizes;
+  at::Tensor* ws;
 };
 
-// The cells: how a LayerCall runs without autograd. Returns y [T, B, P] or [N, P].
+// The cells: how a LayerCall runs. Returns y [T, B, P] or [N, P]. kind: stack_if_plain's.
 struct Elman {
   static constexpr int64_t kGates = 1, kStates = 1;
   int64_t activation;
+  int64_t kind() const { return activation; }
 
   at::Tensor operator()(const LayerCall& c) const {
     const bool packed = c.batch_sizes.has_value();
@@ -198,181 +177,220 @@ struct Elman {
   }
 };
 
-// Gru (3 gates) and Lstm (4): one gru_infer / lstm_infer. The GRU folds b_hh into r and z only: b_hn stays
-// inside the reset product, as torch computes it.
+// Gru (3 gates) and Lstm (4): one layer_forward given the layer input and W_ih. The GRU folds b_hh into r and z
+// only: b_hn stays inside the reset product, as torch computes it.
 template <int64_t Gates>
 struct Gated {
   static constexpr int64_t kGates = Gates, kStates = Gates == 4 ? 2 : 1;
+  int64_t kind() const { return Gates; }
 
   at::Tensor operator()(const LayerCall& c) const {
     const StackShape& s = c.s;
     const at::Tensor h0 = initial_state(c.states[0], c.k, s.batch, s.P, c.x.options());
-    std::optional<at::Tensor> bias, extra;  // extra: the GRU's b_hn, the LSTM's w_hr
+    const at::Tensor c0 = Gates == 4 ? initial_state(c.states[1], c.k, s.batch, s.H, c.x.options()) : at::Tensor();
+    std::optional<at::Tensor> bias, b_hn, w_hr;
     if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], (Gates == 3 ? 2 : 4) * s.H);
-    at::Tensor y, finals[2];
-    if constexpr (Gates == 3) {
-      if (s.has_biases) extra = c.w[3].narrow(0, 2 * s.H, s.H);
-      std::tie(y, finals[0]) = gru_infer_cpu(c.x, c.w[0], bias, h0, c.w[1], extra, c.batch_sizes, c.reverse);
-    } else {
-      if (s.proj) extra = c.w[s.per_direction - 1];
-      const at::Tensor c0 = initial_state(c.states[1], c.k, s.batch, s.H, c.x.options());
-      std::tie(y, finals[0], finals[1]) =
-          lstm_infer_cpu(c.x, c.w[0], bias, h0, c0, c.w[1], extra, c.batch_sizes, c.reverse);
-    }
-    for (int64_t i = 0; i < kStates; ++i) put_final(c.finals[i], c.k, finals[i]);
+    if (Gates == 3 && s.has_biases) b_hn = c.w[3].narrow(0, 2 * s.H, s.H);
+    if (s.proj) w_hr = c.w[s.per_direction - 1];
+    auto [y, h_n, c_n, ws] = layer_forward(Gates == 3 ? "gru_stack" : "lstm_stack", Gates, 0, c.x, h0, c0, c.w[1],
+                                           w_hr, b_hn, c.batch_sizes, c.reverse, c.ws != nullptr, c.w[0], bias);
+    if (c.ws != nullptr) *c.ws = ws;
+    put_final(c.finals[0], c.k, h_n);
+    if (Gates == 4) put_final(c.finals[1], c.k, c_n);
     return y;
   }
 };
 using Gru = Gated<3>;
 using Lstm = Gated<4>;
 
-// The whole stack without autograd: (output, h_n, c_n or undefined). keep: each layer's input, then its
-// y per direction (what RnnStackFunction's backward reads).
+// The whole stack: (output, h_n, c_n or undefined). keep (a recording call): each layer's input, then per
+// direction its y (and a gated cell's ws): what StackFunction's backward reads.
 template <class Cell>
 std::array<at::Tensor, 3> stack_forward(const Cell& cell, const StackShape& s, const at::Tensor& x,
                                         const at::Tensor (&given)[2], const std::vector<at::Tensor>& weights,
                                         const std::optional<at::Tensor>& batch_sizes,
                                         std::vector<at::Tensor>* keep = nullptr) {
   c10::AutoGradMode no_grad(false);
-  const at::Tensor states[2] = {given[0].defined() ? given[0].contiguous() : given[0],
-                                given[1].defined() ? given[1].contiguous() : given[1]};
+  const at::Tensor states[2] = {dense(given[0]), dense(given[1])};
   at::Tensor finals[2];
   for (int64_t i = 0; i < Cell::kStates; ++i)
     finals[i] = at::empty({s.layers * s.directions, s.batch, i == 0 ? s.P : s.H}, x.options());
   const auto layer = [&](const at::Tensor& input, int64_t k, bool reverse) {
     if (keep != nullptr && k % s.directions == 0) keep->push_back(input);
     const at::Tensor* w = weights.data() + k * s.per_direction;
-    at::Tensor y = cell(LayerCall{s, input, w, states, finals, k, reverse, batch_sizes});
+    at::Tensor ws;
+    at::Tensor y = cell(LayerCall{s, input, w, states, finals, k, reverse, batch_sizes,
+                                  keep != nullptr && Cell::kGates > 1 ? &ws : nullptr});
     if (keep != nullptr) keep->push_back(y);
+    if (ws.defined()) keep->push_back(ws);
     return y;
   };
-  const at::Tensor output = over_layers(x.contiguous(), s.layers, s.directions, layer);
-  return {output, finals[0], finals[1]};
+  // Layer by layer, y = layer(input, k, reverse) for k = layer * D + d; the directions' outputs make the next
+  // layer's input.
+  at::Tensor input = x.contiguous();
+  for (int64_t l = 0; l < s.layers; ++l) {
+    input = s.directions == 1 ? layer(input, l, false)
+                              : at::cat({layer(input, 2 * l, false), layer(input, 2 * l + 1, true)}, -1);
+  }
+  return {input, finals[0], finals[1]};
 }
 
-// out [H, H] = sum over steps of dz_t^T h_{t-1} (h_{-1} = h0; reversed: h_{t+1}, h_T = h0). Two GEMMs, no copy.
+// out [G, P] = sum over steps of dg_t^T h_{t-1} (h_{-1} = h0; reversed: h_{t+1}, h_T = h0). Two GEMMs, no copy.
 template <typename T>
-void recurrent_weight_grad(int64_t steps, int64_t batch, int64_t H, const T* dz, const T* y, const T* h0,
+void recurrent_weight_grad(int64_t steps, int64_t batch, int64_t G, int64_t P, const T* dg, const T* y, const T* h0,
                            bool reverse, T* out) {
-  const int64_t step = batch * H;
-  const T* dz_first = dz + (reverse ? (steps - 1) * step : 0);
-  gemm_rowmajor_ex<T>(true, H, H, batch, dz_first, H, h0, H, false, T(0), out, H);
+  const T* dg_first = dg + (reverse ? (steps - 1) * batch * G : 0);
+  gemm_rowmajor_ex<T>(true, G, P, batch, dg_first, G, h0, P, false, T(0), out, P);
   if (steps > 1) {
-    const T* later = reverse ? dz : dz + step;
-    const T* prev = reverse ? y + step : y;
-    gemm_rowmajor_ex<T>(true, H, H, (steps - 1) * batch, later, H, prev, H, false, T(1), out, H);
+    const T* later = reverse ? dg : dg + batch * G;
+    const T* prev = reverse ? y + batch * P : y;
+    gemm_rowmajor_ex<T>(true, G, P, (steps - 1) * batch, later, G, prev, P, false, T(1), out, P);
   }
 }
 
-// The Elman stack's gradients on raw pointers, layer by layer from the top. saved: per layer its input
-// [T, B, in] then y [T, B, H] per direction (stack_forward's `keep`). grads: x, hx, then each weight
-// (undefined where not wanted).
+// out [width] = the sum of m[:, from : from + width] over the `rows` rows of m [rows, cols]: a bias gradient.
 template <typename T>
-void stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn, const at::Tensor& hx,
-                    const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& saved,
-                    bool has_biases, int64_t num_layers, int64_t directions, int64_t activation,
-                    int64_t input_size, const std::vector<bool>& wanted, std::vector<at::Tensor>& grads) {
-  const int64_t per_direction = has_biases ? 4 : 2;
+at::Tensor column_sums(const at::Tensor& m, int64_t rows, int64_t cols, int64_t from, int64_t width) {
+  if (rows * width > (1 << 16)) return m.view({rows, cols}).narrow(1, from, width).sum(0);  // threaded
+  at::Tensor out = at::empty({width}, m.options());
+  sum_rows(m.const_data_ptr<T>() + from, rows, width, out.data_ptr<T>(), cols);
+  return out;
+}
+
+// The stack's gradients on raw pointers, layer by layer from the top. saved: stack_forward's `keep`; states: h0
+// [L * D, B, P] (undefined where no W_hh needs a gradient, but for the GRU, whose backward reads it) and the
+// LSTM's c0; weights: undefined where not saved. grads: x, the states, then each weight (undefined where not
+// wanted). Per layer and direction, the cell's backward gives dgates (the gradient of x W_ih^T + b_ih) and dgh
+// (of h W_hh^T; Elman, LSTM: dgates); the rest is GEMMs and sums written once.
+template <typename T>
+void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::variable_list& out_grads,
+                    const at::Tensor (&states)[2], const std::vector<at::Tensor>& weights,
+                    const std::vector<at::Tensor>& saved, int64_t input_size, const std::vector<bool>& wanted,
+                    std::vector<at::Tensor>& grads) {
+  const int64_t gates = kind == 3 || kind == 4 ? kind : 1, n_states = gates == 4 ? 2 : 1, D = s.directions;
+  const int64_t per_direction = s.per_direction, H = s.H, P = s.P, G = gates * H;
+  const int64_t per_layer = 1 + D * (gates > 1 ? 2 : 1);  // saved: the layer's input, then y (and ws) a direction
   const at::Tensor& y0 = saved[1];
-  const int64_t steps = y0.size(0), batch = y0.size(1), H = y0.size(2), rows = steps * batch;
+  const int64_t steps = y0.size(0), batch = y0.size(1), rows = steps * batch;
   const auto options = y0.options();
-  // dY: the gradient of the current layer's output [T, B, D * H]; zeros where the caller sent none.
-  at::Tensor dY = grad_output.defined() ? step_contiguous(grad_output)
-                                        : at::zeros({steps, batch, directions * H}, options);
-  const at::Tensor dhn = grad_hn.defined() ? grad_hn.contiguous() : at::Tensor();
-  const T* h0_all = hx.defined() ? hx.data_ptr<T>() : nullptr;  // saved where a W_hh needs a gradient
-  at::Tensor dhx = wanted[1] ? at::empty({num_layers * directions, batch, H}, options) : at::Tensor();
+  // dY: the gradient of the current layer's output [T, B, D * P]; zeros where the caller sent none.
+  at::Tensor dY = out_grads[0].defined() ? step_contiguous(out_grads[0]) : at::zeros({steps, batch, D * P}, options);
+  // The final states' gradients (given; else zeros, the Elman's in dh), the initial states'.
+  at::Tensor d_final[2], d_state[2];
+  for (int64_t i = 0; i < n_states; ++i) {
+    const std::array<int64_t, 3> sizes{s.layers * D, batch, i == 0 ? P : H};
+    const at::Tensor& given = out_grads[1 + i];
+    d_final[i] = given.defined() ? given.contiguous() : gates == 1 ? given : at::zeros(sizes, options);
+    if (wanted[1 + i]) d_state[i] = at::empty(sizes, options);
+  }
   // Uninitialised buffers (a std::vector would zero a [T, B, H] dz first: ~50 ms at T=100, B=64, H=1024).
-  at::Tensor dz_buffer = step_buffer({rows, H}, options);
-  at::Tensor dy_buffer = directions > 1 ? step_buffer({rows, H}, options) : at::Tensor();
-  T* dz = dz_buffer.data_ptr<T>();
-  std::vector<T> dh(batch * H);
-  for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
-    const at::Tensor& x_l = saved[layer * (1 + directions)];  // undefined: layer 0 with no W_ih needing a grad
+  at::Tensor dz_buffer = gates == 1 ? step_buffer({rows, H}, options) : at::Tensor();
+  at::Tensor dy_buffer = D > 1 ? step_buffer({steps, batch, P}, options) : at::Tensor();
+  std::vector<T> dh(gates == 1 ? batch * H : 0);
+  for (int64_t layer = s.layers - 1; layer >= 0; --layer) {
+    const at::Tensor& x_l = saved[layer * per_layer];  // undefined: layer 0 with no W_ih needing a grad
     const int64_t in = layer == 0 ? input_size : x_l.size(-1);
     // W_ih was saved where the layer's input needs a gradient (at layer 0: where the input does).
-    const bool want_dx = weights[layer * directions * per_direction].defined() && (layer > 0 || wanted[0]);
+    const bool want_dx = weights[layer * D * per_direction].defined() && (layer > 0 || wanted[0]);
     at::Tensor dx = want_dx ? step_buffer({steps, batch, in}, options) : at::Tensor();
-    for (int64_t d = 0; d < directions; ++d) {
-      const int64_t k = layer * directions + d;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = layer * D + d;
       if (!weights[k * per_direction + 1].defined()) continue;  // nothing in this direction needs a gradient
-      const T* y = saved[layer * (1 + directions) + 1 + d].data_ptr<T>();
+      const at::Tensor& y = saved[layer * per_layer + 1 + d * (gates > 1 ? 2 : 1)];
       const at::Tensor* w = weights.data() + k * per_direction;
-      const T* dy = dY.data_ptr<T>();
-      if (directions > 1) {  // this direction's half of every row
+      at::Tensor dy = dY;
+      if (D > 1) {  // this direction's half of every row
+        const T* all = dY.data_ptr<T>();
         T* half = dy_buffer.data_ptr<T>();
-        for (int64_t r = 0; r < rows; ++r)
-          std::copy(dy + r * directions * H + d * H, dy + r * directions * H + (d + 1) * H, half + r * H);
-        dy = half;
-      }
-      if (dhn.defined()) {
-        std::copy(dhn.data_ptr<T>() + k * batch * H, dhn.data_ptr<T>() + (k + 1) * batch * H, dh.begin());
-      } else {
-        std::fill(dh.begin(), dh.end(), T(0));
+        for (int64_t r = 0; r < rows; ++r) std::copy(all + (r * D + d) * P, all + (r * D + d + 1) * P, half + r * P);
+        dy = dy_buffer;
       }
       const bool reverse = d == 1;
-      const T* h0 = h0_all + k * batch * H;
-      recurrence_backward_raw<T>(steps, batch, dy, y, w[1].data_ptr<T>(), H, reverse, activation, wanted[1],
-                                 dz, dh.data());
-      if (wanted[1]) std::copy(dh.begin(), dh.end(), dhx.data_ptr<T>() + k * batch * H);
-      const int64_t g = 2 + k * per_direction;  // this direction's w_ih in grads
+      at::Tensor dgates, dgh, ws;
+      if (gates == 1) {
+        const T* dh_n = ptr_or_null<T>(d_final[0]);
+        for (int64_t i = 0; i < batch * H; ++i) dh[i] = dh_n != nullptr ? dh_n[k * batch * H + i] : T(0);
+        recurrence_backward_raw<T>(steps, batch, dy.data_ptr<T>(), y.data_ptr<T>(), w[1].data_ptr<T>(), H, reverse,
+                                   kind, wanted[1], dz_buffer.data_ptr<T>(), dh.data());
+        if (wanted[1]) std::copy(dh.begin(), dh.end(), d_state[0].data_ptr<T>() + k * batch * H);
+        dgates = dgh = dz_buffer;
+      } else {
+        ws = saved[layer * per_layer + 2 + 2 * d];
+        const std::optional<at::Tensor> w_hr = s.proj ? std::optional(w[per_direction - 1]) : std::nullopt;
+        auto [a, second, dh0, dc0] = layer_backward(
+            gates == 3 ? "gru_stack_backward" : "lstm_stack_backward", gates, 0, dy, d_final[0].select(0, k),
+            gates == 4 ? d_final[1].select(0, k) : at::Tensor(), y, ws, states[gates == 3 ? 0 : 1].select(0, k), w[1],
+            w_hr, std::nullopt, reverse, wanted[1]);
+        dgates = a, dgh = gates == 3 ? second : a;
+        if (wanted[1]) d_state[0].select(0, k).copy_(dh0);
+        if (gates == 4 && wanted[2]) d_state[1].select(0, k).copy_(dc0);
+        const int64_t hr = k * per_direction + per_direction - 1;  // w_hr: dW_hr = dh_all^T (ws[..., 5H:])
+        if (s.proj && wanted[1 + n_states + hr]) {
+          grads[1 + n_states + hr] = at::empty({P, H}, options);
+          gemm_rowmajor_ex<T>(true, P, H, rows, second.data_ptr<T>(), P, ws.data_ptr<T>() + 5 * H, 6 * H, false, T(0),
+                              grads[1 + n_states + hr].data_ptr<T>(), H);
+        }
+      }
+      const T* dg = dgates.data_ptr<T>();
+      const int64_t g = 1 + n_states + k * per_direction;  // this direction's w_ih in grads
       if (wanted[g]) {
-        grads[g] = at::empty({H, in}, options);
-        gemm_rowmajor_ex<T>(true, H, in, rows, dz, H, x_l.data_ptr<T>(), in, false, T(0),
-                            grads[g].data_ptr<T>(), in);
+        grads[g] = at::empty({G, in}, options);
+        gemm_rowmajor_ex<T>(true, G, in, rows, dg, G, x_l.data_ptr<T>(), in, false, T(0), grads[g].data_ptr<T>(), in);
       }
       if (wanted[g + 1]) {
-        grads[g + 1] = at::empty({H, H}, options);
-        recurrent_weight_grad<T>(steps, batch, H, dz, y, h0, reverse, grads[g + 1].data_ptr<T>());
+        grads[g + 1] = at::empty({G, P}, options);
+        recurrent_weight_grad<T>(steps, batch, G, P, dgh.data_ptr<T>(), y.data_ptr<T>(),
+                                 states[0].data_ptr<T>() + k * batch * P, reverse, grads[g + 1].data_ptr<T>());
       }
-      if (has_biases && (wanted[g + 2] || wanted[g + 3])) {
-        at::Tensor db;
-        if (rows * H > (1 << 16)) {
-          db = dz_buffer.sum(0);  // threaded
-        } else {
-          db = at::zeros({H}, options);
-          T* b = db.data_ptr<T>();
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t j = 0; j < H; ++j) b[j] += dz[r * H + j];
-        }
+      if (s.has_biases && (wanted[g + 2] || wanted[g + 3])) {
+        const at::Tensor db = column_sums<T>(dgates, rows, G, 0, G);
         if (wanted[g + 2]) grads[g + 2] = db;
         if (wanted[g + 3]) grads[g + 3] = wanted[g + 2] ? db.clone() : db;
+        // GRU: b_hn is inside the reset product, so its gradient is dg's, not dxw's.
+        if (gates == 3 && wanted[g + 3]) grads[g + 3].narrow(0, 2 * H, H).copy_(column_sums<T>(dgh, rows, G, 2 * H, H));
       }
       if (want_dx) {
-        gemm_rowmajor_ex<T>(false, rows, in, H, dz, H, w[0].data_ptr<T>(), in, false, d == 0 ? T(0) : T(1),
+        gemm_rowmajor_ex<T>(false, rows, in, G, dg, G, w[0].data_ptr<T>(), in, false, d == 0 ? T(0) : T(1),
                             dx.data_ptr<T>(), in);
       }
     }
     if (layer > 0) dY = dx;
     else if (wanted[0]) grads[0] = dx;
   }
-  if (wanted[1]) grads[1] = dhx;
+  for (int64_t i = 0; i < n_states; ++i) grads[1 + i] = d_state[i];
 }
 
-// The Elman plain training call: stack_forward, keeping each layer's input and outputs, and stack_backward.
-class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
+// A recording stack call of any cell as one node: stack_forward keeping each layer's input and outputs, and
+// stack_backward. Inputs: x, the states (h0; the LSTM's c0 too), the weights.
+class StackFunction : public torch::autograd::Function<StackFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                                                const at::Tensor& hx, at::TensorList weight_list,
-                                                const StackShape& s, int64_t activation) {
+                                                at::TensorList state_list, at::TensorList weight_list,
+                                                const StackShape& s, int64_t kind) {
     at::AutoDispatchBelowADInplaceOrView guard;
     const std::vector<at::Tensor> weights = weight_list.vec();
+    const int64_t n_states = state_list.size(), per_direction = s.per_direction;
+    const at::Tensor given[2] = {state_list[0], n_states > 1 ? state_list[1] : at::Tensor()};
     std::vector<at::Tensor> keep;
-    auto [output, h_n, unused] = stack_forward(Elman{activation}, s, x, {hx, {}}, weights, std::nullopt, &keep);
+    std::array<at::Tensor, 3> out;
+    by_kind<Elman, Gru, Lstm>(
+        kind, [&](const auto& cell) { out = stack_forward(cell, s, x, given, weights, std::nullopt, &keep); });
     // What torch's stack saves (saved_inputs.h): W_ih where the layer's input needs a gradient, the input where
-    // a W_ih does, W_hh where anything in its chain (layer input, hx, that direction's weights) does, hx where
-    // a W_hh does; biases never. The layers' outputs (each step's activation output) always.
-    const int64_t per_direction = s.per_direction, num_layers = s.layers, directions = s.directions;
+    // a W_ih does, W_hh (and W_hr) where anything in its chain (layer input, states, that direction's weights)
+    // does, h0 where a W_hh does (the GRU's backward reads h0 always: else a copy, as torch keeps h0 - n), the
+    // LSTM's c0; biases never. The layers' outputs and workspaces always.
     std::vector<at::Tensor> saved_weights(weights.size());
+    const bool states_rg = any_requires_grad({state_list});
     bool input_rg = x.requires_grad(), any_w_hh_rg = false, any_w_ih0_rg = false;
-    for (int64_t layer = 0; layer < num_layers; ++layer) {
+    for (int64_t layer = 0; layer < s.layers; ++layer) {
       bool output_rg = false;
-      for (int64_t d = 0; d < directions; ++d) {
-        const int64_t k = (layer * directions + d) * per_direction;
-        bool chain_rg = input_rg || hx.requires_grad();
+      for (int64_t d = 0; d < s.directions; ++d) {
+        const int64_t k = (layer * s.directions + d) * per_direction;
+        bool chain_rg = input_rg || states_rg;
         for (int64_t i = 0; i < per_direction; ++i) chain_rg = chain_rg || weights[k + i].requires_grad();
         saved_weights[k] = if_saved(input_rg, weights[k]);
         saved_weights[k + 1] = if_saved(chain_rg, weights[k + 1]);
+        if (s.proj) saved_weights[k + per_direction - 1] = if_saved(chain_rg, weights[k + per_direction - 1]);
         any_w_hh_rg = any_w_hh_rg || weights[k + 1].requires_grad();
         if (layer == 0) any_w_ih0_rg = any_w_ih0_rg || weights[k].requires_grad();
         output_rg = output_rg || chain_rg;
@@ -382,72 +400,66 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
     // keep[0] is the input made contiguous: x itself unless x is a view of another layout (batch_first).
     const bool x_saved = any_w_ih0_rg && keep[0].is_same(x);
     keep[0] = if_saved(any_w_ih0_rg, keep[0]);
-    std::vector<at::Tensor> to_save{if_saved(any_w_hh_rg, hx)};
+    std::vector<at::Tensor> to_save{kind == 3 && !any_w_hh_rg ? given[0].clone() : if_saved(any_w_hh_rg, given[0])};
+    if (n_states > 1) to_save.push_back(given[1]);
     to_save.insert(to_save.end(), saved_weights.begin(), saved_weights.end());
     to_save.insert(to_save.end(), keep.begin(), keep.end());
     ctx->save_for_backward(to_save);
-    std::vector<at::Tensor> inputs{x, hx};
+    std::vector<at::Tensor> inputs{x, given[0]};
     std::vector<bool> saved{x_saved, any_w_hh_rg};
+    if (n_states > 1) inputs.push_back(given[1]), saved.push_back(true);
     inputs.insert(inputs.end(), weights.begin(), weights.end());
     for (const at::Tensor& w : saved_weights) saved.push_back(w.defined());
     keep_for_recompute(ctx, inputs, saved);
-    ctx->saved_data["shape"] = std::vector<int64_t>{s.has_biases, num_layers, directions, activation, x.size(-1)};
+    ctx->saved_data["shape"] = std::vector<int64_t>{s.layers, s.directions, s.per_direction, s.batch,      s.H,
+                                                    s.P,      s.has_biases, s.proj,           kind, x.size(-1)};
     // The caller may edit the output in place before backward, as torch's: the saved top y stays apart.
-    if (directions == 1) output = step_buffer(output.sizes(), output.options()).copy_(output);
-    return {output, h_n};
+    if (s.directions == 1) out[0] = step_buffer(out[0].sizes(), out[0].options()).copy_(out[0]);
+    return n_states > 1 ? torch::autograd::variable_list{out[0], out[1], out[2]}
+                        : torch::autograd::variable_list{out[0], out[1]};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();  // once: non-reentrant checkpointing unpacks once
-    const auto shape = ctx->saved_data["shape"].toIntVector();
-    const bool has_biases = shape[0] != 0;
-    const int64_t num_layers = shape[1], directions = shape[2], activation = shape[3], input_size = shape[4];
-    const int64_t count = num_layers * directions * (has_biases ? 4 : 2);
-    std::vector<bool> wanted(2 + count);
-    for (int64_t i = 0; i < 2 + count; ++i) wanted[i] = ctx->needs_input_grad(i);
-    torch::autograd::variable_list result(2 + count + 2);
+    const auto v = ctx->saved_data["shape"].toIntVector();
+    const StackShape s{v[0], v[1], v[2], v[3], v[4], v[5], v[6] != 0, v[7] != 0};
+    const int64_t kind = v[8], input_size = v[9], n_states = kind == 4 ? 2 : 1;
+    const int64_t count = s.layers * s.directions * s.per_direction, inputs_n = 1 + n_states + count;
+    std::vector<bool> wanted(inputs_n);
+    for (int64_t i = 0; i < inputs_n; ++i) wanted[i] = ctx->needs_input_grad(i);
+    torch::autograd::variable_list result(inputs_n + 2);
     if (at::GradMode::is_enabled() || !plain_grads(grads)) {
       // create_graph, or batched gradients: differentiate a recorded recomputation.
       const bool create_graph = at::GradMode::is_enabled();
       at::AutoGradMode recording(true);
-      std::vector<at::Tensor> unpacked{saved[1 + count], saved[0]};  // x (contiguous), hx, the weights
-      unpacked.insert(unpacked.end(), saved.begin() + 1, saved.begin() + 1 + count);
+      std::vector<at::Tensor> unpacked{saved[n_states + count]};  // x (contiguous), the states, the weights
+      unpacked.insert(unpacked.end(), saved.begin(), saved.begin() + n_states + count);
       const std::vector<at::Tensor> all = recompute_inputs(ctx, unpacked);
-      const at::Tensor &x = all[0], &hx = all[1];
-      const std::vector<at::Tensor> weights(all.begin() + 2, all.end());
-      std::vector<at::Tensor> inputs, outputs, grad_outputs;
-      std::vector<int64_t> where;
-      for (int64_t i = 0; i < 2 + count; ++i) {
-        if (wanted[i]) {
-          inputs.push_back(i == 0 ? x : i == 1 ? hx : weights[i - 2]);
-          where.push_back(i);
-        }
-      }
+      const at::Tensor& x = all[0];
+      const std::vector<at::Tensor> weights(all.begin() + 1 + n_states, all.end());
       // torch's own stack, recomputed: gradients of any order are torch's.
-      const bool bi = directions == 2;
-      const int64_t L = num_layers;
-      auto [output, h_n] = activation == kTanh ? at::rnn_tanh(x, hx, weights, has_biases, L, 0.0, false, bi, false)
-                                               : at::rnn_relu(x, hx, weights, has_biases, L, 0.0, false, bi, false);
-      for (auto [out, grad] : {std::pair{output, grads[0]}, std::pair{h_n, grads[1]}}) {
-        if (grad.defined()) {
-          outputs.push_back(out);
-          grad_outputs.push_back(grad);
-        }
+      const bool b = s.has_biases, bi = s.directions == 2;
+      const int64_t L = s.layers;
+      std::vector<at::Tensor> outputs;
+      if (kind == 4) {
+        auto [o, h, c] = at::lstm(x, {all[1], all[2]}, weights, b, L, 0.0, false, bi, false);
+        outputs = {o, h, c};
+      } else {
+        auto [o, h] = kind == 3      ? at::gru(x, all[1], weights, b, L, 0.0, false, bi, false)
+                      : kind == kTanh ? at::rnn_tanh(x, all[1], weights, b, L, 0.0, false, bi, false)
+                                      : at::rnn_relu(x, all[1], weights, b, L, 0.0, false, bi, false);
+        outputs = {o, h};
       }
-      if (outputs.empty() || inputs.empty()) return result;
-      auto found = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/true, create_graph,
-                                         /*allow_unused=*/true);
-      for (size_t j = 0; j < where.size(); ++j) result[where[j]] = found[j];
+      differentiate(outputs, grads, all, wanted, create_graph, result);
       return result;
     }
-    const at::Tensor& hx = saved[0];
-    const std::vector<at::Tensor> layers(saved.begin() + 1 + count, saved.end());  // contiguous already
-    std::vector<at::Tensor> dense(count);
-    for (int64_t i = 0; i < count; ++i) dense[i] = saved[1 + i].defined() ? saved[1 + i].contiguous() : saved[1 + i];
-    AT_DISPATCH_FLOATING_TYPES(layers[1].scalar_type(), "fastrnn_rnn_stack_backward", [&] {
-      stack_backward<scalar_t>(grads[0], grads[1], hx.defined() ? hx.contiguous() : hx, dense, layers, has_biases,
-                               num_layers, directions, activation, input_size, wanted, result);
+    const at::Tensor states[2] = {dense(saved[0]), n_states > 1 ? dense(saved[1]) : at::Tensor()};
+    const std::vector<at::Tensor> layers(saved.begin() + n_states + count, saved.end());  // contiguous already
+    std::vector<at::Tensor> weights(count);
+    for (int64_t i = 0; i < count; ++i) weights[i] = dense(saved[n_states + i]);
+    AT_DISPATCH_FLOATING_TYPES(layers[1].scalar_type(), "fastrnn_stack_backward", [&] {
+      stack_backward<scalar_t>(kind, s, grads, states, weights, layers, input_size, wanted, result);
     });
     return result;
   }
@@ -455,7 +467,7 @@ class RnnStackFunction : public torch::autograd::Function<RnnStackFunction> {
 
 // The module's preamble, checks and stack for `cell`: (output, h_n, c_n or undefined) shaped as torch's
 // module returns them, or nullopt for anything not plainly well-formed (the caller then runs torch's checks).
-// A recording call runs RnnStackFunction (Elman) or is declined (Gru, Lstm).
+// A recording call runs StackFunction.
 template <class Cell>
 std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at::Tensor& input, const at::Tensor& hx,
                                                      const at::Tensor& cx, const std::vector<at::Tensor>& weights,
@@ -480,16 +492,15 @@ std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at:
       s.H != hidden_size || (proj_size > 0 && s.P != proj_size))
     return std::nullopt;
   std::array<at::Tensor, 3> out;
-  if (at::GradMode::is_enabled() && any_requires_grad(input, states, weights)) {
-    if constexpr (std::is_same_v<Cell, Elman>) {
-      // A missing hx is zeros that need no gradient; the view ops around the Function are recorded as usual.
-      const at::Tensor h0 =
-          states[0].defined() ? states[0] : at::zeros({s.layers * s.directions, s.batch, s.H}, x.options());
-      auto outputs = RnnStackFunction::apply(x, h0, at::TensorList(weights), s, cell.activation);
-      out = {outputs[0], outputs[1], at::Tensor()};
-    } else {
-      return std::nullopt;
+  if (at::GradMode::is_enabled() && any_requires_grad({input, states, weights})) {
+    // A missing state is zeros that need no gradient; the view ops around the Function are recorded as usual.
+    std::vector<at::Tensor> given(Cell::kStates);
+    for (int64_t i = 0; i < Cell::kStates; ++i) {
+      given[i] = states[i].defined() ? states[i]
+                                     : at::zeros({s.layers * s.directions, s.batch, i == 0 ? s.P : s.H}, x.options());
     }
+    auto outputs = StackFunction::apply(x, at::TensorList(given), at::TensorList(weights), s, cell.kind());
+    out = {outputs[0], outputs[1], Cell::kStates == 2 ? outputs[2] : at::Tensor()};
   } else {
     out = stack_forward(cell, s, x, states, weights, std::nullopt);
   }
@@ -517,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
                                   bidirectional ? 2 : 1, &s);
   TORCH_CHECK(why.empty(), "fastrnn: rnn_stack_forward: ", why);
   if (batch_sizes.has_value()) check_batch_sizes(*batch_sizes, input.size(0), "input");
-  TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad(input, {hx, {}}, weights)),
+  TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad({input, hx, weights})),
               "fastrnn: rnn_stack_forward records no autograd; call it without gradients");
   auto [output, h_n, unused] = stack_forward(Elman{activation}, s, input, {hx, {}}, weights, batch_sizes);
   return {output, h_n};
@@ -528,14 +539,13 @@ std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::
                                                         bool has_biases, int64_t num_layers, bool bidirectional,
                                                         bool batch_first, int64_t input_size, int64_t hidden_size,
                                                         int64_t proj_size) {
-  const auto run = [&](const auto& cell) {
-    return whole_stack(cell, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
-                       hidden_size, proj_size);
-  };
-  if (kind == kTanh || kind == kRelu) return run(Elman{kind});
-  if (kind == 3) return run(Gru{});
-  if (kind == 4) return run(Lstm{});
-  return std::nullopt;
+  if (kind != kTanh && kind != kRelu && kind != 3 && kind != 4) return std::nullopt;
+  std::optional<std::array<at::Tensor, 3>> out;
+  by_kind<Elman, Gru, Lstm>(kind, [&](const auto& cell) {
+    out = whole_stack(cell, input, hx, cx, weights, has_biases, num_layers, bidirectional, batch_first, input_size,
+                      hidden_size, proj_size);
+  });
+  return out;
 }
 
 }  // namespace fastrnn

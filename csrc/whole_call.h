@@ -12,10 +12,18 @@
 
 namespace fastrnn {
 
+// f(cell) for kind 0 / 1 (Elman with that activation), 3 (Gru) or 4 (Lstm): each file's own cell types.
+template <class Elman, class Gru, class Lstm, class F>
+decltype(auto) by_kind(int64_t kind, const F& f) {
+  if (kind == 3) return f(Gru{});
+  if (kind == 4) return f(Lstm{});
+  return f(Elman{kind});
+}
+
 // torch.nn.RNN / GRU / LSTM.forward (stack.cpp): input [T, B, I], batch-first or unbatched [T, I]; hx (and cx)
 // [L * D, B, H] or [L * D, H], or undefined for zeros; weights in _flat_weights_names order. Returns output,
-// h_n and c_n (undefined but for the LSTM) as torch shapes them. A call autograd records runs the RNN's
-// C++ node (RnnStackFunction); GRU / LSTM decline it.
+// h_n and c_n (undefined but for the LSTM) as torch shapes them. A call autograd records runs as one C++ node
+// for the whole stack (StackFunction), whatever the cell.
 std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::Tensor& input, const at::Tensor& hx,
                                                         const at::Tensor& cx, const std::vector<at::Tensor>& weights,
                                                         bool has_biases, int64_t num_layers, bool bidirectional,

@@ -154,8 +154,8 @@ class _Recurrent(TorchConversion, nn.RNNBase):
     @torch.jit.unused
     def _eager_forward(self, input, hx):
         """The whole call in one C++ call (csrc/stack.cpp) when it is a plain eager call on CPU tensors (a tiny
-        call is otherwise mostly Python): inference for every cell, training too for the RNN (a C++ autograd
-        node); the C++ side declines (None) anything not plainly well-formed. Else: under torch.fx one leaf node;
+        call is otherwise mostly Python): inference and training (one C++ autograd node) for every cell; the C++
+        side declines (None) anything not plainly well-formed. Else: under torch.fx one leaf node;
         a state that is not a tensor (an ``(h, c)`` pair for LSTM) goes to torch's own forward, which raises
         torch's error; else torch's preamble and checks, then fastrnn's layers or torch's."""
         lstm = self.mode == "LSTM"

@@ -422,17 +422,19 @@ def test_plain_inference_call_is_one_cpp_call_and_equals_torch(calls_of, spec, c
     torch.testing.assert_close(got, want, **tol)
 
 
-def test_gated_recording_and_dropout_calls_are_declined(calls_of):
-    """GRU / LSTM's entry runs inference only (fastrnn.RNN's also trains: the tests above)."""
+def test_gated_dropout_training_calls_are_not_asked(calls_of):
+    """GRU / LSTM's entry takes recording calls (one C++ node) and eval-mode calls of a module with dropout; a
+    training-mode call with dropout never reaches it."""
     plain_calls = calls_of(GRU)
     gru = fastrnn.GRU(4, 6, num_layers=2, dropout=0.5).eval()
     x = torch.randn(5, 3, 4)
     gru(x)[0].sum().backward()  # parameters require grad: the training path
-    assert plain_calls == [False]
+    assert plain_calls == [True]
+    gru.train()(x)[0].sum().backward()  # dropout in training: not even asked
     with torch.no_grad():
-        gru.train()(x)  # dropout in training: not even asked
+        gru.train()(x)
         gru.eval()(x)
-    assert plain_calls == [False, True]
+    assert plain_calls == [True, True]
 
 
 @pytest.mark.parametrize("bad", ["feature_size", "hx_batch", "hx_layers", "hx_dtype", "input_4d", "empty_batch"])

@@ -58,8 +58,8 @@ _UNDER_GRAD_RNN = {"_RNNUnderTransforms", "fastrnn::recurrence", "fastrnn::rnn_f
 ROUTES = [
     # fastrnn.RNN
     ("RNN", "eager cpu no_grad", "R2 whole call in C++, no autograd", {_WHOLE_RNN}),
-    ("RNN", "eager cpu training", "R2 whole call in C++, C++ RnnStackFunction node",
-     {_WHOLE_RNN, "node:RnnStackFunction"}),
+    ("RNN", "eager cpu training", "R2 whole call in C++, C++ StackFunction node",
+     {_WHOLE_RNN, "node:StackFunction"}),
     ("RNN", "eager cpu no_grad packed", "R6 C++ stack, no autograd", {"whole:rnn_stack_forward"}),
     ("RNN", "eager cpu training packed", "R10 eager Function, cpp backend",
      {"RNNRecurrenceFunction", "fastrnn::rnn_fwd"}),
@@ -90,7 +90,8 @@ ROUTES = [
      ({"aten::rnn_tanh", "aten::_cudnn_rnn"}, {"RNNRecurrenceFunction"})),
     # fastrnn.GRU
     ("GRU", "eager cpu no_grad", "whole call in C++ (stack.cpp)", {"whole:stack_if_plain"}),
-    ("GRU", "eager cpu training", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
+    ("GRU", "eager cpu training", "whole call in C++, C++ StackFunction node",
+     {"whole:stack_if_plain", "node:StackFunction"}),
     ("GRU", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::gru_infer"}),
     ("GRU", "eager cpu training packed", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
     ("GRU", "eager cpu training dropout", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
@@ -118,7 +119,8 @@ ROUTES = [
     ("GRU", "cuda", "L3 torch (cuDNN)", ({"aten::gru", "aten::_cudnn_rnn"},)),
     # fastrnn.LSTM
     ("LSTM", "eager cpu no_grad", "whole call in C++ (stack.cpp)", {"whole:stack_if_plain"}),
-    ("LSTM", "eager cpu training", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
+    ("LSTM", "eager cpu training", "whole call in C++, C++ StackFunction node",
+     {"whole:stack_if_plain", "node:StackFunction"}),
     ("LSTM", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::lstm_infer"}),
     ("LSTM", "eager cpu training packed", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
     ("LSTM", "eager cpu training dropout", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
