@@ -42,12 +42,13 @@ inline bool brgemm_usable() {
 #endif
 }
 
-// C[M, N] = A[M, K] @ op(B) + bias (bias may be null: none). op(B) is B[K, N] (trans_b false) or B[N, K]^T.
+// C[M, N] = A[M, K] @ op(B) + bias (bias may be null: none; accumulate: C adds the product, without a bias). op(B)
+// is B[K, N] (trans_b false) or B[N, K]^T.
 // Row strides lda, ldb, ldc; unit column strides. Runs its own parallel loop: call it outside parallel
 // regions.
 template <typename T>
 void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b, int64_t ldb,
-                  bool trans_b, const T* bias, T* c, int64_t ldc) {
+                  bool trans_b, const T* bias, T* c, int64_t ldc, bool accumulate = false) {
   if (M == 0 || N == 0) return;
   const auto fill_bias = [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     for (int64_t i = m0; i < m1; ++i) {
@@ -60,7 +61,7 @@ void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, cons
     }
   };
   if (K == 0) {
-    fill_bias(0, M, 0, N);
+    if (!accumulate) fill_bias(0, M, 0, N);
     return;
   }
 #ifdef FASTRNN_HAVE_BRGEMM
@@ -92,7 +93,7 @@ void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, cons
           if (bias != nullptr) fill_bias(m0, m0 + mm, n0, n0 + nn);
           for (int64_t k0 = 0; k0 < K; k0 += kBrgemmChunkK) {
             const int64_t kk = std::min(kBrgemmChunkK, K - k0);
-            at::native::cpublas::brgemm(mm, nn, kk, lda, PN, ldc, bias != nullptr || k0 > 0, a + m0 * lda + k0,
+            at::native::cpublas::brgemm(mm, nn, kk, lda, PN, ldc, accumulate || bias != nullptr || k0 > 0, a + m0 * lda + k0,
                                         panel + k0 * PN, c + m0 * ldc + n0, false);
           }
         }
@@ -102,7 +103,7 @@ void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, cons
   }
 #endif
   if (bias != nullptr) fill_bias(0, M, 0, N);
-  gemm_rowmajor_ex<T>(false, M, N, K, a, lda, b, ldb, trans_b, bias != nullptr ? T(1) : T(0), c, ldc);
+  gemm_rowmajor_ex<T>(false, M, N, K, a, lda, b, ldb, trans_b, bias != nullptr || accumulate ? T(1) : T(0), c, ldc);
 }
 
 }  // namespace fastrnn

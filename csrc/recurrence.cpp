@@ -1,6 +1,6 @@
 // The layer ops of every cell on the CPU (float32, float64): rnn_fwd / rnn_bwd (Elman), gru_* and lstm_*. The
-// math, the saved workspace ws and the returned gradients are those of fastrnn/reference.py and
-// fastrnn/gated_reference.py; cells.h says what each cell computes per step.
+// math, the saved workspace ws and the returned gradients are those of fastrnn/reference.py; cells.h says what
+// each cell computes per step.
 //
 // T steps, B batch rows, H hidden units, P = proj_size or H, G = gates * H. One step loop (run_forward /
 // run_backward) templated on the cell walks the steps of schedule.h over each thread's rows and multiplies

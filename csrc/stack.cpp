@@ -349,9 +349,11 @@ void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::va
         // GRU: b_hn is inside the reset product, so its gradient is dg's, not dxw's.
         if (gates == 3 && wanted[g + 3]) grads[g + 3].narrow(0, 2 * H, H).copy_(column_sums<T>(dgh, rows, G, 2 * H, H));
       }
-      if (want_dx) {
+      if (want_dx && gates == 1) {
         gemm_rowmajor_ex<T>(false, rows, in, G, dg, G, w[0].data_ptr<T>(), in, false, d == 0 ? T(0) : T(1),
                             dx.data_ptr<T>(), in);
+      } else if (want_dx) {  // the gated dX on the microkernel where it is large enough (mm_nn's GEMM)
+        gemm_nn_bias<T>(rows, in, G, dg, G, w[0].data_ptr<T>(), in, false, nullptr, dx.data_ptr<T>(), in, d > 0);
       }
     }
     if (layer > 0) dY = dx;

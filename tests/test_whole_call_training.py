@@ -123,6 +123,22 @@ def test_float32_gradients_close_to_torch(name):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_large_float32_gradients_close_to_float64_torch(name):
+    """Sizes where the gated dX takes the microkernel GEMM (rows x in x G >= 2^23, both directions adding into
+    one dX): the gradients against torch's float64 stack."""
+    torch.manual_seed(0)
+    ours = getattr(fastrnn, name)(64, 64, num_layers=2, bidirectional=True)
+    theirs = getattr(torch.nn, name)(64, 64, num_layers=2, bidirectional=True, dtype=torch.float64)
+    theirs.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(32, 16, 64)
+    got, node = _run(ours, x, None, "all", "both")
+    want, _ = _run(theirs, x.double(), None, "all", "both")
+    assert "StackFunction" in node, node
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kwargs", [CONFIGS[3], CONFIGS[6]])
 def test_create_graph_double_backward_equals_torch(name, kwargs):
