@@ -50,7 +50,10 @@ template <class Cell, typename T>
 void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse) {
   for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
     std::vector<T> scratch((hi - lo) * Cell::scratch(L));
-    const Chunk<T> c{L, lo, hi, scratch.data()};
+    Window<T> w{batch, s.count(), 0, 0, reverse};
+    const bool windowed = L.proj != nullptr && !s.packed() && 2 * (hi - lo) <= kWindowRows;
+    if (windowed) w.x.resize(kWindowRows * L.I), w.out.resize(kWindowRows * 4 * L.H);
+    const Chunk<T> c{L, lo, hi, scratch.data(), windowed ? &w : nullptr};
     walk_steps(s, lo, hi, reverse, false, [&](const StepRows& r) {
       const StepBuffer<T> g = Cell::gates(c, r);
       Cell::input(c, r, g.p);

@@ -23,6 +23,7 @@ class Steps {
     for (int64_t t = 0; t < steps; ++t) offsets_[t + 1] = offsets_[t] + sizes_[t];
   }
   int64_t count() const { return count_; }
+  bool packed() const { return !sizes_.empty(); }
   int64_t size(int64_t t) const { return sizes_.empty() ? batch_ : sizes_[t]; }  // rows active at step t
   int64_t offset(int64_t t) const { return sizes_.empty() ? t * batch_ : offsets_[t]; }  // its first packed row
 

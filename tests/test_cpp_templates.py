@@ -98,6 +98,25 @@ def test_inference_layer_and_training_forwards_walk_the_same_steps(cell, packed,
         _assert_bitwise(ops.lstm_infer(xw, None, None, *args), ops.lstm_fwd(xw, *args)[:3])
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "lstm_proj"])
+def test_windowed_projection_is_the_per_step_projection(cell, batch):
+    """A padded call with few rows a thread projects the next steps' inputs in one kernel call (cells.h, Window);
+    a packed call of equal lengths projects each step on its own: the same bits, over several windows (37 steps)
+    and both directions, inference and training forwards."""
+    w = _weights(cell, torch.float32, seed=3)
+    steps = 37
+    x = torch.randn(steps, batch, IN, generator=torch.Generator().manual_seed(4))
+    h0, c0 = w["h0"][:batch], w["c0"][:batch]
+    rest = (h0, w["w_hh"], w["b_hn"]) if cell == "gru" else (h0, c0, w["w_hh"], w["w_hr"])
+    name, sizes = "gru" if cell == "gru" else "lstm", torch.full((steps,), batch)
+    for op in (f"{name}_infer", f"{name}_layer_fwd"):
+        for reverse in (False, True):
+            padded = getattr(ops, op)(x, w["w_ih"], w["bias"], *rest, None, reverse)
+            packed = getattr(ops, op)(x.flatten(0, 1), w["w_ih"], w["bias"], *rest, sizes, reverse)
+            _assert_bitwise([q.reshape(p.shape) for q, p in zip(packed, padded)], padded)
+
+
 WIDTH = {"rnn_fwd": 4, "gru_fwd": 12, "lstm_fwd": 16}  # G at H = 4
 
 
