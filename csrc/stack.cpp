@@ -91,7 +91,10 @@ std::string refusal(const at::Tensor& x, const at::Tensor (&states)[2], const st
 // Row k of a given state [L * D, B, width], or zeros [B, width] where none was given.
 at::Tensor initial_state(const at::Tensor& given, int64_t k, int64_t batch, int64_t width,
                          const at::TensorOptions& options) {
-  return given.defined() ? given.select(0, k) : at::zeros({batch, width}, options);
+  if (given.defined()) return given.select(0, k);
+  at::Tensor zeros = at::empty({batch, width}, options);  // one op where at::zeros is two
+  std::memset(zeros.data_ptr(), 0, zeros.nbytes());
+  return zeros;
 }
 
 // final[k] = state: a layer's [B, width] final state into the stack's [L * D, B, width].
@@ -190,7 +193,12 @@ struct Gated {
     const at::Tensor c0 = Gates == 4 ? initial_state(c.states[1], c.k, s.batch, s.H, c.x.options()) : at::Tensor();
     std::optional<at::Tensor> bias, b_hn, w_hr;
     if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], (Gates == 3 ? 2 : 4) * s.H);
-    if (Gates == 3 && s.has_biases) b_hn = c.w[3].narrow(0, 2 * s.H, s.H);
+    if (Gates == 3 && s.has_biases) {  // a copy: a view of a parameter costs more (~0.4 us) than [H] values
+      const at::Tensor b_hh = c.w[3].contiguous();
+      b_hn = at::empty({s.H}, c.x.options());
+      std::memcpy(b_hn->data_ptr(), static_cast<const char*>(b_hh.const_data_ptr()) + 2 * b_hn->nbytes(),
+                  b_hn->nbytes());
+    }
     if (s.proj) w_hr = c.w[s.per_direction - 1];
     auto [y, h_n, c_n, ws] = layer_forward(Gates == 3 ? "gru_stack" : "lstm_stack", Gates, 0, c.x, h0, c0, c.w[1],
                                            w_hr, b_hn, c.batch_sizes, c.reverse, c.ws != nullptr, c.w[0], bias);
@@ -504,6 +512,9 @@ std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at:
     auto outputs = StackFunction::apply(x, at::TensorList(given), at::TensorList(weights), s, cell.kind());
     out = {outputs[0], outputs[1], Cell::kStates == 2 ? outputs[2] : at::Tensor()};
   } else {
+    // Nothing here is recorded: the layers' tensors and views skip the autograd and view-tracking kernels
+    // (~0.5 us of a tiny GRU call).
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     out = stack_forward(cell, s, x, states, weights, std::nullopt);
   }
   if (!batched) {
