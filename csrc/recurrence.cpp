@@ -51,9 +51,13 @@ void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse)
   for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
     std::vector<T> scratch((hi - lo) * Cell::scratch(L));
     Window<T> w{batch, s.count(), 0, 0, reverse};
-    const bool windowed = L.proj != nullptr && !s.packed() && 2 * (hi - lo) <= kWindowRows;
-    const int64_t window_rows = std::min(kWindowRows / std::max<int64_t>(hi - lo, 1), s.count()) * (hi - lo);
-    if (windowed) w.x.resize(window_rows * L.I), w.out.resize(window_rows * 4 * L.H);
+    const int64_t rows = hi - lo;
+    const bool windowed = L.proj != nullptr && !s.packed() && rows > 0 && 2 * rows <= kWindowRows;
+    if (windowed) {  // sized to the rows of the steps this call has, at most kWindowRows
+      const int64_t most = std::min(kWindowRows / rows, s.count()) * rows;
+      w.x.resize(most * L.I);
+      w.out.resize(most * 4 * L.H);
+    }
     const Chunk<T> c{L, lo, hi, scratch.data(), windowed ? &w : nullptr};
     walk_steps(s, lo, hi, reverse, false, [&](const StepRows& r) {
       const StepBuffer<T> g = Cell::gates(c, r);
