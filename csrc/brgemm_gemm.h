@@ -17,9 +17,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 #include "blas.h"
+#include "step_mm.h"
 
 #if defined(CPUBLAS_BRGEMM_F32F32F32) && defined(__x86_64__) && defined(__GNUC__)
 #define FASTRNN_HAVE_BRGEMM 1
@@ -72,24 +73,13 @@ void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, cons
       const int64_t tiles_n = (N + PN - 1) / PN;
       // op(B) in column panels ([K, 128] blocks, contiguous): a weight of 1024+ columns read in place puts
       // each k of a chunk on another page. K * N copies against M * K * N multiply-adds.
-      std::vector<float> panels(static_cast<size_t>(tiles_n * K * PN));
-      at::parallel_for(0, tiles_n, 1, [&](int64_t first, int64_t last) {
-        for (int64_t p = first; p < last; ++p) {
-          const int64_t n0 = p * PN, nn = std::min(PN, N - n0);
-          float* panel = panels.data() + p * K * PN;
-          if (trans_b) {
-            for (int64_t j = 0; j < nn; ++j)
-              for (int64_t k = 0; k < K; ++k) panel[k * PN + j] = b[(n0 + j) * ldb + k];
-          } else {
-            for (int64_t k = 0; k < K; ++k) std::memcpy(panel + k * PN, b + k * ldb + n0, nn * sizeof(float));
-          }
-        }
-      });
+      std::unique_ptr<float[]> panels(new float[tiles_n * K * PN]);
+      lay_out_panels(b, trans_b ? 1 : ldb, trans_b ? ldb : 1, K, N, PN, panels.get());
       at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t first, int64_t last) {
         for (int64_t tile = first; tile < last; ++tile) {
           const int64_t p = tile % tiles_n, m0 = (tile / tiles_n) * kBrgemmTileM, n0 = p * PN;
           const int64_t mm = std::min(kBrgemmTileM, M - m0), nn = std::min(PN, N - n0);
-          const float* panel = panels.data() + p * K * PN;
+          const float* panel = panels.get() + p * K * PN;
           if (bias != nullptr) fill_bias(m0, m0 + mm, n0, n0 + nn);
           for (int64_t k0 = 0; k0 < K; k0 += kBrgemmChunkK) {
             const int64_t kk = std::min(kBrgemmChunkK, K - k0);

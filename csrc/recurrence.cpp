@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "brgemm_gemm.h"
 #include "cells.h"
 #include "row_recurrence.h"
 #include "rnn_cpu.h"
@@ -181,20 +182,24 @@ at::Tensor with_width(const at::Tensor& like, int64_t width) {
   return step_buffer(with_last(like.sizes(), width), like.options());
 }
 
-// Largest W_ih a forward op projects with step by step: W_ih and W_hh together stay in this CPU's L3 up to
-// H = 512 (4 MB each, float32); at H = 1024 (16 MB each) they do not.
-constexpr int64_t kFusedWeightBytes = int64_t{1} << 23;
-constexpr int64_t kFusedStreamRows = 32;  // rows a thread from which a streamed W_ih costs no more than a GEMM
+// Whether the step kernel makes each step's x W_ih^T + bias (AVX-512 kernel only) rather than one GEMM (mm_nn's)
+// for all steps before them. Measured on the 2-core AVX-512 machine (benchmarks/NOTES.md, "The projection:
+// fused or one GEMM"), the GEMM wins but where
+// - the projection is tiny (T=5 B=1 H=8: its call costs more than the arithmetic, 1.3 us of 8.6);
+// - both threads step (B >= 4) with W_ih in L2 (H <= 128 LSTM), or with 32+ rows a thread and W_ih <= 1 MB:
+//   the steps' kernel then uses each W_ih vector often enough, and [T, B, G] is never written and read back.
+// With B < 4 one thread steps while the GEMM has both (GRU T=1000 B=1 H=32: 195 us against 237 fused).
+constexpr int64_t kFusedTinyMacs = int64_t{1} << 16;
+constexpr int64_t kFusedSmallWeightBytes = int64_t{1} << 18;
+constexpr int64_t kFusedWeightBytes = int64_t{1} << 20;
+constexpr int64_t kFusedStreamRows = 32;
 
-// Whether the step kernel makes each step's x W_ih^T + bias (AVX-512 kernel only), so that the [T, B, G]
-// projection is never written out and read back. Fused, each step streams W_ih once more: worth it while
-// W_ih stays in cache, or while a thread's rows are enough to hide the stream. At H = 1024 (16 MB) and 4-16
-// rows a thread the per-step projection made LSTM inference memory-bound (B=8: 0.75x torch's oneDNN, which
-// projects all steps in one GEMM).
-bool fuse_projection(int64_t rows, int64_t I, int64_t G, int64_t P, int64_t elem_bytes) {
-  const bool w_ih_cached = I * G * elem_bytes <= kFusedWeightBytes;
-  return zmm_kernel_on() && (w_ih_cached || rows >= kFusedStreamRows) && rows * I * G <= kZmmSmallStep &&
-         rows * P * G <= kZmmSmallStep;
+bool fuse_projection(int64_t total_rows, int64_t batch, int64_t I, int64_t G, int64_t P, int64_t elem_bytes) {
+  const int64_t rows = rows_per_thread(batch), w_ih_bytes = I * G * elem_bytes;
+  const bool pays = total_rows * I * G <= kFusedTinyMacs ||
+                    (batch >= 2 * kRowsPerThreadMin && (w_ih_bytes <= kFusedSmallWeightBytes ||
+                                                        (rows >= kFusedStreamRows && w_ih_bytes <= kFusedWeightBytes)));
+  return zmm_kernel_on() && pays && rows * I * G <= kZmmSmallStep && rows * P * G <= kZmmSmallStep;
 }
 
 }  // namespace
@@ -236,8 +241,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   if (bias.has_value()) check.shape(*bias, "bias", {G}, "[", gates_name(gates), "]");
 
   const int64_t rows = rows_per_thread(batch);
-  const bool fuse = w_ih.has_value() && fuse_projection(rows, I, G, P, x.element_size());
-  const at::Tensor xc = !w_ih.has_value() || fuse ? x.contiguous() : at::linear(x, *w_ih, bias).contiguous();
+  at::Tensor xc = x.contiguous();
+  const int64_t total_rows = xc.dim() == 3 ? xc.size(0) * xc.size(1) : xc.size(0);
+  const bool fuse = w_ih.has_value() && fuse_projection(total_rows, batch, I, G, P, x.element_size());
+  if (w_ih.has_value() && !fuse) {  // x W_ih^T + bias for all steps in one GEMM (mm_nn's)
+    const auto wi = w_ih->contiguous();
+    const auto bc = bias.has_value() ? bias->contiguous() : at::Tensor();
+    auto xw = with_width(xc, G);
+    AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "fastrnn_projection", [&] {
+      gemm_nn_bias<scalar_t>(total_rows, G, I, xc.data_ptr<scalar_t>(), I,
+                             wi.data_ptr<scalar_t>(), I, true, ptr_or_null<scalar_t>(bc), xw.data_ptr<scalar_t>(), G);
+    });
+    xc = xw;
+  }
   const auto h = h0.contiguous();
   const auto c = lstm ? c0.contiguous() : at::Tensor();
   const auto w = w_hh.contiguous();
@@ -338,8 +354,7 @@ void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t b
   if constexpr (std::is_same_v<T, float>) {
     if (batch == 1 && row_kernel_takes(1, H)) {  // latency-bound: row_recurrence.h
       std::vector<float> wt(H * H);  // W^T, [k, j] = W[j, k]
-      for (int64_t j = 0; j < H; ++j)
-        for (int64_t k = 0; k < H; ++k) wt[k * H + j] = w[j * H + k];
+      lay_out_panels(w, 1, H, H, H, H, wt.data());
       std::vector<int64_t> offsets(steps);
       for (int64_t t = 0, row = 0; t < steps; row += batch_sizes ? batch_sizes[t] : 1, ++t) offsets[t] = row;
       elman_row_forward(steps, [&](int64_t i) { return offsets[reverse ? steps - 1 - i : i]; }, xw, h0, wt.data(), H,
@@ -491,7 +506,7 @@ at::Tensor gated_step_mm_cpu(const at::Tensor& a, const at::Tensor& b, const std
       small_mm(ap, a.stride(0), rows, bc.data_ptr<scalar_t>(), K, N, op, N, init.has_value());
     } else {
 #ifdef FASTRNN_HAVE_ZMM_KERNEL
-      std::vector<scalar_t> storage;
+      std::unique_ptr<scalar_t[]> storage;
       const scalar_t* panels = lay_out_step_weight(bc.data_ptr<scalar_t>(), N, 1, K, N, storage);
       zmm_step_mm(ap, a.stride(0), rows, panels, K, N, init.has_value() ? op : nullptr, N, op, N);
 #endif

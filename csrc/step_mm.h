@@ -7,12 +7,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 #include "blas.h"
 #include "zmm_step_mm.h"
@@ -44,31 +45,48 @@ inline bool zmm_kernel_on() {
 constexpr int64_t kSmallStep = 64 * 64 * 64;
 constexpr int64_t kZmmSmallStep = int64_t{1} << 30;
 
-// op(W) [K, N] with strides (sk, sn) laid out in `out` as the register kernel reads it (see the top of the file);
-// returns where it starts: 64-byte aligned, since the AVX-512 kernel's loads of a panel row then stay in one
-// cache line (with malloc's 16-byte alignment the kernel ran ~20% slower at H = 32).
+// op(W) [K, N] with strides (sk, sn) copied into column panels of PW columns: panel p, columns [p * PW, (p + 1) *
+// PW), is a contiguous [K, PW] block in dst, the last one zero-padded. A transposed W (sn != 1) goes in tiles of
+// 16 k so that both sides stay in L1 (column by column, W_hh^T of an LSTM at H = 1024 took 11 ms, 4% of a T=100
+// B=64 inference call); large weights a panel a thread (call it outside parallel regions or in one thread).
 template <typename T>
-const T* lay_out_step_weight(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, std::vector<T>& out) {
+void lay_out_panels(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, int64_t PW, T* dst) {
+  const auto body = [&](int64_t first, int64_t last) {
+    for (int64_t p = first; p < last; ++p) {
+      const int64_t n0 = p * PW, nn = std::min(N, n0 + PW) - n0;
+      T* panel = dst + p * K * PW;
+      for (int64_t k0 = 0; k0 < K; k0 += 16) {
+        const int64_t k1 = std::min(K, k0 + 16);
+        for (int64_t k = k0; k < k1; ++k) {
+          std::fill(panel + k * PW + nn, panel + (k + 1) * PW, T(0));
+          if (sn == 1) std::memcpy(panel + k * PW, w + k * sk + n0, sizeof(T) * nn);
+        }
+        for (int64_t n = 0; n < nn && sn != 1; ++n)
+          for (int64_t k = k0; k < k1; ++k) panel[k * PW + n] = w[k * sk + (n0 + n) * sn];
+      }
+    }
+  };
+  const int64_t panels = (N + PW - 1) / PW;
+  if (K * N >= int64_t{1} << 18) {
+    at::parallel_for(0, panels, 1, body);
+  } else {
+    body(0, panels);
+  }
+}
+
+// op(W) laid out in `out` as the register kernel reads it (see the top of the file); returns where it starts:
+// 64-byte aligned, since the AVX-512 kernel's loads of a panel row then stay in one cache line (with malloc's
+// 16-byte alignment the kernel ran ~20% slower at H = 32).
+template <typename T>
+const T* lay_out_step_weight(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, std::unique_ptr<T[]>& out) {
   int64_t PW = std::max<int64_t>(N, 1);  // the portable loop: one panel, [K, N]
 #ifdef FASTRNN_HAVE_ZMM_KERNEL
   if (zmm_kernel_on()) PW = 4 * Zmm<T>::L;
 #endif
-  const int64_t panels = (N + PW - 1) / PW;
   constexpr int64_t kAlign = 64 / sizeof(T);
-  out.assign(panels * K * PW + kAlign, T(0));  // the last panel's padding stays 0
-  T* base = out.data() + (kAlign - reinterpret_cast<uintptr_t>(out.data()) / sizeof(T) % kAlign) % kAlign;
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t n0 = p * PW, n1 = std::min(N, n0 + PW);
-    for (int64_t k = 0; k < K; ++k) {
-      T* dst = base + (p * K + k) * PW;
-      const T* src = w + k * sk + n0 * sn;
-      if (sn == 1) {
-        std::memcpy(dst, src, sizeof(T) * (n1 - n0));
-      } else {
-        for (int64_t n = 0; n < n1 - n0; ++n) dst[n] = src[n * sn];
-      }
-    }
-  }
+  out.reset(new T[(N + PW - 1) / PW * K * PW + kAlign]);
+  T* base = out.get() + (kAlign - reinterpret_cast<uintptr_t>(out.get()) / sizeof(T) % kAlign) % kAlign;
+  lay_out_panels(w, sk, sn, K, N, PW, base);
   return base;
 }
 
@@ -115,7 +133,7 @@ class StepWeight {
   int64_t K_ = 0, N_ = 0;
   bool small_ = true;
   const T* kn_ = nullptr;  // op(W) laid out for the register kernel (small steps only), in storage_
-  std::vector<T> storage_;
+  std::unique_ptr<T[]> storage_;
 };
 
 }  // namespace fastrnn

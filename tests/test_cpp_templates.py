@@ -98,7 +98,7 @@ def test_inference_layer_and_training_forwards_walk_the_same_steps(cell, packed,
         _assert_bitwise(ops.lstm_infer(xw, None, None, *args), ops.lstm_fwd(xw, *args)[:3])
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 4])
 @pytest.mark.parametrize("cell", ["gru", "lstm", "lstm_proj"])
 def test_windowed_projection_is_the_per_step_projection(cell, batch):
     """A padded call with few rows a thread projects the next steps' inputs in one kernel call (cells.h, Window);

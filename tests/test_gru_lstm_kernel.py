@@ -136,10 +136,11 @@ def test_lstm_infer_equals_lstm_fwd(ops, zmm, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_lstm_infer_and_layer_fwd_project_the_input(ops, zmm, dtype):
     """lstm_infer(x, w_ih, bias) and the training forward lstm_layer_fwd: the step kernel's own x W_ih^T + bias
-    (or one GEMM first, kernel off) against the float64 reference of the projected input, the workspace that
-    lstm_bwd reads included; the two ops' outputs agree bit for bit."""
+    (or one GEMM first: kernel off, or B < 4 beyond a tiny call, the last case; recurrence.cpp's fuse_projection)
+    against the float64 reference of the projected input, the workspace that lstm_bwd reads included; the two
+    ops' outputs agree bit for bit."""
     tol = 2e-5 if dtype == torch.float32 else 1e-12
-    for batch, inputs, hidden, proj in ((1, 3, 5, 0), (6, 17, 20, 0), (9, 40, 33, 7), (20, 70, 70, 0)):
+    for batch, inputs, hidden, proj in ((1, 3, 5, 0), (6, 17, 20, 0), (9, 40, 33, 7), (20, 70, 70, 0), (2, 64, 48, 0)):
         for packed in (False, True):
             xw, h0, c0, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + inputs)
             x = torch.randn(*xw.shape[:-1], inputs, dtype=dtype)
@@ -165,9 +166,10 @@ def test_lstm_infer_and_layer_fwd_project_the_input(ops, zmm, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_gru_infer_equals_gru_fwd_and_projects_the_input(ops, zmm, dtype):
     """gru_infer(xw): gru_fwd's y and h_n bit for bit; gru_infer(x, w_ih, bias) and the training forward
-    gru_layer_fwd (its workspace included): against the float64 reference, and equal to each other."""
+    gru_layer_fwd (its workspace included): against the float64 reference, and equal to each other. The last
+    case projects in one GEMM first (B < 4 beyond a tiny call), the others in the step kernel where it has AVX-512."""
     tol = 2e-5 if dtype == torch.float32 else 1e-12
-    for batch, inputs, hidden in ((1, 3, 5), (6, 17, 20), (9, 40, 33), (20, 70, 70)):
+    for batch, inputs, hidden in ((1, 3, 5), (6, 17, 20), (9, 40, 33), (20, 70, 70), (2, 64, 48)):
         for packed in (False, True):
             xw, h0, _, w, batch_sizes = _lstm_case(7, batch, hidden, packed, dtype, batch + inputs)
             xw, w = xw[..., : 3 * hidden].contiguous(), w[: 3 * hidden].contiguous()
