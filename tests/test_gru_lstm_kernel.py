@@ -48,7 +48,7 @@ MM_SHAPES = [(64, 256), (32, 128), (7, 13), (33, 100), (128, 520), (5, 200), (3,
 def test_step_mm_matches_float64_matmul(ops, kernel, dtype, K, N):
     _kernel_or_skip(ops, kernel)
     gen = torch.Generator().manual_seed(K * 1000 + N)
-    for rows in range(1, 10):
+    for rows in [*range(1, 10), 13, 14, 20]:  # every row block (1-6) and each way the rest of the 6s splits
         # a's rows are strided (a view of a wider matrix), as the ops' rows of h are.
         a = torch.randn(rows, K + 3, generator=gen, dtype=dtype)[:, :K]
         b = torch.randn(K, N, generator=gen, dtype=dtype)
