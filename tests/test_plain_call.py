@@ -461,14 +461,16 @@ def test_malformed_calls_are_declined_with_torchs_error(calls_of, spec, bad):
     assert True not in plain_calls
 
 
-@pytest.mark.parametrize("batch", [4, 64], ids=["streamed-W_ih-projected-first", "fused-per-step"])
+@pytest.mark.parametrize("hidden,batch", [(1024, 4), (1024, 64), (64, 8)],
+                         ids=["large-W_ih-projected-first", "large-W_ih-many-rows-projected-first", "fused-per-step"])
 @pytest.mark.parametrize("spec", params(LAYER_CLASSES, by="name"))
-def test_both_sides_of_the_fused_projection_switch_equal_torch(spec, batch):
-    """At H = 1024 W_ih (16 MB) leaves the cache: with few rows a thread the gated layer ops project all steps in
-    one GEMM first, with many they project each step in the step kernel (csrc/recurrence.cpp, fuse_projection)."""
+def test_both_sides_of_the_fused_projection_switch_equal_torch(spec, hidden, batch):
+    """The gated layer ops project all steps in one GEMM first where W_ih is large (H = 1024: 16 MB, whatever the
+    rows a thread), and each step in the step kernel where it is small and both threads step (B >= 4; on AVX-512
+    CPUs: csrc/recurrence.cpp, fuse_projection)."""
     torch.manual_seed(0)
-    theirs = spec.theirs(1024, 1024, dtype=torch.float64)
+    theirs = spec.theirs(hidden, hidden, dtype=torch.float64)
     ours = spec.ours.from_torch(theirs)
-    x = torch.randn(2, batch, 1024, dtype=torch.float64)
+    x = torch.randn(2, batch, hidden, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
