@@ -183,8 +183,8 @@ at::Tensor with_width(const at::Tensor& like, int64_t width) {
 }
 
 // Whether the step kernel makes each step's x W_ih^T + bias (AVX-512 kernel only) rather than one GEMM (mm_nn's)
-// for all steps before them. Measured on the 2-core AVX-512 machine (benchmarks/NOTES.md, "The projection:
-// fused or one GEMM"), the GEMM wins but where
+// for all steps before them. Measured on the 2-core AVX-512 machine (benchmarks/NOTES.md, "The input projection:
+// one GEMM or in the steps"), the GEMM wins but where
 // - the projection is tiny (T=5 B=1 H=8: its call costs more than the arithmetic, 1.3 us of 8.6);
 // - both threads step (B >= 4) with W_ih in L2 (H <= 128 LSTM), or with 32+ rows a thread and W_ih <= 1 MB:
 //   the steps' kernel then uses each W_ih vector often enough, and [T, B, G] is never written and read back.
