@@ -1,5 +1,5 @@
 // fastrnn::mm_nn: a [M, K] @ b [K, N] (+ bias [N]) on the tiled microkernel GEMM of brgemm_gemm.h: the
-// gated layers' dX in training (their input projection is made per step by the forward op).
+// gated layers' dX in training, and their input projection where the forward op does not make it per step.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -9,7 +9,6 @@
 #include "step_buffers.h"
 
 namespace fastrnn {
-namespace {
 
 at::Tensor mm_nn_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "fastrnn::mm_nn: a and b must be 2-D, got ", a.sizes(), " and ",
@@ -43,7 +42,6 @@ at::Tensor mm_nn_cpu(const at::Tensor& a, const at::Tensor& b, const std::option
   return out;
 }
 
-}  // namespace
 }  // namespace fastrnn
 
 TORCH_LIBRARY_FRAGMENT(fastrnn, m) {

@@ -19,7 +19,6 @@
 #include <utility>
 #include <vector>
 
-#include "brgemm_gemm.h"
 #include "cells.h"
 #include "row_recurrence.h"
 #include "rnn_cpu.h"
@@ -244,16 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   at::Tensor xc = x.contiguous();
   const int64_t total_rows = xc.dim() == 3 ? xc.size(0) * xc.size(1) : xc.size(0);
   const bool fuse = w_ih.has_value() && fuse_projection(total_rows, batch, I, G, P, x.element_size());
-  if (w_ih.has_value() && !fuse) {  // x W_ih^T + bias for all steps in one GEMM (mm_nn's)
-    const auto wi = w_ih->contiguous();
-    const auto bc = bias.has_value() ? bias->contiguous() : at::Tensor();
-    auto xw = with_width(xc, G);
-    AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "fastrnn_projection", [&] {
-      gemm_nn_bias<scalar_t>(total_rows, G, I, xc.data_ptr<scalar_t>(), I,
-                             wi.data_ptr<scalar_t>(), I, true, ptr_or_null<scalar_t>(bc), xw.data_ptr<scalar_t>(), G);
-    });
-    xc = xw;
-  }
+  if (w_ih.has_value() && !fuse)  // x W_ih^T + bias for all steps in one GEMM
+    xc = mm_nn_cpu(xc.view({total_rows, I}), w_ih->t(), bias).view(with_last(xc.sizes(), G));
   const auto h = h0.contiguous();
   const auto c = lstm ? c0.contiguous() : at::Tensor();
   const auto w = w_hh.contiguous();
@@ -427,7 +418,8 @@ std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std:
   return {y, hn};
 }
 
-// Training with the input projection made per step where that pays: x is the layer input, bias is
+// Training with the input projection made per step where that pays (fuse_projection), else in one GEMM first:
+// x is the layer input, bias is
 // b_ih + [b_hr, b_hz, 0]. Returns what gru_fwd returns.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
     const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
@@ -468,7 +460,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_infer_cpu(
   return {y, hn, cn};
 }
 
-// Training with the input projection made per step, as gru_layer_fwd. Returns what lstm_fwd returns.
+// Training, the input projection as gru_layer_fwd makes it. Returns what lstm_fwd returns.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_fwd_cpu(
     const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,

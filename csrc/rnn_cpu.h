@@ -34,6 +34,10 @@ template <typename T>
 void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
                              bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh);
 
+// a [M, K] @ b [K, N] (+ bias [N]) on the microkernel GEMM, checked (linear_cpu.cpp: fastrnn::mm_nn's kernel); the
+// output comes from the step-buffer cache. b may be a weight's transpose.
+at::Tensor mm_nn_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias);
+
 // out[r, j] (+)= sum_k a[r, k] * w[j, k] for a [rows, K], w [H, K] (cell.cpp): one vectorised dot per
 // output, for a few rows where a BLAS call costs more than the arithmetic.
 void rows_times_wt(const float* a, int64_t rows, int64_t K, const float* w, int64_t H, float* out,

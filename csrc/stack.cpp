@@ -5,9 +5,9 @@
 // loops, where it spent ~50 us in Python around a few microseconds of arithmetic.
 //
 // Every cell runs its layer forward (Elman: the input projection written straight into the output buffer, then
-// the recurrence in place there; Gru / Lstm: layer_forward, the projection made per step). A recording call
-// runs the same forward in StackFunction, one node for the whole stack whatever the cell, which keeps the gated
-// layers' workspaces and whose backward is C++ too.
+// the recurrence in place there; Gru / Lstm: layer_forward, which projects per step or in one GEMM). A recording
+// call runs the same forward in StackFunction, one node for the whole stack whatever the cell, which keeps the
+// gated layers' workspaces and whose backward is C++ too.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/autograd.h>

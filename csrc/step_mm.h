@@ -61,7 +61,8 @@ void lay_out_panels(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, in
           std::fill(panel + k * PW + nn, panel + (k + 1) * PW, T(0));
           if (sn == 1) std::memcpy(panel + k * PW, w + k * sk + n0, sizeof(T) * nn);
         }
-        for (int64_t n = 0; n < nn && sn != 1; ++n)
+        if (sn == 1) continue;
+        for (int64_t n = 0; n < nn; ++n)
           for (int64_t k = k0; k < k1; ++k) panel[k * PW + n] = w[k * sk + (n0 + n) * sn];
       }
     }

@@ -150,11 +150,12 @@ void zmm_step_mm(const T* a, int64_t lda, int64_t rows, const T* b, int64_t K, i
   constexpr int64_t L = Zmm<T>::L;
   int64_t sixes = rows / 6, rest = rows % 6;
   if (sixes > 0 && rest > 0 && rest < 3) --sixes, rest += 6;  // 7 = 4 + 3, 8 = 4 + 4
-  const auto block = [&](int64_t r, int64_t n, int64_t j0) {
+  const int64_t tail[2] = {rest > 5 ? 4 : rest, rest > 5 ? rest - 4 : 0};  // the rows past the 6s: 1-2 blocks
+  const auto block = [&](int64_t r, int64_t count, int64_t j0) {
     const T* ar = a + r * lda;
     const T* ir = init == nullptr ? nullptr : init + r * ldi;
     T* outr = out + r * ldo;
-    switch (n) {
+    switch (count) {
 #define FASTRNN_ZMM_ROWS(n)                                     \
   case n:                                                       \
     zmm_rows<T, n>(ar, lda, b, K, N, j0, ir, ldi, outr, ldo); \
@@ -173,8 +174,8 @@ void zmm_step_mm(const T* a, int64_t lda, int64_t rows, const T* b, int64_t K, i
   for (int64_t j0 = 0; j0 < N; j0 += rows >= 3 ? 4 * L : 8 * L) {  // blocks of 1-2 rows take 8 vectors
     int64_t r = 0;
     for (int64_t i = 0; i < sixes; ++i, r += 6) block(r, 6, j0);
-    if (rest > 5) block(r, 4, j0), r += 4;
-    if (rest > 0) block(r, rest > 5 ? rest - 4 : rest, j0);
+    block(r, tail[0], j0);
+    block(r + tail[0], tail[1], j0);
   }
 }
 

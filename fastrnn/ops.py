@@ -586,10 +586,11 @@ def lstm_recurrence(
 
 # --- whole layers, eager training -----------------------------------------------------------------------
 # One autograd node per layer and direction that owns the input projection too; it runs only where
-# _one_call found the C++ backend, so it calls the C++ ops directly. Its forward is one C++ op
-# whose step kernel makes each step's x_t W_ih^T + bias next to h W_hh^T (the [T, B, G] projection is never
-# written out and read back); its backward's dX = da W_ih runs on fastrnn::mm_nn (oneDNN's microkernel,
-# csrc/brgemm_gemm.h), which beats the BLAS behind at::mm on this project's CPUs.
+# _one_call found the C++ backend, so it calls the C++ ops directly. Its forward is one C++ op, which makes
+# each step's x_t W_ih^T + bias next to h W_hh^T in the step kernel where that pays (the [T, B, G] projection is
+# then never written out and read back) and one GEMM first elsewhere (csrc/recurrence.cpp, fuse_projection);
+# its backward's dX = da W_ih runs on fastrnn::mm_nn (oneDNN's microkernel, csrc/brgemm_gemm.h), which beats the
+# BLAS behind at::mm on this project's CPUs.
 
 # Below this many multiply-adds mm_nn would call the BLAS itself (csrc/brgemm_gemm.h): ATen's call is cheaper.
 _MM_NN_MIN_WORK = 1 << 23
@@ -682,7 +683,7 @@ def _one_call(x: Tensor, *tensors: Optional[Tensor]) -> Optional[str]:
 
 def layer(spec: Recurrence, x: Tensor, w_ih: Tensor, bias: Optional[Tensor], *rest) -> tuple:
     """One layer and direction, ``rest = (*states, w_hh, extra, batch_sizes, reverse)``: one C++ inference op
-    (which makes each step's input projection itself where it can), one layer node, or the projection and
+    (which makes each step's input projection itself where that pays), one layer node, or the projection and
     the op's entry (:func:`gru_recurrence`, :func:`lstm_recurrence`)."""
     path = _one_call(x, w_ih, bias, *rest[:-2])
     if path == "infer":
