@@ -63,7 +63,7 @@ template <typename T>
 struct Window {
   int64_t batch = 0, steps = 0, count = 0, used = 0;
   bool reverse = false;
-  std::vector<T> x, out;
+  T *x = nullptr, *out = nullptr;
 };
 
 // One thread's rows [lo, hi) of a layer, with its scratch (the cell's `scratch` values a row) and window.
@@ -87,12 +87,12 @@ void load_input(const Chunk<T>& c, const StepRows& r, int64_t G, T* g, int64_t l
       w.count = std::min(kWindowRows / rows, w.reverse ? r.t + 1 : w.steps - r.t);
       for (int64_t j = 0; j < w.count; ++j) {
         const int64_t t = w.reverse ? r.t - j : r.t + j;
-        std::memcpy(w.x.data() + j * rows * L.I, L.x + (t * w.batch + r.lo) * L.I, sizeof(T) * rows * L.I);
+        std::memcpy(w.x + j * rows * L.I, L.x + (t * w.batch + r.lo) * L.I, sizeof(T) * rows * L.I);
       }
-      L.proj->apply_from(L.bias, w.x.data(), L.I, w.count * rows, w.out.data(), G);
+      L.proj->apply_from(L.bias, w.x, L.I, w.count * rows, w.out, G);
       w.used = 0;
     }
-    in = w.out.data() + w.used++ * rows * G;
+    in = w.out + w.used++ * rows * G;
   } else if (L.proj != nullptr) {
     return L.proj->apply_from(L.bias, L.x + (r.first + r.lo) * L.I, L.I, rows, g, ld);
   }

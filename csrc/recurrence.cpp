@@ -49,15 +49,13 @@ namespace {
 template <class Cell, typename T>
 void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse) {
   for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
-    std::vector<T> scratch((hi - lo) * Cell::scratch(L));
-    Window<T> w{batch, s.count(), 0, 0, reverse};
     const int64_t rows = hi - lo;
     const bool windowed = L.proj != nullptr && !s.packed() && rows > 0 && 2 * rows <= kWindowRows;
-    if (windowed) {  // sized to the rows of the steps this call has, at most kWindowRows
-      const int64_t most = std::min(kWindowRows / rows, s.count()) * rows;
-      w.x.resize(most * L.I);
-      w.out.resize(most * 4 * L.H);
-    }
+    // The cell's scratch, then the window's rows: sized to the steps this call has, at most kWindowRows.
+    const int64_t most = windowed ? std::min(kWindowRows / rows, s.count()) * rows : 0;
+    std::vector<T> scratch(rows * Cell::scratch(L) + most * (L.I + 4 * L.H));
+    T* window_x = scratch.data() + rows * Cell::scratch(L);
+    Window<T> w{batch, s.count(), 0, 0, reverse, window_x, window_x + most * L.I};
     const Chunk<T> c{L, lo, hi, scratch.data(), windowed ? &w : nullptr};
     walk_steps(s, lo, hi, reverse, false, [&](const StepRows& r) {
       const StepBuffer<T> g = Cell::gates(c, r);
@@ -187,16 +185,18 @@ at::Tensor with_width(const at::Tensor& like, int64_t width) {
 // - the projection is tiny (T=5 B=1 H=8: its call costs more than the arithmetic, 1.3 us of 8.6);
 // - both threads step (B >= 4) with W_ih in L2 (H <= 128 LSTM), or with 32+ rows a thread and W_ih <= 1 MB:
 //   the steps' kernel then uses each W_ih vector often enough, and [T, B, G] is never written and read back.
-// With B < 4 one thread steps while the GEMM has both (GRU T=1000 B=1 H=32: 195 us against 237 fused).
+// With B < 4 one thread steps while the GEMM has both (GRU T=1000 B=1 H=32: 195 us against 237 fused). The Elman
+// (G = H) fuses a tiny projection only: T=1000 B=4 H=64, 476 us GEMM first against 505 fused.
 constexpr int64_t kFusedTinyMacs = int64_t{1} << 16;
 constexpr int64_t kFusedSmallWeightBytes = int64_t{1} << 18;
 constexpr int64_t kFusedWeightBytes = int64_t{1} << 20;
 constexpr int64_t kFusedStreamRows = 32;
 
-bool fuse_projection(int64_t total_rows, int64_t batch, int64_t I, int64_t G, int64_t P, int64_t elem_bytes) {
+bool fuse_projection(int64_t gates, int64_t total_rows, int64_t batch, int64_t I, int64_t G, int64_t P,
+                     int64_t elem_bytes) {
   const int64_t rows = rows_per_thread(batch), w_ih_bytes = I * G * elem_bytes;
   const bool pays = total_rows * I * G <= kFusedTinyMacs ||
-                    (batch >= 2 * kRowsPerThreadMin && (w_ih_bytes <= kFusedSmallWeightBytes ||
+                    (gates > 1 && batch >= 2 * kRowsPerThreadMin && (w_ih_bytes <= kFusedSmallWeightBytes ||
                                                         (rows >= kFusedStreamRows && w_ih_bytes <= kFusedWeightBytes)));
   return zmm_kernel_on() && pays && rows * I * G <= kZmmSmallStep && rows * P * G <= kZmmSmallStep;
 }
@@ -242,8 +242,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const int64_t rows = rows_per_thread(batch);
   at::Tensor xc = x.contiguous();
   const int64_t total_rows = xc.dim() == 3 ? xc.size(0) * xc.size(1) : xc.size(0);
-  const bool fuse = w_ih.has_value() && fuse_projection(total_rows, batch, I, G, P, x.element_size());
-  if (w_ih.has_value() && !fuse)  // x W_ih^T + bias for all steps in one GEMM
+  const bool fuse = w_ih.has_value() && fuse_projection(gates, total_rows, batch, I, G, P, x.element_size());
+  // One float Elman row, unfused: the latency-bound row kernel (row_recurrence.h), on the projection made first.
+  const bool row_kernel = !fuse && gates == 1 && batch == 1 && x.scalar_type() == at::kFloat && row_kernel_takes(1, H);
+  const bool projected = w_ih.has_value() && !fuse;
+  if (projected)  // x W_ih^T + bias for all steps in one GEMM
     xc = mm_nn_cpu(xc.view({total_rows, I}), w_ih->t(), bias).view(with_last(xc.sizes(), G));
   const auto h = h0.contiguous();
   const auto c = lstm ? c0.contiguous() : at::Tensor();
@@ -251,12 +254,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const auto wr = proj ? w_hr->contiguous() : at::Tensor();
   const auto wi = fuse ? w_ih->contiguous() : at::Tensor();
   const int64_t W = gates == 3 ? 4 * H : lstm ? (proj ? 6 : 5) * H : 0;
-  auto y = with_width(xc, P);  // [T, B, P] or [N, P]
+  auto y = gates == 1 && projected ? xc : with_width(xc, P);  // [T, B, P] or [N, P]; Elman: in place on its projection
   auto ws = save && W > 0 ? with_width(xc, W) : at::Tensor();  // [T, B, W] or [N, W]
   auto hn = step_buffer({batch, P}, h.options());
   auto cn = lstm ? step_buffer({batch, H}, c.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "fastrnn_layer_forward", [&] {
     using T = scalar_t;
+    if constexpr (std::is_same_v<T, float>) {
+      if (row_kernel) {
+        std::vector<float> wt(H * H);  // W^T, [k, j] = W[j, k]
+        lay_out_panels(w.data_ptr<float>(), 1, H, H, H, H, wt.data());
+        const int64_t n = s.count();
+        elman_row_forward(n, [&](int64_t i) { return s.offset(reverse ? n - 1 - i : i); }, xc.data_ptr<float>(),
+                          h.data_ptr<float>(), wt.data(), H, act, y.data_ptr<float>(), hn.data_ptr<float>());
+        return;
+      }
+    }
     const StepWeight<T> sw(w.data_ptr<T>(), true, P, G, rows);
     const StepWeight<T> swr = proj ? StepWeight<T>(wr.data_ptr<T>(), true, H, P, rows) : StepWeight<T>();
     const StepWeight<T> sp = fuse ? StepWeight<T>(wi.data_ptr<T>(), true, I, G, rows) : StepWeight<T>();
@@ -317,8 +330,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
   const at::Tensor& lead = lstm ? wsc : yc;
   auto dgates = with_width(lead, G);
   auto second = gru ? with_width(lead, G) : proj ? with_width(g, P) : at::Tensor();
-  auto dh = dh_n.contiguous().clone();  // dh_n in, dh0 out
-  auto dc = lstm ? dc_n.contiguous().clone() : at::Tensor();  // dc_n in, dc0 out
+  auto dh = step_copy(dh_n);  // dh_n in, dh0 out
+  auto dc = lstm ? step_copy(dc_n) : at::Tensor();  // dc_n in, dc0 out
   AT_DISPATCH_FLOATING_TYPES(lead.scalar_type(), "fastrnn_layer_backward", [&] {
     using T = scalar_t;
     const int64_t rows = rows_per_thread(batch);
@@ -337,50 +350,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
   if (lstm && !proj) second = at::empty({0}, g.options());
   return {dgates, second, dh, dc};
 }
-
-template <typename T>
-void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t batch, const T* xw, const T* h0,
-                            const T* w, int64_t H, bool reverse, int64_t activation, T* y, T* hn) {
-  const Steps s(batch_sizes, steps, batch);
-  if constexpr (std::is_same_v<T, float>) {
-    if (batch == 1 && row_kernel_takes(1, H)) {  // latency-bound: row_recurrence.h
-      std::vector<float> wt(H * H);  // W^T, [k, j] = W[j, k]
-      lay_out_panels(w, 1, H, H, H, H, wt.data());
-      std::vector<int64_t> offsets(steps);
-      for (int64_t t = 0, row = 0; t < steps; row += batch_sizes ? batch_sizes[t] : 1, ++t) offsets[t] = row;
-      elman_row_forward(steps, [&](int64_t i) { return offsets[reverse ? steps - 1 - i : i]; }, xw, h0, wt.data(), H,
-                        activation, y, hn);
-      return;
-    }
-  }
-  const StepWeight<T> sw(w, true, H, H, rows_per_thread(batch));
-  Layer<T> L;
-  L.H = H, L.P = H, L.x = xw, L.h0 = h0, L.w_hh = &sw, L.y = y, L.hn = hn;
-  with_cell(1, activation, [&](auto kind) {
-    run_forward<typename decltype(kind)::template type<T>>(s, batch, L, reverse);
-  });
-}
-
-template <typename T>
-void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
-                             bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh) {
-  const Steps s(nullptr, steps, batch);
-  const StepWeight<T> sw(w, false, H, H, rows_per_thread(batch));
-  Layer<T> L;
-  L.H = H, L.P = H, L.y = const_cast<T*>(y), L.w_hh = &sw, L.dy = dy, L.dh = dh, L.dgates = dz;
-  with_cell(1, activation, [&](auto kind) {
-    run_backward<typename decltype(kind)::template type<T>>(s, batch, L, reverse, need_dh0);
-  });
-}
-
-#define FASTRNN_INSTANTIATE_RAW(T)                                                                             \
-  template void recurrence_forward_raw<T>(const int64_t*, int64_t, int64_t, const T*, const T*, const T*,     \
-                                          int64_t, bool, int64_t, T*, T*);                                    \
-  template void recurrence_backward_raw<T>(int64_t, int64_t, const T*, const T*, const T*, int64_t, bool,     \
-                                           int64_t, bool, T*, T*);
-FASTRNN_INSTANTIATE_RAW(float)
-FASTRNN_INSTANTIATE_RAW(double)
-#undef FASTRNN_INSTANTIATE_RAW
 
 // xw [T, B, H] (batch_sizes empty) or [N, H] (packed); h0 [B, H]; w_hh [H, H]. Returns y (shape of xw), h_n [B, H].
 std::tuple<at::Tensor, at::Tensor> rnn_fwd_cpu(const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& w_hh,

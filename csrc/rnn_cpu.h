@@ -20,20 +20,6 @@ constexpr int64_t kRelu = 1;
 // non-increasing, summing to rows; TORCH_CHECK with the offending step otherwise.
 void check_batch_sizes(const at::Tensor& batch_sizes, int64_t rows, const char* x_name);
 
-// The forward recurrence on raw contiguous buffers (recurrence.cpp): xw [T, B, H] or packed [N, H] (batch_sizes
-// nullptr when padded, else `steps` sizes), h0 [B, H], w [H, H]; writes y (shape of xw; may be xw itself,
-// then the recurrence runs in place) and hn [B, H]. Arguments are the caller's to check.
-template <typename T>
-void recurrence_forward_raw(const int64_t* batch_sizes, int64_t steps, int64_t batch, const T* xw,
-                            const T* h0, const T* w, int64_t H, bool reverse, int64_t activation, T* y,
-                            T* hn);
-
-// The backward recurrence on raw contiguous padded buffers (recurrence.cpp): dy and y [T, B, H], w [H, H];
-// dh holds dh_n [B, H] on entry and dh0 on return (without need_dh0: no meaningful values); writes dz.
-template <typename T>
-void recurrence_backward_raw(int64_t steps, int64_t batch, const T* dy, const T* y, const T* w, int64_t H,
-                             bool reverse, int64_t activation, bool need_dh0, T* dz, T* dh);
-
 // a [M, K] @ b [K, N] (+ bias [N]) on the microkernel GEMM, checked (linear_cpu.cpp: fastrnn::mm_nn's kernel); the
 // output comes from the step-buffer cache. b may be a weight's transpose.
 at::Tensor mm_nn_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias);

@@ -4,10 +4,10 @@
 // autograd.Function and no dispatcher per layer: a tiny call (T = 5, B = 1, H = 8) is a few allocations and
 // loops, where it spent ~50 us in Python around a few microseconds of arithmetic.
 //
-// Every cell runs its layer forward (Elman: the input projection written straight into the output buffer, then
-// the recurrence in place there; Gru / Lstm: layer_forward, which projects per step or in one GEMM). A recording
-// call runs the same forward in StackFunction, one node for the whole stack whatever the cell, which keeps the
-// gated layers' workspaces and whose backward is C++ too.
+// Every cell runs layer_forward (recurrence.cpp), which projects per step or in one GEMM first (the Elman's
+// recurrence then runs in place on its projection). A recording call runs the same forward in StackFunction, one
+// node for the whole stack whatever the cell, which keeps the gated layers' workspaces and whose backward runs
+// each layer's layer_backward.
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/autograd.h>
@@ -28,9 +28,6 @@
 
 namespace fastrnn {
 namespace {
-
-// Below this many multiply-adds the Elman projection is one vectorised dot per output; above, one GEMM (mm_nn's).
-constexpr int64_t kSmallProjection = 64 * 64 * 8;
 
 // A checked stack call: L layers, D directions, `per_direction` weights each (w_ih, w_hh[, b_ih, b_hh][, w_hr]),
 // G = gates * H rows in w_ih / w_hh, states h [L * D, B, P] (P: the projection's width, else H) and c [.., H].
@@ -91,10 +88,7 @@ std::string refusal(const at::Tensor& x, const at::Tensor (&states)[2], const st
 // Row k of a given state [L * D, B, width], or zeros [B, width] where none was given.
 at::Tensor initial_state(const at::Tensor& given, int64_t k, int64_t batch, int64_t width,
                          const at::TensorOptions& options) {
-  if (given.defined()) return given.select(0, k);
-  at::Tensor zeros = at::empty({batch, width}, options);  // one op where at::zeros is two
-  std::memset(zeros.data_ptr(), 0, zeros.nbytes());
-  return zeros;
+  return given.defined() ? given.select(0, k) : zero_buffer({batch, width}, options);
 }
 
 // final[k] = state: a layer's [B, width] final state into the stack's [L * D, B, width].
@@ -106,31 +100,13 @@ void put_final(at::Tensor& final, int64_t k, const at::Tensor& state) {
 // A new [G] bias: b_ih + b_hh over its first `summed` entries, b_ih alone after them.
 at::Tensor folded_bias(const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t summed) {
   const at::Tensor bi = b_ih.contiguous(), bh = b_hh.contiguous();
-  at::Tensor out = at::empty_like(bi);
+  at::Tensor out = step_buffer(bi.sizes(), bi.options());
   AT_DISPATCH_FLOATING_TYPES(bi.scalar_type(), "fastrnn_folded_bias", [&] {
     const scalar_t *a = bi.const_data_ptr<scalar_t>(), *b = bh.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     for (int64_t j = 0; j < bi.numel(); ++j) o[j] = j < summed ? a[j] + b[j] : a[j];
   });
   return out;
-}
-
-// out[rows, H] = x[rows, I] W_ih^T + b_ih + b_hh (either bias may be nullptr).
-template <typename T>
-void project(const T* x, int64_t rows, int64_t I, const T* w_ih, const T* b_ih, const T* b_hh, int64_t H,
-             T* out) {
-  std::vector<T> bias;
-  if (b_ih != nullptr || b_hh != nullptr) {
-    bias.assign(H, T(0));
-    for (int64_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-  }
-  const T* b = bias.empty() ? nullptr : bias.data();
-  if (rows * I * H > kSmallProjection) return gemm_nn_bias<T>(rows, H, I, x, I, w_ih, I, true, b, out, H);
-  rows_times_wt(x, rows, I, w_ih, H, out, false);
-  if (b != nullptr) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < H; ++j) out[r * H + j] += bias[j];
-  }
 }
 
 // One layer and direction k of a stack call: x, the layer input, contiguous [T, B, in] or packed [N, in];
@@ -148,68 +124,40 @@ struct LayerCall {
   at::Tensor* ws;
 };
 
-// The cells: how a LayerCall runs. Returns y [T, B, P] or [N, P]. kind: stack_if_plain's.
-struct Elman {
-  static constexpr int64_t kGates = 1, kStates = 1;
-  int64_t activation;
-  int64_t kind() const { return activation; }
-
-  at::Tensor operator()(const LayerCall& c) const {
-    const bool packed = c.batch_sizes.has_value();
-    const int64_t steps = packed ? c.batch_sizes->numel() : c.x.size(0), B = c.s.batch, H = c.s.H;
-    const int64_t rows = packed ? c.x.size(0) : c.x.size(0) * c.x.size(1);
-    std::vector<int64_t> shape(c.x.sizes().begin(), c.x.sizes().end());
-    shape.back() = H;
-    at::Tensor y = step_buffer(shape, c.x.options());
-    std::vector<at::Tensor> w(c.s.per_direction);
-    for (int64_t i = 0; i < c.s.per_direction; ++i) w[i] = c.w[i].contiguous();
-    AT_DISPATCH_FLOATING_TYPES(c.x.scalar_type(), "fastrnn_rnn_stack", [&] {
-      using T = scalar_t;
-      T* yp = y.data_ptr<T>();
-      const bool b = c.s.has_biases;
-      project<T>(c.x.data_ptr<T>(), rows, c.x.size(-1), w[0].data_ptr<T>(), b ? w[2].data_ptr<T>() : nullptr,
-                 b ? w[3].data_ptr<T>() : nullptr, H, yp);
-      const at::Tensor& given = c.states[0];
-      std::vector<T> zeros(given.defined() ? 0 : B * H, T(0));
-      const T* h0 = given.defined() ? given.data_ptr<T>() + c.k * B * H : zeros.data();
-      recurrence_forward_raw<T>(packed ? c.batch_sizes->data_ptr<int64_t>() : nullptr, steps, B, yp, h0,
-                                w[1].data_ptr<T>(), H, c.reverse, activation, yp,
-                                c.finals[0].data_ptr<T>() + c.k * B * H);
-    });
-    return y;
-  }
-};
-
-// Gru (3 gates) and Lstm (4): one layer_forward given the layer input and W_ih. The GRU folds b_hh into r and z
-// only: b_hn stays inside the reset product, as torch computes it.
+// The cells: how a LayerCall runs, one layer_forward given the layer input, W_ih and b_ih + b_hh as one bias (the
+// GRU's b_hn stays inside the reset product, as torch computes it: b_hh folds into r and z only). Returns y
+// [T, B, P] or [N, P]. kind: stack_if_plain's.
 template <int64_t Gates>
-struct Gated {
+struct LayerCell {
   static constexpr int64_t kGates = Gates, kStates = Gates == 4 ? 2 : 1;
-  int64_t kind() const { return Gates; }
+  int64_t activation = 0;  // the Elman's (kTanh, kRelu)
+  int64_t kind() const { return Gates == 1 ? activation : Gates; }
 
   at::Tensor operator()(const LayerCall& c) const {
     const StackShape& s = c.s;
     const at::Tensor h0 = initial_state(c.states[0], c.k, s.batch, s.P, c.x.options());
     const at::Tensor c0 = Gates == 4 ? initial_state(c.states[1], c.k, s.batch, s.H, c.x.options()) : at::Tensor();
     std::optional<at::Tensor> bias, b_hn, w_hr;
-    if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], (Gates == 3 ? 2 : 4) * s.H);
+    if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], (Gates == 3 ? 2 : Gates) * s.H);
     if (Gates == 3 && s.has_biases) {  // a copy: a view of a parameter costs more (~0.4 us) than [H] values
       const at::Tensor b_hh = c.w[3].contiguous();
-      b_hn = at::empty({s.H}, c.x.options());
+      b_hn = step_buffer({s.H}, c.x.options());
       std::memcpy(b_hn->data_ptr(), static_cast<const char*>(b_hh.const_data_ptr()) + 2 * b_hn->nbytes(),
                   b_hn->nbytes());
     }
     if (s.proj) w_hr = c.w[s.per_direction - 1];
-    auto [y, h_n, c_n, ws] = layer_forward(Gates == 3 ? "gru_stack" : "lstm_stack", Gates, 0, c.x, h0, c0, c.w[1],
-                                           w_hr, b_hn, c.batch_sizes, c.reverse, c.ws != nullptr, c.w[0], bias);
+    const char* op = Gates == 1 ? "rnn_stack" : Gates == 3 ? "gru_stack" : "lstm_stack";
+    auto [y, h_n, c_n, ws] = layer_forward(op, Gates, activation, c.x, h0, c0, c.w[1], w_hr, b_hn, c.batch_sizes,
+                                           c.reverse, c.ws != nullptr, c.w[0], bias);
     if (c.ws != nullptr) *c.ws = ws;
     put_final(c.finals[0], c.k, h_n);
     if (Gates == 4) put_final(c.finals[1], c.k, c_n);
     return y;
   }
 };
-using Gru = Gated<3>;
-using Lstm = Gated<4>;
+using Elman = LayerCell<1>;
+using Gru = LayerCell<3>;
+using Lstm = LayerCell<4>;
 
 // The whole stack: (output, h_n, c_n or undefined). keep (a recording call): each layer's input, then per
 // direction its y (and a gated cell's ws): what StackFunction's backward reads.
@@ -222,7 +170,7 @@ std::array<at::Tensor, 3> stack_forward(const Cell& cell, const StackShape& s, c
   const at::Tensor states[2] = {dense(given[0]), dense(given[1])};
   at::Tensor finals[2];
   for (int64_t i = 0; i < Cell::kStates; ++i)
-    finals[i] = at::empty({s.layers * s.directions, s.batch, i == 0 ? s.P : s.H}, x.options());
+    finals[i] = step_buffer({s.layers * s.directions, s.batch, i == 0 ? s.P : s.H}, x.options());
   const auto layer = [&](const at::Tensor& input, int64_t k, bool reverse) {
     if (keep != nullptr && k % s.directions == 0) keep->push_back(input);
     const at::Tensor* w = weights.data() + k * s.per_direction;
@@ -260,7 +208,7 @@ void recurrent_weight_grad(int64_t steps, int64_t batch, int64_t G, int64_t P, c
 template <typename T>
 at::Tensor column_sums(const at::Tensor& m, int64_t rows, int64_t cols, int64_t from, int64_t width) {
   if (rows * width > (1 << 16)) return m.view({rows, cols}).narrow(1, from, width).sum(0);  // threaded
-  at::Tensor out = at::empty({width}, m.options());
+  at::Tensor out = step_buffer({width}, m.options());
   sum_rows(m.const_data_ptr<T>() + from, rows, width, out.data_ptr<T>(), cols);
   return out;
 }
@@ -282,19 +230,16 @@ void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::va
   const int64_t steps = y0.size(0), batch = y0.size(1), rows = steps * batch;
   const auto options = y0.options();
   // dY: the gradient of the current layer's output [T, B, D * P]; zeros where the caller sent none.
-  at::Tensor dY = out_grads[0].defined() ? step_contiguous(out_grads[0]) : at::zeros({steps, batch, D * P}, options);
-  // The final states' gradients (given; else zeros, the Elman's in dh), the initial states'.
+  at::Tensor dY = out_grads[0].defined() ? step_contiguous(out_grads[0]) : zero_buffer({steps, batch, D * P}, options);
+  // The final states' gradients (given, else zeros), the initial states'.
   at::Tensor d_final[2], d_state[2];
   for (int64_t i = 0; i < n_states; ++i) {
     const std::array<int64_t, 3> sizes{s.layers * D, batch, i == 0 ? P : H};
     const at::Tensor& given = out_grads[1 + i];
-    d_final[i] = given.defined() ? given.contiguous() : gates == 1 ? given : at::zeros(sizes, options);
-    if (wanted[1 + i]) d_state[i] = at::empty(sizes, options);
+    d_final[i] = given.defined() ? given.contiguous() : zero_buffer(sizes, options);
+    if (wanted[1 + i]) d_state[i] = step_buffer(sizes, options);
   }
-  // Uninitialised buffers (a std::vector would zero a [T, B, H] dz first: ~50 ms at T=100, B=64, H=1024).
-  at::Tensor dz_buffer = gates == 1 ? step_buffer({rows, H}, options) : at::Tensor();
   at::Tensor dy_buffer = D > 1 ? step_buffer({steps, batch, P}, options) : at::Tensor();
-  std::vector<T> dh(gates == 1 ? batch * H : 0);
   for (int64_t layer = s.layers - 1; layer >= 0; --layer) {
     const at::Tensor& x_l = saved[layer * per_layer];  // undefined: layer 0 with no W_ih needing a grad
     const int64_t in = layer == 0 ? input_size : x_l.size(-1);
@@ -314,39 +259,33 @@ void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::va
         dy = dy_buffer;
       }
       const bool reverse = d == 1;
-      at::Tensor dgates, dgh, ws;
-      if (gates == 1) {
-        const T* dh_n = ptr_or_null<T>(d_final[0]);
-        for (int64_t i = 0; i < batch * H; ++i) dh[i] = dh_n != nullptr ? dh_n[k * batch * H + i] : T(0);
-        recurrence_backward_raw<T>(steps, batch, dy.data_ptr<T>(), y.data_ptr<T>(), w[1].data_ptr<T>(), H, reverse,
-                                   kind, wanted[1], dz_buffer.data_ptr<T>(), dh.data());
-        if (wanted[1]) std::copy(dh.begin(), dh.end(), d_state[0].data_ptr<T>() + k * batch * H);
-        dgates = dgh = dz_buffer;
-      } else {
-        ws = saved[layer * per_layer + 2 + 2 * d];
-        const std::optional<at::Tensor> w_hr = s.proj ? std::optional(w[per_direction - 1]) : std::nullopt;
-        auto [a, second, dh0, dc0] = layer_backward(
-            gates == 3 ? "gru_stack_backward" : "lstm_stack_backward", gates, 0, dy, d_final[0].select(0, k),
-            gates == 4 ? d_final[1].select(0, k) : at::Tensor(), y, ws, states[gates == 3 ? 0 : 1].select(0, k), w[1],
-            w_hr, std::nullopt, reverse, wanted[1]);
-        dgates = a, dgh = gates == 3 ? second : a;
-        if (wanted[1]) d_state[0].select(0, k).copy_(dh0);
-        if (gates == 4 && wanted[2]) d_state[1].select(0, k).copy_(dc0);
-        const int64_t hr = k * per_direction + per_direction - 1;  // w_hr: dW_hr = dh_all^T (ws[..., 5H:])
-        if (s.proj && wanted[1 + n_states + hr]) {
-          grads[1 + n_states + hr] = at::empty({P, H}, options);
-          gemm_rowmajor_ex<T>(true, P, H, rows, second.data_ptr<T>(), P, ws.data_ptr<T>() + 5 * H, 6 * H, false, T(0),
-                              grads[1 + n_states + hr].data_ptr<T>(), H);
-        }
+      // The cell's backward: dgates, the gradient of x W_ih^T + b_ih, and dgh, of h W_hh^T (+ b_hn): the same
+      // tensor but for the GRU.
+      const at::Tensor ws = gates > 1 ? saved[layer * per_layer + 2 + 2 * d] : at::Tensor();
+      const at::Tensor state0 = gates > 1 ? states[gates == 3 ? 0 : 1].select(0, k) : at::Tensor();
+      const std::optional<at::Tensor> w_hr = s.proj ? std::optional(w[per_direction - 1]) : std::nullopt;
+      const char* op = gates == 1 ? "rnn_stack_backward" : gates == 3 ? "gru_stack_backward" : "lstm_stack_backward";
+      auto [dgates, second, dh0, dc0] =
+          layer_backward(op, gates, gates == 1 ? kind : 0, dy, d_final[0].select(0, k),
+                         gates == 4 ? d_final[1].select(0, k) : at::Tensor(), y, ws, state0, w[1], w_hr, std::nullopt,
+                         reverse, wanted[1]);
+      if (wanted[1]) put_final(d_state[0], k, dh0);
+      if (gates == 4 && wanted[2]) put_final(d_state[1], k, dc0);
+      const int64_t hr = k * per_direction + per_direction - 1;  // w_hr: dW_hr = dh_all^T (ws[..., 5H:])
+      if (s.proj && wanted[1 + n_states + hr]) {
+        grads[1 + n_states + hr] = step_buffer({P, H}, options);
+        gemm_rowmajor_ex<T>(true, P, H, rows, second.data_ptr<T>(), P, ws.data_ptr<T>() + 5 * H, 6 * H, false, T(0),
+                            grads[1 + n_states + hr].data_ptr<T>(), H);
       }
+      const at::Tensor& dgh = gates == 3 ? second : dgates;
       const T* dg = dgates.data_ptr<T>();
       const int64_t g = 1 + n_states + k * per_direction;  // this direction's w_ih in grads
       if (wanted[g]) {
-        grads[g] = at::empty({G, in}, options);
+        grads[g] = step_buffer({G, in}, options);
         gemm_rowmajor_ex<T>(true, G, in, rows, dg, G, x_l.data_ptr<T>(), in, false, T(0), grads[g].data_ptr<T>(), in);
       }
       if (wanted[g + 1]) {
-        grads[g + 1] = at::empty({G, P}, options);
+        grads[g + 1] = step_buffer({G, P}, options);
         recurrent_weight_grad<T>(steps, batch, G, P, dgh.data_ptr<T>(), y.data_ptr<T>(),
                                  states[0].data_ptr<T>() + k * batch * P, reverse, grads[g + 1].data_ptr<T>());
       }
@@ -464,6 +403,7 @@ class StackFunction : public torch::autograd::Function<StackFunction> {
       differentiate(outputs, grads, all, wanted, create_graph, result);
       return result;
     }
+    at::AutoDispatchBelowADInplaceOrView guard;  // nothing below is recorded: views skip autograd's view tracking
     const at::Tensor states[2] = {dense(saved[0]), n_states > 1 ? dense(saved[1]) : at::Tensor()};
     const std::vector<at::Tensor> layers(saved.begin() + n_states + count, saved.end());  // contiguous already
     std::vector<at::Tensor> weights(count);

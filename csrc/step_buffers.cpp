@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -155,9 +156,22 @@ at::Tensor step_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) 
                                    c10::typeMetaToScalarType(options.dtype()), std::nullopt);
 }
 
+at::Tensor zero_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor zeros = step_buffer(sizes, options);
+  std::memset(zeros.data_ptr(), 0, zeros.nbytes());
+  return zeros;
+}
+
 at::Tensor step_contiguous(const at::Tensor& t) {
   if (t.is_contiguous()) return t;
   return step_buffer(t.sizes(), t.options()).copy_(t);
+}
+
+at::Tensor step_copy(const at::Tensor& t) {
+  at::Tensor copy = step_buffer(t.sizes(), t.options());
+  if (!t.is_contiguous() || t.is_neg() || t.is_conj()) return copy.copy_(t);
+  std::memcpy(copy.data_ptr(), t.const_data_ptr(), t.nbytes());
+  return copy;
 }
 
 int64_t release_step_buffers() { return static_cast<int64_t>(cache().release()); }

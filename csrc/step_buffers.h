@@ -18,9 +18,16 @@ namespace fastrnn {
 // at::empty(sizes, options) for a CPU tensor; from the cache when it is large enough to matter.
 at::Tensor step_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// step_buffer filled with zeros (one memset; at::zeros is two dispatched ops).
+at::Tensor zero_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // t itself when contiguous, else a contiguous copy in a step_buffer (a backward's incoming gradient is often
 // an expanded tensor, e.g. from y.sum()).
 at::Tensor step_contiguous(const at::Tensor& t);
+
+// A contiguous copy of t in a step_buffer: a memcpy where t is dense (a clone's copy kernel costs ~1 us more on a
+// tiny state).
+at::Tensor step_copy(const at::Tensor& t);
 
 // Frees every cached block; returns the bytes released.
 int64_t release_step_buffers();

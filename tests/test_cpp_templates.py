@@ -117,6 +117,51 @@ def test_windowed_projection_is_the_per_step_projection(cell, batch):
             _assert_bitwise([q.reshape(p.shape) for q, p in zip(packed, padded)], padded)
 
 
+@pytest.mark.parametrize("shape", [(300, 1, 32), (40, 3, 24), (5, 1, 8)], ids=["row-kernel", "batch3", "tiny"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_whole_stack_call_runs_the_layer_ops(cell, shape, zmm):
+    """The C++ whole call of a module (stack_if_plain) runs each layer on the layer ops' own forward: its output and
+    final states equal, bit for bit, the inference op's from the layer input with b_ih + b_hh (the GRU: b_hn
+    apart) as the op's bias. The Elman's is rnn_fwd on mm_nn's projection where the call does not fuse it (one
+    float row: the latency-bound row kernel in both)."""
+    steps, batch, hidden = shape
+    gates, proj = GATES[cell], P_PROJ if cell == "lstm_proj" else 0
+    torch.manual_seed(5)
+    module = {1: torch.nn.RNN, 3: torch.nn.GRU, 4: torch.nn.LSTM}[gates]
+    kwargs = {"nonlinearity": cell[4:]} if gates == 1 else {"proj_size": proj} if proj else {}
+    m = module(IN, hidden, **kwargs)
+    x = torch.randn(steps, batch, IN)
+    weights = [p.detach() for p in m._flat_weights]
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    P = proj or hidden
+    with torch.no_grad():
+        out = ops_whole_call(gates, cell, x, weights, hidden, proj)
+        h0 = torch.zeros(batch, P)
+        if gates == 1:
+            tiny = steps * batch * IN * hidden <= 1 << 16
+            if tiny and zmm:  # the call fuses a tiny projection into the steps: no op gives it separately
+                return
+            xw = ops.mm_nn(x.flatten(0, 1), w_ih.t(), b_ih + b_hh).view(steps, batch, hidden)
+            want = ops.rnn_fwd(xw, h0, w_hh, None, False, int(cell == "rnn_relu"))
+        elif gates == 3:
+            bias = torch.cat([b_ih[: 2 * hidden] + b_hh[: 2 * hidden], b_ih[2 * hidden :]])
+            want = ops.gru_infer(x, w_ih, bias, h0, w_hh, b_hh[2 * hidden :].clone(), None, False)
+        else:
+            want = ops.lstm_infer(x, w_ih, b_ih + b_hh, h0, torch.zeros(batch, hidden), w_hh,
+                                  weights[4] if proj else None, None, False)
+    _assert_bitwise([out[0], *(s[0] for s in out[1:])], want)
+
+
+def ops_whole_call(gates, cell, x, weights, hidden, proj):
+    """stack_if_plain on a one-layer module's weights: (output, h_n[, c_n])."""
+    import importlib
+
+    whole = importlib.import_module("fastrnn._C").stack_if_plain
+    kind = {"rnn_tanh": 0, "rnn_relu": 1}.get(cell, gates)
+    out = whole(kind, x, None, None, weights, True, 1, False, False, IN, hidden, proj)
+    return [t for t in out if t is not None]
+
+
 WIDTH = {"rnn_fwd": 4, "gru_fwd": 12, "lstm_fwd": 16}  # G at H = 4
 
 
