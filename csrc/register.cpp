@@ -94,22 +94,22 @@ PyObject* rnn_cell_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t narg
   END_HANDLE_TH_ERRORS
 }
 
-// rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, activation) ->
-// (output, h_n): the RNN stack without autograd (stack.cpp).
-PyObject* rnn_stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+// stack_forward(kind, input, hx, cx, weights, batch_sizes, has_biases, num_layers, bidirectional, proj) ->
+// (output, h_n, c_n or None): the stack of any cell without autograd (whole_call.h).
+PyObject* stack_forward_py(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   const Args a{args};
   std::vector<at::Tensor> weights;
-  if (nargs != 8 || !a.are({0, 1}, {3}) || !a.weights(2, weights, true)) {
+  if (nargs != 10 || !a.are({1, 2}, {3, 5}) || !a.weights(4, weights, true)) {
     if (PyErr_Occurred()) return nullptr;
-    return type_error("rnn_stack_forward(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, "
-                      "activation)");
+    return type_error("stack_forward(kind, input, hx, cx, weights, batch_sizes, has_biases, num_layers, "
+                      "bidirectional, proj)");
   }
-  const int64_t num_layers = a.integer(5), activation = a.integer(7);
+  const int64_t kind = a.integer(0), num_layers = a.integer(7);
   if (PyErr_Occurred()) return nullptr;
-  auto [output, h_n] = fastrnn::rnn_stack_forward(a.tensor(0), a.tensor(1), weights, a.optional(3), a.flag(4),
-                                                  num_layers, a.flag(6), activation);
-  return wrap({output, h_n});
+  const auto out = fastrnn::stack_forward_no_grad(kind, a.tensor(1), a.tensor(2), a.tensor(3), weights, a.optional(5),
+                                                  a.flag(6), num_layers, a.flag(8), a.flag(9));
+  return wrap({out[0], out[1], out[2]});
   END_HANDLE_TH_ERRORS
 }
 
@@ -155,7 +155,7 @@ constexpr PyCFunction fastcall() {
 PyMethodDef methods[] = {
     {"stack_if_plain", fastcall<stack_if_plain_py>(), METH_FASTCALL, "RNN / GRU / LSTM call, or None"},
     {"cell_if_plain", fastcall<cell_if_plain_py>(), METH_FASTCALL, "RNN / GRU / LSTM cell step, or None"},
-    {"rnn_stack_forward", fastcall<rnn_stack_forward_py>(), METH_FASTCALL, "RNN stack without autograd"},
+    {"stack_forward", fastcall<stack_forward_py>(), METH_FASTCALL, "RNN / GRU / LSTM stack without autograd"},
     {"rnn_cell", fastcall<rnn_cell_py>(), METH_FASTCALL, "fastrnn::rnn_cell without the op call's boxing"},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -67,14 +67,6 @@ T* ptr_or_null(const at::Tensor& t) {
 }
 inline at::Tensor dense(const at::Tensor& t) { return t.defined() ? t.contiguous() : t; }
 
-// The whole stack forward without autograd (stack.cpp). weights: per layer and direction
-// w_ih, w_hh[, b_ih, b_hh] in torch.nn.RNN order; hx [L * D, B, H]. Returns output and h_n [L * D, B, H].
-std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const at::Tensor& hx,
-                                                     const std::vector<at::Tensor>& weights,
-                                                     const std::optional<at::Tensor>& batch_sizes,
-                                                     bool has_biases, int64_t num_layers,
-                                                     bool bidirectional, int64_t activation);
-
 // Every cell's layer forward and backward with their argument checks, what the layer ops run (recurrence.cpp
 // says what they take and return).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(

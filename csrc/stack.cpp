@@ -468,23 +468,25 @@ std::optional<std::array<at::Tensor, 3>> whole_stack(const Cell& cell, const at:
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const at::Tensor& hx,
-                                                     const std::vector<at::Tensor>& weights,
-                                                     const std::optional<at::Tensor>& batch_sizes,
-                                                     bool has_biases, int64_t num_layers,
-                                                     bool bidirectional, int64_t activation) {
-  TORCH_CHECK(activation == kTanh || activation == kRelu,
-              "fastrnn: activation must be 0 (tanh) or 1 (relu), got ", activation);
-  TORCH_CHECK(hx.defined(), "fastrnn: rnn_stack_forward needs hx");
+std::array<at::Tensor, 3> stack_forward_no_grad(int64_t kind, const at::Tensor& input, const at::Tensor& hx,
+                                                const at::Tensor& cx, const std::vector<at::Tensor>& weights,
+                                                const std::optional<at::Tensor>& batch_sizes, bool has_biases,
+                                                int64_t num_layers, bool bidirectional, bool proj) {
+  TORCH_CHECK(kind == kTanh || kind == kRelu || kind == 3 || kind == 4,
+              "fastrnn: stack_forward: kind must be 0 or 1 (RNN tanh, relu), 3 (GRU) or 4 (LSTM), got ", kind);
+  TORCH_CHECK(hx.defined() && cx.defined() == (kind == 4), "fastrnn: stack_forward needs hx (and the LSTM's cx)");
   StackShape s;
-  const std::string why = refusal(input, {hx, {}}, weights, batch_sizes, has_biases, 1, false, num_layers,
-                                  bidirectional ? 2 : 1, &s);
-  TORCH_CHECK(why.empty(), "fastrnn: rnn_stack_forward: ", why);
+  const std::string why = refusal(input, {hx, cx}, weights, batch_sizes, has_biases, kind >= 3 ? kind : 1, proj,
+                                  num_layers, bidirectional ? 2 : 1, &s);
+  TORCH_CHECK(why.empty(), "fastrnn: stack_forward: ", why);
   if (batch_sizes.has_value()) check_batch_sizes(*batch_sizes, input.size(0), "input");
-  TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad({input, hx, weights})),
-              "fastrnn: rnn_stack_forward records no autograd; call it without gradients");
-  auto [output, h_n, unused] = stack_forward(Elman{activation}, s, input, {hx, {}}, weights, batch_sizes);
-  return {output, h_n};
+  TORCH_CHECK(!(at::GradMode::is_enabled() && any_requires_grad({input, hx, cx, weights})),
+              "fastrnn: stack_forward records no autograd; call it without gradients");
+  std::array<at::Tensor, 3> out;
+  by_kind<Elman, Gru, Lstm>(kind, [&](const auto& cell) {
+    out = stack_forward(cell, s, input, {hx, cx}, weights, batch_sizes);
+  });
+  return out;
 }
 
 std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::Tensor& input, const at::Tensor& hx,

@@ -30,6 +30,15 @@ std::optional<std::array<at::Tensor, 3>> stack_if_plain(int64_t kind, const at::
                                                         bool batch_first, int64_t input_size, int64_t hidden_size,
                                                         int64_t proj_size);
 
+// The stack's forward without autograd (stack.cpp), for the calls stack_if_plain does not take (packed input,
+// dropout in eval mode's module path): input padded [T, B, I] or packed [N, I] by batch_sizes; hx [L * D, B, P],
+// cx [L * D, B, H] (LSTM, else undefined); weights as above; proj: the LSTM's w_hr follows each direction's.
+// Returns output, h_n and c_n (undefined but for the LSTM); TORCH_CHECKs what it does not take.
+std::array<at::Tensor, 3> stack_forward_no_grad(int64_t kind, const at::Tensor& input, const at::Tensor& hx,
+                                                const at::Tensor& cx, const std::vector<at::Tensor>& weights,
+                                                const std::optional<at::Tensor>& batch_sizes, bool has_biases,
+                                                int64_t num_layers, bool bidirectional, bool proj);
+
 // torch.nn.RNNCell / GRUCell / LSTMCell.forward (cell.cpp): input [N, I] or [I]; hx (and cx) of the same rank
 // or undefined for zeros. Returns h' and c' (undefined but for the LSTM) with one autograd node where autograd
 // records the call. GRU / LSTM take contiguous tensors only.

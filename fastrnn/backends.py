@@ -214,11 +214,11 @@ def differentiated(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def stack_forward_takes(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
-    """Whether ``RNN`` runs its whole stack in one C++ call with no autograd: eager CPU float32/float64 calls
+def stack_forward_takes(input: Tensor, states: list[Tensor], weights: list[Tensor]) -> bool:
+    """Whether a module runs its whole stack in one C++ call with no autograd: eager CPU float32/float64 calls
     that record no gradient (inference). Dropout is the caller's to rule out."""
     cpu = input.device.type == "cpu" and input.dtype in CppBackend.dtypes
-    return cpu and _eager_cpp_call(input) and not differentiated(input, hx, *weights)
+    return cpu and _eager_cpp_call(input) and not differentiated(input, *states, *weights)
 
 
 def select_backend(x: Tensor, family: str = "RNN") -> Backend:

@@ -95,17 +95,21 @@ def _built(name: str, fallback: Callable[[], object] = lambda: None) -> Callable
 
 
 # The whole RNN / GRU / LSTM call (csrc/stack.cpp) and the whole RNNCell / GRUCell / LSTMCell step (csrc/cell.cpp),
-# None without the built extension; the Elman step op fastrnn::rnn_cell; the no-autograd Elman stack forward
-# (csrc/stack.cpp), else the differentiable path.
+# None without the built extension; the Elman step op fastrnn::rnn_cell; the no-autograd stack forward of every
+# cell (csrc/stack.cpp), else the layer loop.
 _stack_if_plain = _built("stack_if_plain")
 _cell_if_plain = _built("cell_if_plain")
 _rnn_cell_op = _built("rnn_cell", lambda: torch.ops.fastrnn.rnn_cell.default)
-_stack_forward = _built("rnn_stack_forward", lambda: _stack_forward_in_python)
+_stack_forward = _built("stack_forward", lambda: _stack_forward_in_python)
+_MODE = {kind: mode for mode, kind in _KIND.items()}
 
 
-def _stack_forward_in_python(input, hx, weights, batch_sizes, has_biases, num_layers, bidirectional, activation):
-    return functional.rnn(input, hx, weights, has_biases, num_layers, 0.0, False, bidirectional,
-                          ("tanh", "relu")[activation], batch_sizes)
+def _stack_forward_in_python(kind, input, hx, cx, weights, batch_sizes, has_biases, num_layers, bidirectional, proj):
+    states = [hx] if cx is None else [hx, cx]
+    proj_size = hx.size(-1) if proj else 0
+    output, states = functional.stack(_MODE[kind], input, states, weights, has_biases, num_layers, 0.0, False,
+                                      bidirectional, proj_size, batch_sizes)
+    return output, states[0], states[1] if cx is not None else None
 
 
 def _exporting_onnx() -> bool:
@@ -294,14 +298,14 @@ class _Recurrent(TorchConversion, nn.RNNBase):
 
     def _stack(self, input: Tensor, states: list[Tensor], weights: list[Tensor], batch_sizes: Optional[Tensor]
                ) -> tuple[Tensor, list[Tensor]]:
-        """The layer loop on time-major input; an Elman call that nothing differentiates (and no dropout in
-        training) runs its whole stack in one C++ call."""
+        """The layer loop on time-major input; a call that nothing differentiates (and no dropout in training)
+        runs its whole stack in one C++ call."""
         if not torch.jit.is_scripting():
-            elman = self.mode.startswith("RNN")
-            if elman and (self.dropout == 0 or not self.training) and stack_forward_takes(input, states[0], weights):
-                output, h = _stack_forward()(input, states[0], weights, batch_sizes, self.bias, self.num_layers,
-                                             self.bidirectional, 0 if self.mode == "RNN_TANH" else 1)
-                return output, [h]
+            if (self.dropout == 0 or not self.training) and stack_forward_takes(input, states, weights):
+                output, h, c = _stack_forward()(_KIND[self.mode], input, states[0], states[1] if len(states) > 1
+                                                else None, weights, batch_sizes, self.bias, self.num_layers,
+                                                self.bidirectional, self.proj_size > 0)
+                return output, [h] if c is None else [h, c]
         return functional.stack(self.mode, input, states, weights, self.bias, self.num_layers, self.dropout,
                                 self.training, self.bidirectional, self.proj_size, batch_sizes)
 

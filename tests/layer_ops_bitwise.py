@@ -146,7 +146,10 @@ def run_entries(mod, c: Case, key: str, H: int, IN: int) -> dict:
         weights[4:] = [c.randn(H, IN, scale=IN**-0.5), c.randn(H, H, scale=H**-0.5), c.randn(H), c.randn(H)]
         hx = c.randn(2, B, H)
         with torch.no_grad():
-            got = mod.rnn_stack_forward(x, hx, weights[:8], None, True, 1, True, act)
+            if hasattr(mod, "stack_forward"):
+                got = mod.stack_forward(act, x, hx, None, weights[:8], None, True, 1, True, False)[:2]
+            else:  # builds before the entry took every cell
+                got = mod.rnn_stack_forward(x, hx, weights[:8], None, True, 1, True, act)
         out[f"{key}/rnn_stack{act}"] = [fingerprint(t) for t in got]
         params = [w.clone().requires_grad_() for w in weights[:4]]
         got = mod.stack_if_plain(act, x, hx[:1], None, params, True, 1, False, False, IN, H, 0)

@@ -60,7 +60,7 @@ ROUTES = [
     ("RNN", "eager cpu no_grad", "R2 whole call in C++, no autograd", {_WHOLE_RNN}),
     ("RNN", "eager cpu training", "R2 whole call in C++, C++ StackFunction node",
      {_WHOLE_RNN, "node:StackFunction"}),
-    ("RNN", "eager cpu no_grad packed", "R6 C++ stack, no autograd", {"whole:rnn_stack_forward"}),
+    ("RNN", "eager cpu no_grad packed", "R6 C++ stack, no autograd", {"whole:stack_forward"}),
     ("RNN", "eager cpu training packed", "R10 eager Function, cpp backend",
      {"RNNRecurrenceFunction", "fastrnn::rnn_fwd"}),
     ("RNN", "eager cpu training dropout", "R10 eager Function, cpp backend",
@@ -92,7 +92,7 @@ ROUTES = [
     ("GRU", "eager cpu no_grad", "whole call in C++ (stack.cpp)", {"whole:stack_if_plain"}),
     ("GRU", "eager cpu training", "whole call in C++, C++ StackFunction node",
      {"whole:stack_if_plain", "node:StackFunction"}),
-    ("GRU", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::gru_infer"}),
+    ("GRU", "eager cpu no_grad packed", "R6 C++ stack, no autograd", {"whole:stack_forward"}),
     ("GRU", "eager cpu training packed", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
     ("GRU", "eager cpu training dropout", "L5 C++ layer node", {"GRULayerFunction", "fastrnn::gru_layer_fwd"}),
     ("GRU", "eager cpu no_grad dropout train mode", "L4 C++ layer inference op (per layer, with dropout)",
@@ -121,7 +121,7 @@ ROUTES = [
     ("LSTM", "eager cpu no_grad", "whole call in C++ (stack.cpp)", {"whole:stack_if_plain"}),
     ("LSTM", "eager cpu training", "whole call in C++, C++ StackFunction node",
      {"whole:stack_if_plain", "node:StackFunction"}),
-    ("LSTM", "eager cpu no_grad packed", "L4 C++ layer inference op", {"fastrnn::lstm_infer"}),
+    ("LSTM", "eager cpu no_grad packed", "R6 C++ stack, no autograd", {"whole:stack_forward"}),
     ("LSTM", "eager cpu training packed", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
     ("LSTM", "eager cpu training dropout", "L5 C++ layer node", {"LSTMLayerFunction", "fastrnn::lstm_layer_fwd"}),
     ("LSTM", "eager cpu no_grad dropout train mode", "L4 C++ layer inference op (per layer, with dropout)",
@@ -277,7 +277,7 @@ def spies(monkeypatch):
 
     watch_getter(modules, "_stack_if_plain", "stack_if_plain")
     watch_getter(modules, "_cell_if_plain", "cell_if_plain")
-    watch_getter(modules, "_stack_forward", "rnn_stack_forward", always=True)
+    watch_getter(modules, "_stack_forward", "stack_forward", always=True)
     watch_getter(modules, "_rnn_cell_op", "rnn_cell_op", always=True)
 
     def watch_function(owner, name: str, label: str) -> None:
