@@ -98,10 +98,8 @@ struct CellShape {
 // the gates into ws [N, width] (Elman: ws is h'). backward: dxw (and dg where kSeparateHidden, else dg is
 // dxw) from dL/dh' (gh) and dL/dc' (gc, nullptr: zero); Gru adds its path through z to dh_z, Lstm writes dc.
 struct Elman {
-  static constexpr int64_t kGates = 1;
-  static constexpr bool kSeparateHidden = false, kReadsH = false, kLstm = false;
+  static constexpr bool kSeparateHidden = false;
   int64_t activation;
-  int64_t width(int64_t H) const { return H; }
 
   template <typename T>
   void forward(const CellShape& d, const T* x, const T* h, const T*, const T* w_ih, const T* w_hh, const T* bi,
@@ -118,19 +116,10 @@ struct Elman {
       dz[i] = activation == kTanh ? gh[i] * (T(1) - out[i] * out[i]) : (out[i] <= T(0) ? T(0) : gh[i]);
     }
   }
-
-  at::Tensor torch_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor&, const at::Tensor& w_ih,
-                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                        const std::optional<at::Tensor>& b_hh) const {
-    return activation == kTanh ? at::rnn_tanh_cell(x, h, w_ih, w_hh, b_ih, b_hh)
-                               : at::rnn_relu_cell(x, h, w_ih, w_hh, b_ih, b_hh);
-  }
 };
 
 struct Gru {  // ws row: [r, z, n, m]
-  static constexpr int64_t kGates = 3;
-  static constexpr bool kSeparateHidden = true, kReadsH = true, kLstm = false;
-  int64_t width(int64_t H) const { return 4 * H; }
+  static constexpr bool kSeparateHidden = true;
 
   template <typename T>
   void forward(const CellShape& d, const T* x, const T* h, const T*, const T* w_ih, const T* w_hh, const T* bi,
@@ -158,18 +147,10 @@ struct Gru {  // ws row: [r, z, n, m]
     for (int64_t r = 0; r < d.N; ++r)
       gru_bwd_row(gh + r * H, dh_z + r * H, h + r * H, ws + r * 4 * H, H, dxw + r * G, dg + r * G);
   }
-
-  at::Tensor torch_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor&, const at::Tensor& w_ih,
-                        const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                        const std::optional<at::Tensor>& b_hh) const {
-    return at::gru_cell(x, h, w_ih, w_hh, b_ih, b_hh);
-  }
 };
 
 struct Lstm {  // ws row: [i, f, g, o, c']
-  static constexpr int64_t kGates = 4;
-  static constexpr bool kSeparateHidden = false, kReadsH = false, kLstm = true;
-  int64_t width(int64_t H) const { return 5 * H; }
+  static constexpr bool kSeparateHidden = false;
 
   template <typename T>
   void forward(const CellShape& d, const T* x, const T* h, const T* c, const T* w_ih, const T* w_hh, const T* bi,
@@ -201,14 +182,6 @@ struct Lstm {  // ws row: [i, f, g, o, c']
       lstm_bwd_row(gh + r * H, dcr.data(), ws + r * 5 * H, c + r * H, H, da + r * d.G);
       if (dc != nullptr) std::memcpy(dc + r * H, dcr.data(), sizeof(T) * H);
     }
-  }
-
-  std::vector<at::Tensor> torch_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
-                                     const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                     const std::optional<at::Tensor>& b_ih,
-                                     const std::optional<at::Tensor>& b_hh) const {
-    auto [h1, c1] = at::lstm_cell(x, {h, c}, w_ih, w_hh, b_ih, b_hh);
-    return {h1, c1};
   }
 };
 
@@ -361,18 +334,18 @@ class CellFunction : public torch::autograd::Function<Self> {
       // create_graph, batched gradients or ATen tensors: differentiate torch's own cell, recomputed on the inputs.
       const bool create_graph = at::GradMode::is_enabled();
       at::AutoGradMode recording(true);
-      const std::vector<at::Tensor> inputs = recompute_inputs(ctx, {x, h, c, w_ih, w_hh, {}, {}});
+      const std::vector<at::Tensor> in = recompute_inputs(ctx, {x, h, c, w_ih, w_hh, {}, {}});
       std::vector<at::Tensor> outputs;
-      by_kind<Elman, Gru, Lstm>(kind, [&](const auto& cell) {
-        const auto out = cell.torch_step(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], given(inputs[5]),
-                                         given(inputs[6]));
-        if constexpr (std::decay_t<decltype(cell)>::kLstm) {
-          outputs = out;
-        } else {
-          outputs = {out};
-        }
-      });
-      differentiate(outputs, {gh, gc}, inputs, wanted, create_graph, result);
+      if (kind == 4) {
+        auto [h1, c1] = at::lstm_cell(in[0], {in[1], in[2]}, in[3], in[4], given(in[5]), given(in[6]));
+        outputs = {h1, c1};
+      } else if (kind == 3) {
+        outputs = {at::gru_cell(in[0], in[1], in[3], in[4], given(in[5]), given(in[6]))};
+      } else {
+        const auto step = kind == kTanh ? &at::rnn_tanh_cell : &at::rnn_relu_cell;
+        outputs = {step(in[0], in[1], in[3], in[4], given(in[5]), given(in[6]))};
+      }
+      differentiate(outputs, {gh, gc}, in, wanted, create_graph, result);
       return result;
     }
     const std::vector<std::vector<int64_t>> shapes = {{d.N, d.I}, {d.N, d.H}, {d.N, d.H}, {d.G, d.I},

@@ -179,6 +179,22 @@ at::Tensor with_width(const at::Tensor& like, int64_t width) {
   return step_buffer(with_last(like.sizes(), width), like.options());
 }
 
+// b_ih + b_hh as torch adds them (the whole-stack call passes them apart), but for the GRU's b_hn, b_hh's last H,
+// which stays inside the reset product: out [G] = b_ih + [b_hr, b_hz, 0].
+template <typename T>
+void fold_biases(const T* b_ih, const T* b_hh, int64_t gates, int64_t H, T* out) {
+  for (int64_t j = 0; j < gates * H; ++j) out[j] = gates == 3 && j >= 2 * H ? b_ih[j] : b_ih[j] + b_hh[j];
+}
+
+at::Tensor folded_bias(const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t gates) {
+  const at::Tensor bi = b_ih.contiguous(), bh = b_hh.contiguous();
+  at::Tensor out = step_buffer(bi.sizes(), bi.options());
+  AT_DISPATCH_FLOATING_TYPES(bi.scalar_type(), "fastrnn_folded_bias", [&] {
+    fold_biases(bi.data_ptr<scalar_t>(), bh.data_ptr<scalar_t>(), gates, bi.numel() / gates, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
 // Whether the step kernel makes each step's x W_ih^T + bias (AVX-512 kernel only) rather than one GEMM (mm_nn's)
 // for all steps before them. Measured on the 2-core AVX-512 machine (benchmarks/NOTES.md, "The input projection:
 // one GEMM or in the steps"), the GEMM wins but where
@@ -206,22 +222,23 @@ bool fuse_projection(int64_t gates, int64_t total_rows, int64_t batch, int64_t I
 // ---- the entries ---------------------------------------------------------------------------------------
 
 // The forward ops of every cell (gates 1: Elman with `act`, 3: GRU, 4: LSTM): x is xw [T, B, G] / [N, G], or
-// with w_ih [G, I] the layer input [T, B, I] / [N, I] (bias [G]); h0 [B, P]; c0 [B, H] (LSTM, else undefined);
-// w_hh [G, P]; w_hr [P, H]; b_hn [H] (GRU). Returns y [.., P], h_n [B, P], c_n [B, H] (LSTM) and, with save,
+// with w_ih [G, I] the layer input [T, B, I] / [N, I] (bias [G], or b_ih and b_hh apart as torch's modules hold
+// them); h0 [B, P]; c0 [B, H] (LSTM, else undefined); w_hh [G, P]; w_hr [P, H]; b_hn [H] (GRU). Returns y [.., P], h_n [B, P], c_n [B, H] (LSTM) and, with save,
 // ws [.., W] (GRU 4H, LSTM 5H or 6H with w_hr).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const char* op, int64_t gates, int64_t act, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& b_hn,
     const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save, const std::optional<at::Tensor>& w_ih,
-    const std::optional<at::Tensor>& bias) {
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& b_hh) {
   const Check check{op};
   const bool lstm = gates == 4, proj = w_hr.has_value();
   const char* x_name = w_ih.has_value() ? "x" : "xw";
   check.tensors({{&x, x_name}, {&h0, "h0"}, {lstm ? &c0 : nullptr, "c0"}, {&w_hh, "w_hh"}, {opt(w_hr), "w_hr"},
-                 {opt(b_hn), "b_hn"}, {opt(w_ih), "w_ih"}, {opt(bias), "bias"}});
+                 {opt(b_hn), "b_hn"}, {opt(w_ih), "w_ih"}, {opt(bias), "bias"}, {opt(b_hh), "b_hh"}});
   TORCH_CHECK(gates != 1 || act == kTanh || act == kRelu, "fastrnn::", op,
               ": activation must be 0 (tanh) or 1 (relu), got ", act);
   TORCH_CHECK(!bias.has_value() || w_ih.has_value(), "fastrnn::", op, ": a bias needs w_ih");
+  TORCH_CHECK(!b_hh.has_value() || (bias.has_value() && !b_hn.has_value()), "fastrnn::", op, ": b_hh needs b_ih");
   const int64_t P = last_dim(h0), H = lstm ? last_dim(c0) : P, G = gates * H;
   int64_t I = G;
   if (w_ih.has_value()) {
@@ -238,6 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
               P, " and ", H);
   if (b_hn.has_value()) check.shape(*b_hn, "b_hn", {H}, "[H]");
   if (bias.has_value()) check.shape(*bias, "bias", {G}, "[", gates_name(gates), "]");
+  if (b_hh.has_value()) check.shape(*b_hh, "b_hh", {G}, "[", gates_name(gates), "]");
 
   const int64_t rows = rows_per_thread(batch);
   at::Tensor xc = x.contiguous();
@@ -247,7 +265,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
   const bool row_kernel = !fuse && gates == 1 && batch == 1 && x.scalar_type() == at::kFloat && row_kernel_takes(1, H);
   const bool projected = w_ih.has_value() && !fuse;
   if (projected)  // x W_ih^T + bias for all steps in one GEMM
-    xc = mm_nn_cpu(xc.view({total_rows, I}), w_ih->t(), bias).view(with_last(xc.sizes(), G));
+    xc = mm_nn_cpu(xc.view({total_rows, I}), w_ih->t(), b_hh ? folded_bias(*bias, *b_hh, gates) : bias)
+             .view(with_last(xc.sizes(), G));
   const auto h = h0.contiguous();
   const auto c = lstm ? c0.contiguous() : at::Tensor();
   const auto w = w_hh.contiguous();
@@ -274,12 +293,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const StepWeight<T> swr = proj ? StepWeight<T>(wr.data_ptr<T>(), true, H, P, rows) : StepWeight<T>();
     const StepWeight<T> sp = fuse ? StepWeight<T>(wi.data_ptr<T>(), true, I, G, rows) : StepWeight<T>();
     // Zeros stand in for a missing b_hn: a conditional load would keep the gate loop from vectorising.
-    std::vector<T> zeros(gates == 3 && !b_hn.has_value() ? H : 0, T(0));
-    const auto bh = b_hn.has_value() ? b_hn->contiguous() : at::Tensor();
-    const auto bc = fuse && bias.has_value() ? bias->contiguous() : at::Tensor();
+    std::vector<T> zeros(gates == 3 && !b_hn.has_value() && !b_hh.has_value() ? H : 0, T(0));
+    const auto bh = b_hn.has_value() ? b_hn->contiguous() : b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
+    const auto bi = fuse && bias.has_value() ? bias->contiguous() : at::Tensor();
+    std::vector<T> joint(bi.defined() && b_hh.has_value() ? G : 0);  // b_ih + b_hh, where they came apart
+    if (!joint.empty()) fold_biases(bi.data_ptr<T>(), bh.data_ptr<T>(), gates, H, joint.data());
     Layer<T> L;
     L.H = H, L.P = P, L.W = W, L.x = xc.data_ptr<T>(), L.I = I, L.h0 = h.data_ptr<T>(), L.c0 = ptr_or_null<T>(c);
-    L.proj = fuse ? &sp : nullptr, L.bias = ptr_or_null<T>(bc), L.b_hn = bh.defined() ? bh.data_ptr<T>() : zeros.data();
+    L.proj = fuse ? &sp : nullptr, L.bias = joint.empty() ? ptr_or_null<T>(bi) : joint.data();
+    L.b_hn = !bh.defined() ? zeros.data() : bh.data_ptr<T>() + (b_hh.has_value() ? 2 * H : 0);
     L.w_hh = &sw, L.w_hr = proj ? &swr : nullptr;
     L.y = y.data_ptr<T>(), L.ws = ptr_or_null<T>(ws), L.hn = hn.data_ptr<T>(), L.cn = ptr_or_null<T>(cn);
     if (lstm && !save) std::memcpy(L.cn, L.c0, sizeof(T) * batch * H);  // inference: the running cell state

@@ -73,7 +73,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const char* op, int64_t gates, int64_t act, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& b_hn,
     const std::optional<at::Tensor>& batch_sizes, bool reverse, bool save,
-    const std::optional<at::Tensor>& w_ih = std::nullopt, const std::optional<at::Tensor>& bias = std::nullopt);
+    const std::optional<at::Tensor>& w_ih = std::nullopt, const std::optional<at::Tensor>& bias = std::nullopt,
+    const std::optional<at::Tensor>& b_hh = std::nullopt);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
     const char* op, int64_t gates, int64_t act, const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
     const at::Tensor& y, const at::Tensor& ws, const at::Tensor& state0, const at::Tensor& w_hh,

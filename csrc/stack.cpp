@@ -85,28 +85,22 @@ std::string refusal(const at::Tensor& x, const at::Tensor (&states)[2], const st
   return "";
 }
 
-// Row k of a given state [L * D, B, width], or zeros [B, width] where none was given.
-at::Tensor initial_state(const at::Tensor& given, int64_t k, int64_t batch, int64_t width,
+// Row k of a given state i (0: h, 1: c) [L * D, B, width], or zeros [B, width] where none was given: the layers
+// only read them, so a thread keeps the last zeros of each state and dtype (a new tensor costs ~0.25 us, 3% of a
+// tiny call).
+at::Tensor initial_state(const at::Tensor& given, int i, int64_t k, int64_t batch, int64_t width,
                          const at::TensorOptions& options) {
-  return given.defined() ? given.select(0, k) : zero_buffer({batch, width}, options);
+  if (given.defined()) return given.select(0, k);
+  thread_local at::Tensor zeros[2][2];
+  at::Tensor& z = zeros[i][options.dtype() == at::kDouble];
+  if (!z.defined() || !z.sizes().equals({batch, width})) z = zero_buffer({batch, width}, options);
+  return z;
 }
 
 // final[k] = state: a layer's [B, width] final state into the stack's [L * D, B, width].
 void put_final(at::Tensor& final, int64_t k, const at::Tensor& state) {
   const at::Tensor s = state.contiguous();
   std::memcpy(static_cast<char*>(final.data_ptr()) + k * s.nbytes(), s.const_data_ptr(), s.nbytes());
-}
-
-// A new [G] bias: b_ih + b_hh over its first `summed` entries, b_ih alone after them.
-at::Tensor folded_bias(const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t summed) {
-  const at::Tensor bi = b_ih.contiguous(), bh = b_hh.contiguous();
-  at::Tensor out = step_buffer(bi.sizes(), bi.options());
-  AT_DISPATCH_FLOATING_TYPES(bi.scalar_type(), "fastrnn_folded_bias", [&] {
-    const scalar_t *a = bi.const_data_ptr<scalar_t>(), *b = bh.const_data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    for (int64_t j = 0; j < bi.numel(); ++j) o[j] = j < summed ? a[j] + b[j] : a[j];
-  });
-  return out;
 }
 
 // One layer and direction k of a stack call: x, the layer input, contiguous [T, B, in] or packed [N, in];
@@ -124,8 +118,7 @@ struct LayerCall {
   at::Tensor* ws;
 };
 
-// The cells: how a LayerCall runs, one layer_forward given the layer input, W_ih and b_ih + b_hh as one bias (the
-// GRU's b_hn stays inside the reset product, as torch computes it: b_hh folds into r and z only). Returns y
+// The cells: how a LayerCall runs, one layer_forward given the layer input, W_ih and torch's two biases. Returns y
 // [T, B, P] or [N, P]. kind: stack_if_plain's.
 template <int64_t Gates>
 struct LayerCell {
@@ -135,20 +128,14 @@ struct LayerCell {
 
   at::Tensor operator()(const LayerCall& c) const {
     const StackShape& s = c.s;
-    const at::Tensor h0 = initial_state(c.states[0], c.k, s.batch, s.P, c.x.options());
-    const at::Tensor c0 = Gates == 4 ? initial_state(c.states[1], c.k, s.batch, s.H, c.x.options()) : at::Tensor();
-    std::optional<at::Tensor> bias, b_hn, w_hr;
-    if (s.has_biases) bias = folded_bias(c.w[2], c.w[3], (Gates == 3 ? 2 : Gates) * s.H);
-    if (Gates == 3 && s.has_biases) {  // a copy: a view of a parameter costs more (~0.4 us) than [H] values
-      const at::Tensor b_hh = c.w[3].contiguous();
-      b_hn = step_buffer({s.H}, c.x.options());
-      std::memcpy(b_hn->data_ptr(), static_cast<const char*>(b_hh.const_data_ptr()) + 2 * b_hn->nbytes(),
-                  b_hn->nbytes());
-    }
+    const at::Tensor h0 = initial_state(c.states[0], 0, c.k, s.batch, s.P, c.x.options());
+    const at::Tensor c0 = Gates == 4 ? initial_state(c.states[1], 1, c.k, s.batch, s.H, c.x.options()) : at::Tensor();
+    std::optional<at::Tensor> b_ih, b_hh, w_hr;
+    if (s.has_biases) b_ih = c.w[2], b_hh = c.w[3];
     if (s.proj) w_hr = c.w[s.per_direction - 1];
     const char* op = Gates == 1 ? "rnn_stack" : Gates == 3 ? "gru_stack" : "lstm_stack";
-    auto [y, h_n, c_n, ws] = layer_forward(op, Gates, activation, c.x, h0, c0, c.w[1], w_hr, b_hn, c.batch_sizes,
-                                           c.reverse, c.ws != nullptr, c.w[0], bias);
+    auto [y, h_n, c_n, ws] = layer_forward(op, Gates, activation, c.x, h0, c0, c.w[1], w_hr, std::nullopt,
+                                           c.batch_sizes, c.reverse, c.ws != nullptr, c.w[0], b_ih, b_hh);
     if (c.ws != nullptr) *c.ws = ws;
     put_final(c.finals[0], c.k, h_n);
     if (Gates == 4) put_final(c.finals[1], c.k, c_n);
