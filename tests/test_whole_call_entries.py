@@ -158,3 +158,21 @@ def test_cell_entry_declines_what_torch_must_check(kind):
         if kind >= 3:  # the gated cells take contiguous tensors only
             assert _C.cell_if_plain(kind, x.t().contiguous().t(), h, h if kind == 4 else None,
                                     theirs._parameters) is None
+
+
+@pytest.mark.parametrize("kind", list(KINDS), ids=[f"kind{k}" for k in KINDS])
+def test_calls_without_a_state_leave_the_shared_zeros_untouched(kind):
+    """A call without a state starts from zeros a thread keeps between calls (csrc/stack.cpp, initial_state), which
+    the layers must only read: calls after calls, bidirectional and 2-layer (and the LSTM's h and c of two
+    widths), each give torch's result."""
+    name, extra = KINDS[kind]
+    torch.manual_seed(10 + kind)
+    proj = {"proj_size": 3} if kind == 4 else {}
+    theirs = getattr(torch.nn, name)(IN, H, num_layers=2, bidirectional=True, dtype=torch.float64, **extra, **proj)
+    ours = getattr(fastrnn, name).from_torch(theirs)
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(T, B, IN, dtype=torch.float64) * 3
+            got, want = ours(x), theirs(x)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(got[1], want[1], rtol=1e-12, atol=1e-12)
