@@ -223,8 +223,8 @@ bool fuse_projection(int64_t gates, int64_t total_rows, int64_t batch, int64_t I
 
 // The forward ops of every cell (gates 1: Elman with `act`, 3: GRU, 4: LSTM): x is xw [T, B, G] / [N, G], or
 // with w_ih [G, I] the layer input [T, B, I] / [N, I] (bias [G], or b_ih and b_hh apart as torch's modules hold
-// them); h0 [B, P]; c0 [B, H] (LSTM, else undefined); w_hh [G, P]; w_hr [P, H]; b_hn [H] (GRU). Returns y [.., P], h_n [B, P], c_n [B, H] (LSTM) and, with save,
-// ws [.., W] (GRU 4H, LSTM 5H or 6H with w_hr).
+// them); h0 [B, P]; c0 [B, H] (LSTM, else undefined); w_hh [G, P]; w_hr [P, H]; b_hn [H] (GRU). Returns y [.., P],
+// h_n [B, P], c_n [B, H] (LSTM) and, with save, ws [.., W] (GRU 4H, LSTM 5H or 6H with w_hr).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     const char* op, int64_t gates, int64_t act, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& b_hn,
