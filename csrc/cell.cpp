@@ -185,8 +185,6 @@ struct Lstm {  // ws row: [i, f, g, o, c']
   }
 };
 
-int64_t gates_of(int64_t kind) { return kind >= 3 ? kind : 1; }
-
 // A gradient matmul of the step, d [rows, G]: out[rows, K] = d @ b with b [G, K] (a weight as stored), or
 // with trans out[G, K] = d^T @ b with b [rows, K] (an input). A few small rows: axpy loops (a BLAS call
 // costs more than the arithmetic there).

@@ -301,7 +301,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     Layer<T> L;
     L.H = H, L.P = P, L.W = W, L.x = xc.data_ptr<T>(), L.I = I, L.h0 = h.data_ptr<T>(), L.c0 = ptr_or_null<T>(c);
     L.proj = fuse ? &sp : nullptr, L.bias = joint.empty() ? ptr_or_null<T>(bi) : joint.data();
-    L.b_hn = !bh.defined() ? zeros.data() : bh.data_ptr<T>() + (b_hh.has_value() ? 2 * H : 0);
+    L.b_hn = !bh.defined() || gates != 3 ? zeros.data() : bh.data_ptr<T>() + (b_hh.has_value() ? 2 * H : 0);
     L.w_hh = &sw, L.w_hr = proj ? &swr : nullptr;
     L.y = y.data_ptr<T>(), L.ws = ptr_or_null<T>(ws), L.hn = hn.data_ptr<T>(), L.cn = ptr_or_null<T>(cn);
     if (lstm && !save) std::memcpy(L.cn, L.c0, sizeof(T) * batch * H);  // inference: the running cell state
@@ -410,8 +410,7 @@ std::tuple<at::Tensor, at::Tensor> gru_infer_cpu(const at::Tensor& x, const std:
 }
 
 // Training with the input projection made per step where that pays (fuse_projection), else in one GEMM first:
-// x is the layer input, bias is
-// b_ih + [b_hr, b_hz, 0]. Returns what gru_fwd returns.
+// x is the layer input, bias is b_ih + [b_hr, b_hz, 0]. Returns what gru_fwd returns.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_fwd_cpu(
     const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hn, const std::optional<at::Tensor>& batch_sizes,

@@ -210,7 +210,7 @@ void stack_backward(int64_t kind, const StackShape& s, const torch::autograd::va
                     const at::Tensor (&states)[2], const std::vector<at::Tensor>& weights,
                     const std::vector<at::Tensor>& saved, int64_t input_size, const std::vector<bool>& wanted,
                     std::vector<at::Tensor>& grads) {
-  const int64_t gates = kind == 3 || kind == 4 ? kind : 1, n_states = gates == 4 ? 2 : 1, D = s.directions;
+  const int64_t gates = gates_of(kind), n_states = gates == 4 ? 2 : 1, D = s.directions;
   const int64_t per_direction = s.per_direction, H = s.H, P = s.P, G = gates * H;
   const int64_t per_layer = 1 + D * (gates > 1 ? 2 : 1);  // saved: the layer's input, then y (and ws) a direction
   const at::Tensor& y0 = saved[1];
@@ -463,7 +463,7 @@ std::array<at::Tensor, 3> stack_forward_no_grad(int64_t kind, const at::Tensor& 
               "fastrnn: stack_forward: kind must be 0 or 1 (RNN tanh, relu), 3 (GRU) or 4 (LSTM), got ", kind);
   TORCH_CHECK(hx.defined() && cx.defined() == (kind == 4), "fastrnn: stack_forward needs hx (and the LSTM's cx)");
   StackShape s;
-  const std::string why = refusal(input, {hx, cx}, weights, batch_sizes, has_biases, kind >= 3 ? kind : 1, proj,
+  const std::string why = refusal(input, {hx, cx}, weights, batch_sizes, has_biases, gates_of(kind), proj,
                                   num_layers, bidirectional ? 2 : 1, &s);
   TORCH_CHECK(why.empty(), "fastrnn: stack_forward: ", why);
   if (batch_sizes.has_value()) check_batch_sizes(*batch_sizes, input.size(0), "input");

@@ -12,6 +12,9 @@
 
 namespace fastrnn {
 
+// The gates of a kind: 1 for the Elman's two, else the kind itself.
+inline int64_t gates_of(int64_t kind) { return kind >= 3 ? kind : 1; }
+
 // f(cell) for kind 0 / 1 (Elman with that activation), 3 (Gru) or 4 (Lstm): each file's own cell types.
 template <class Elman, class Gru, class Lstm, class F>
 decltype(auto) by_kind(int64_t kind, const F& f) {
