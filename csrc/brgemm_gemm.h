@@ -6,8 +6,9 @@
 // input projection it was first written for) at 120-190 GFLOP/s on two cores where the microkernel on
 // 64 x 128 tiles with K in chunks of 256 reaches 200-220 (benchmarks/NOTES.md); torch's oneDNN LSTM gets
 // its speed the same way.
-// Tiles go row-block-major so a thread's consecutive tiles share A's rows; a tile's K chunks accumulate
-// into C in place (add_C), a chunk of A (64 x 256) and of B (256 x 128) staying in L2.
+// Tiles go in groups of S row blocks (row_blocks_a_panel), each group taking every panel in turn for its S
+// blocks, so a thread's consecutive tiles share A's rows or B's panel; a tile's K chunks accumulate into C in
+// place (add_C), a chunk of A (64 x 256) and of B (256 x 128) staying in L2.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -43,6 +44,22 @@ inline bool brgemm_usable() {
 #endif
 }
 
+// How many consecutive row blocks take each panel in turn (S): a panel is then read from memory once per S row
+// blocks instead of once per block. Only a weight that does not stay in L2 needs it; S row blocks of A (at most
+// 1 MB, half this machine's L2 a core) stay in L2 meanwhile. LSTM T=100 B=64 H=1024's projection, 16 MB of W_ih,
+// 2 threads: 282-307 ms with S = 1 against 261-266 with S = 4 while the VM was in its slow state, level in its
+// fast one; at 1600 x 256 x 1024 (1 MB) S = 4 cost 7%.
+constexpr int64_t kPanelSharedWeightBytes = int64_t{4} << 20;
+constexpr int64_t kPanelSharedRowBytes = int64_t{1} << 20;
+constexpr int64_t kPanelSharedMostBlocks = 4;
+
+inline int64_t row_blocks_a_panel(int64_t tiles_m, int64_t K, int64_t N) {
+  const int64_t bytes = int64_t{sizeof(float)};
+  if (K * N * bytes <= kPanelSharedWeightBytes) return 1;
+  const int64_t fit = kPanelSharedRowBytes / (kBrgemmTileM * K * bytes);
+  return std::clamp<int64_t>(fit, 1, std::min(tiles_m, kPanelSharedMostBlocks));
+}
+
 // C[M, N] = A[M, K] @ op(B) + bias (bias may be null: none; accumulate: C adds the product, without a bias). op(B)
 // is B[K, N] (trans_b false) or B[N, K]^T.
 // Row strides lda, ldb, ldc; unit column strides. Runs its own parallel loop: call it outside parallel
@@ -75,9 +92,12 @@ void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, cons
       // each k of a chunk on another page. K * N copies against M * K * N multiply-adds.
       std::unique_ptr<float[]> panels(new float[tiles_n * K * PN]);
       lay_out_panels(b, trans_b ? 1 : ldb, trans_b ? ldb : 1, K, N, PN, panels.get());
-      at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t first, int64_t last) {
+      const int64_t S = row_blocks_a_panel(tiles_m, K, N), group = S * tiles_n;
+      at::parallel_for(0, (tiles_m + S - 1) / S * group, 1, [&](int64_t first, int64_t last) {
         for (int64_t tile = first; tile < last; ++tile) {
-          const int64_t p = tile % tiles_n, m0 = (tile / tiles_n) * kBrgemmTileM, n0 = p * PN;
+          const int64_t p = tile % group / S, block = tile / group * S + tile % S;
+          if (block >= tiles_m) continue;  // the last group's missing blocks
+          const int64_t m0 = block * kBrgemmTileM, n0 = p * PN;
           const int64_t mm = std::min(kBrgemmTileM, M - m0), nn = std::min(PN, N - n0);
           const float* panel = panels.get() + p * K * PN;
           if (bias != nullptr) fill_bias(m0, m0 + mm, n0, n0 + nn);
