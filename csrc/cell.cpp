@@ -137,7 +137,7 @@ struct Gru {  // ws row: [r, z, n, m]
       std::copy(bh + 2 * H, bh + G, b_hn.begin());
     }
     for (int64_t r = 0; r < N; ++r)
-      gru_fwd_row(xw.data() + r * G, a.data() + r * G, h + r * H, b_hn.data(), H, ho + r * H, ws + r * 4 * H);
+      gru_fwd_row(xw.data() + r * G, a.data() + r * G, h + r * H, b_hn.data(), H, H, ho + r * H, ws + r * 4 * H);
   }
 
   template <typename T>
@@ -145,7 +145,7 @@ struct Gru {  // ws row: [r, z, n, m]
                 T* dh_z, T*) const {
     const int64_t H = d.H, G = d.G;
     for (int64_t r = 0; r < d.N; ++r)
-      gru_bwd_row(gh + r * H, dh_z + r * H, h + r * H, ws + r * 4 * H, H, dxw + r * G, dg + r * G);
+      gru_bwd_row(gh + r * H, dh_z + r * H, h + r * H, ws + r * 4 * H, H, H, dxw + r * G, dg + r * G);
   }
 };
 
@@ -163,7 +163,7 @@ struct Lstm {  // ws row: [i, f, g, o, c']
       const T* row = pre.data() + r * G;
       T* wr = ws + r * 5 * H;
       for (int64_t j = 0; j < G; ++j) wr[j] = bi != nullptr ? row[j] + bi[j] + bh[j] : row[j];
-      lstm_fwd_row(wr, c + r * H, H, ho + r * H);
+      lstm_fwd_row(wr, c + r * H, H, H, ho + r * H);
       std::memcpy(co + r * H, wr + 4 * H, sizeof(T) * H);
     }
   }
@@ -179,7 +179,7 @@ struct Lstm {  // ws row: [i, f, g, o, c']
       } else {
         std::fill(dcr.begin(), dcr.end(), T(0));
       }
-      lstm_bwd_row(gh + r * H, dcr.data(), ws + r * 5 * H, c + r * H, H, da + r * d.G);
+      lstm_bwd_row(gh + r * H, dcr.data(), ws + r * 5 * H, c + r * H, H, H, da + r * d.G);
       if (dc != nullptr) std::memcpy(dc + r * H, dcr.data(), sizeof(T) * H);
     }
   }

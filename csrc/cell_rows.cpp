@@ -34,8 +34,9 @@ FASTRNN_INLINE void grad_through_act_impl(const T* __restrict dy, const T* __res
 
 template <typename T>
 FASTRNN_INLINE void gru_fwd_row_impl(const T* __restrict xw, const T* __restrict a, const T* __restrict h,
-                                     const T* __restrict b_hn, int64_t H, T* __restrict y, T* __restrict ws) {
-  for (int64_t j = 0; j < H; ++j) {
+                                     const T* __restrict b_hn, int64_t H, int64_t n_units, T* __restrict y,
+                                     T* __restrict ws) {
+  for (int64_t j = 0; j < n_units; ++j) {
     const T r = sigmoid_scalar(xw[j] + a[j]);
     const T z = sigmoid_scalar(xw[H + j] + a[H + j]);
     const T m = a[2 * H + j] + b_hn[j];
@@ -50,8 +51,9 @@ FASTRNN_INLINE void gru_fwd_row_impl(const T* __restrict xw, const T* __restrict
 
 template <typename T>
 FASTRNN_INLINE void gru_bwd_row_impl(const T* __restrict dy, T* __restrict dh, const T* __restrict h,
-                                     const T* __restrict ws, int64_t H, T* __restrict dxw, T* __restrict dg) {
-  for (int64_t j = 0; j < H; ++j) {
+                                     const T* __restrict ws, int64_t H, int64_t n_units, T* __restrict dxw,
+                                     T* __restrict dg) {
+  for (int64_t j = 0; j < n_units; ++j) {
     const T r = ws[j], z = ws[H + j], n = ws[2 * H + j], m = ws[3 * H + j];
     const T g = dy[j] + dh[j];
     const T dn = g * (T(1) - z) * (T(1) - n * n);
@@ -69,8 +71,9 @@ FASTRNN_INLINE void gru_bwd_row_impl(const T* __restrict dy, T* __restrict dh, c
 }
 
 template <typename T>
-FASTRNN_INLINE void lstm_fwd_row_impl(T* __restrict ws, const T* __restrict c_prev, int64_t H, T* __restrict u) {
-  for (int64_t j = 0; j < H; ++j) {
+FASTRNN_INLINE void lstm_fwd_row_impl(T* __restrict ws, const T* __restrict c_prev, int64_t H, int64_t n,
+                                      T* __restrict u) {
+  for (int64_t j = 0; j < n; ++j) {
     const T i = sigmoid_scalar(ws[j]);
     const T f = sigmoid_scalar(ws[H + j]);
     const T g = tanh_scalar(ws[2 * H + j]);
@@ -87,8 +90,8 @@ FASTRNN_INLINE void lstm_fwd_row_impl(T* __restrict ws, const T* __restrict c_pr
 
 template <typename T>
 FASTRNN_INLINE void lstm_bwd_row_impl(const T* __restrict du, T* __restrict dc, const T* __restrict ws,
-                                      const T* __restrict c_prev, int64_t H, T* __restrict da) {
-  for (int64_t j = 0; j < H; ++j) {
+                                      const T* __restrict c_prev, int64_t H, int64_t n, T* __restrict da) {
+  for (int64_t j = 0; j < n; ++j) {
     const T i = ws[j], f = ws[H + j], g = ws[2 * H + j], o = ws[3 * H + j], c = ws[4 * H + j];
     const T tc = tanh_scalar(c);
     const T d = dc[j] + du[j] * o * (T(1) - tc * tc);
@@ -132,15 +135,20 @@ FASTRNN_INLINE void small_mm_impl(const T* a, int64_t lda, int64_t rows, const T
   FASTRNN_CLONES void grad_through_act(const T* dy, const T* dh, const T* y, int64_t n, int64_t act, T* dz) {   \
     grad_through_act_impl(dy, dh, y, n, act, dz);                                                                \
   }                                                                                                              \
-  FASTRNN_CLONES void gru_fwd_row(const T* xw, const T* a, const T* h, const T* b_hn, int64_t H, T* y, T* ws) { \
-    gru_fwd_row_impl(xw, a, h, b_hn, H, y, ws);                                                                  \
+  FASTRNN_CLONES void gru_fwd_row(const T* xw, const T* a, const T* h, const T* b_hn, int64_t H, int64_t n, T* y,  \
+                                  T* ws) {                                                                       \
+    gru_fwd_row_impl(xw, a, h, b_hn, H, n, y, ws);                                                               \
   }                                                                                                              \
-  FASTRNN_CLONES void gru_bwd_row(const T* dy, T* dh, const T* h, const T* ws, int64_t H, T* dxw, T* dg) {      \
-    gru_bwd_row_impl(dy, dh, h, ws, H, dxw, dg);                                                                 \
+  FASTRNN_CLONES void gru_bwd_row(const T* dy, T* dh, const T* h, const T* ws, int64_t H, int64_t n, T* dxw,    \
+                                  T* dg) {                                                                       \
+    gru_bwd_row_impl(dy, dh, h, ws, H, n, dxw, dg);                                                              \
   }                                                                                                              \
-  FASTRNN_CLONES void lstm_fwd_row(T* ws, const T* c_prev, int64_t H, T* u) { lstm_fwd_row_impl(ws, c_prev, H, u); } \
-  FASTRNN_CLONES void lstm_bwd_row(const T* du, T* dc, const T* ws, const T* c_prev, int64_t H, T* da) {        \
-    lstm_bwd_row_impl(du, dc, ws, c_prev, H, da);                                                                \
+  FASTRNN_CLONES void lstm_fwd_row(T* ws, const T* c_prev, int64_t H, int64_t n, T* u) {                        \
+    lstm_fwd_row_impl(ws, c_prev, H, n, u);                                                                      \
+  }                                                                                                              \
+  FASTRNN_CLONES void lstm_bwd_row(const T* du, T* dc, const T* ws, const T* c_prev, int64_t H, int64_t n,      \
+                                   T* da) {                                                                      \
+    lstm_bwd_row_impl(du, dc, ws, c_prev, H, n, da);                                                             \
   }                                                                                                              \
   FASTRNN_CLONES void small_mm(const T* a, int64_t lda, int64_t rows, const T* b, int64_t K, int64_t N, T* out, \
                                int64_t ldo, bool accumulate) {                                                   \

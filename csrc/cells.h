@@ -66,13 +66,16 @@ struct Window {
   T *x = nullptr, *out = nullptr;
 };
 
-// One thread's rows [lo, hi) of a layer, with its scratch (the cell's `scratch` values a row) and window.
+// One thread's rows [lo, hi) and units [u0, u1) of a layer (every unit, or a share of them for all rows: see
+// run_forward_units), with its scratch (the cell's `scratch` values a row) and window.
 template <typename T>
 struct Chunk {
   const Layer<T>& L;
   int64_t lo, hi;
   T* scratch;
-  Window<T>* window = nullptr;
+  Window<T>* window;
+  int64_t u0, u1;
+  bool all_units() const { return u0 == 0 && u1 == L.H; }
 };
 
 // Copies rows [lo, end) of step r of x (width G) into g (row stride ld), or has the step kernel project them.
@@ -96,8 +99,12 @@ void load_input(const Chunk<T>& c, const StepRows& r, int64_t G, T* g, int64_t l
   } else if (L.proj != nullptr) {
     return L.proj->apply_from(L.bias, L.x + (r.first + r.lo) * L.I, L.I, rows, g, ld);
   }
-  if (ld == G) {
-    if (in != g) std::memcpy(g, in, sizeof(T) * rows * G);  // xw == y: in place
+  if (in == g) return;  // xw == y: in place
+  if (!c.all_units()) {  // this thread's units of each gate
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t k = c.u0; k < G; k += L.H) std::memcpy(g + i * ld + k, in + i * G + k, sizeof(T) * (c.u1 - c.u0));
+  } else if (ld == G) {
+    std::memcpy(g, in, sizeof(T) * rows * G);
   } else {
     for (int64_t i = 0; i < rows; ++i) std::memcpy(g + i * ld, in + i * G, sizeof(T) * G);
   }
@@ -129,13 +136,21 @@ struct Elman {
     return {c.L.y + (r.first + r.lo) * c.L.H, c.L.H, true};
   }
   static void input(const Chunk<T>& c, const StepRows& r, T* g) { load_input(c, r, c.L.H, g, c.L.H); }
-  static void pointwise(const Chunk<T>& c, const StepRows& r, T* g) { activate(g, (r.end - r.lo) * c.L.H, Act); }
+  static void pointwise(const Chunk<T>& c, const StepRows& r, T* g) {
+    if (c.all_units()) return activate(g, (r.end - r.lo) * c.L.H, Act);
+    for (int64_t i = 0; i < r.end - r.lo; ++i) activate(g + i * c.L.H + c.u0, c.u1 - c.u0, Act);
+  }
   static void finish(const Chunk<T>& c, int64_t b, int64_t row) { copy_final_h(c.L, b, row); }
 
   static StepBuffer<T> backward(const Chunk<T>& c, const StepRows& r) {
     const Layer<T>& L = c.L;
-    const int64_t base = (r.first + r.lo) * L.H;
-    grad_through_act(L.dy + base, L.dh + r.lo * L.H, L.y + base, (r.end - r.lo) * L.H, Act, L.dgates + base);
+    const int64_t base = (r.first + r.lo) * L.H, rows = r.end - r.lo;
+    if (c.all_units()) {
+      grad_through_act(L.dy + base, L.dh + r.lo * L.H, L.y + base, rows * L.H, Act, L.dgates + base);
+    } else {
+      for (int64_t i = 0, at = base + c.u0; i < rows; ++i, at += L.H)
+        grad_through_act(L.dy + at, L.dh + (r.lo + i) * L.H + c.u0, L.y + at, c.u1 - c.u0, Act, L.dgates + at);
+    }
     return {L.dgates + base, L.H, false};
   }
 };
@@ -163,18 +178,19 @@ struct Gru {
       const int64_t row = r.first + b, i = b - r.lo;
       const T* xr = L.proj ? projected(c) + i * 3 * H : L.x + row * 3 * H;
       T* wsr = L.ws ? L.ws + row * 4 * H : unsaved + i * 4 * H;
-      gru_fwd_row(xr, g + i * 3 * H, state_in(L, r, b), L.b_hn, H, L.y + row * H, wsr);
+      gru_fwd_row(xr + c.u0, g + i * 3 * H + c.u0, state_in(L, r, b) + c.u0, L.b_hn + c.u0, H, c.u1 - c.u0,
+                  L.y + row * H + c.u0, wsr + c.u0);
     }
   }
   static void finish(const Chunk<T>& c, int64_t b, int64_t row) { copy_final_h(c.L, b, row); }
 
   static StepBuffer<T> backward(const Chunk<T>& c, const StepRows& r) {
     const Layer<T>& L = c.L;
-    const int64_t H = L.H;
+    const int64_t H = L.H, u0 = c.u0;
     for (int64_t b = r.lo; b < r.end; ++b) {
       const int64_t row = r.first + b;
-      gru_bwd_row(L.dy + row * H, L.dh + b * H, state_in(L, r, b), L.ws + row * 4 * H, H, L.dgates + row * 3 * H,
-                  L.dg + row * 3 * H);
+      gru_bwd_row(L.dy + row * H + u0, L.dh + b * H + u0, state_in(L, r, b) + u0, L.ws + row * 4 * H + u0, H,
+                  c.u1 - u0, L.dgates + row * 3 * H + u0, L.dg + row * 3 * H + u0);
     }
     return {L.dg + (r.first + r.lo) * 3 * H, 3 * H, true};
   }
@@ -194,15 +210,15 @@ struct Lstm {
   static void input(const Chunk<T>& c, const StepRows& r, T* g) { load_input(c, r, 4 * c.L.H, g, c.L.W); }
   static void pointwise(const Chunk<T>& c, const StepRows& r, T* gt) {
     const Layer<T>& L = c.L;
-    const int64_t H = L.H, W = L.W;
+    const int64_t H = L.H, W = L.W, u0 = c.u0, n = c.u1 - c.u0;
     for (int64_t b = r.lo; b < r.end; ++b) {
-      T* gates = gt + (b - r.lo) * W;
-      T* u = L.w_hr ? gates + 5 * H : L.y + (r.first + b) * L.P;
+      T* gates = gt + (b - r.lo) * W + u0;
+      T* u = L.w_hr ? gates + 5 * H : L.y + (r.first + b) * L.P + u0;
       if (L.ws) {
-        lstm_fwd_row(gates, c_in(L, r, b), H, u);
+        lstm_fwd_row(gates, c_in(L, r, b) + u0, H, n, u);
       } else {
-        lstm_fwd_row(gates, L.cn + b * H, H, u);
-        std::memcpy(L.cn + b * H, gates + 4 * H, sizeof(T) * H);
+        lstm_fwd_row(gates, L.cn + b * H + u0, H, n, u);
+        std::memcpy(L.cn + b * H + u0, gates + 4 * H, sizeof(T) * n);
       }
     }
     if (L.w_hr) L.w_hr->apply(gt + 5 * H, W, r.end - r.lo, L.y + (r.first + r.lo) * L.P, L.P, false);
@@ -215,19 +231,21 @@ struct Lstm {
 
   static StepBuffer<T> backward(const Chunk<T>& c, const StepRows& r) {
     const Layer<T>& L = c.L;
-    const int64_t H = L.H, P = L.P, rows = r.end - r.lo;
+    const int64_t H = L.H, P = L.P, rows = r.end - r.lo, u0 = c.u0;
+    const int64_t k1 = c.all_units() ? P : c.u1;  // with w_hr (P != H) the units are all of them
     T* gt = L.w_hr ? L.dh_all + (r.first + r.lo) * P : c.scratch;
     T* du = c.scratch + (c.hi - c.lo) * P;
     for (int64_t i = 0; i < rows; ++i) {
       const T* dyr = L.dy + (r.first + r.lo + i) * P;
       const T* dhr = L.dh + (r.lo + i) * P;
-      for (int64_t k = 0; k < P; ++k) gt[i * P + k] = dyr[k] + dhr[k];
+      for (int64_t k = u0; k < k1; ++k) gt[i * P + k] = dyr[k] + dhr[k];
     }
     if (L.w_hr) L.w_hr->apply(gt, P, rows, du, H, false);
     const T* dup = L.w_hr ? du : gt;
     for (int64_t b = r.lo; b < r.end; ++b) {
       const int64_t row = r.first + b;
-      lstm_bwd_row(dup + (b - r.lo) * H, L.dc + b * H, L.ws + row * L.W, c_in(L, r, b), H, L.dgates + row * 4 * H);
+      lstm_bwd_row(dup + (b - r.lo) * H + u0, L.dc + b * H + u0, L.ws + row * L.W + u0, c_in(L, r, b) + u0, H,
+                   c.u1 - u0, L.dgates + row * 4 * H + u0);
     }
     return {L.dgates + (r.first + r.lo) * 4 * H, 4 * H, false};
   }

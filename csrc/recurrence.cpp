@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -18,6 +19,10 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "cells.h"
 #include "row_recurrence.h"
@@ -56,7 +61,7 @@ void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse)
     std::vector<T> scratch(rows * Cell::scratch(L) + most * (L.I + 4 * L.H));
     T* window_x = scratch.data() + rows * Cell::scratch(L);
     Window<T> w{batch, s.count(), 0, 0, reverse, window_x, window_x + most * L.I};
-    const Chunk<T> c{L, lo, hi, scratch.data(), windowed ? &w : nullptr};
+    const Chunk<T> c{L, lo, hi, scratch.data(), windowed ? &w : nullptr, 0, L.H};
     walk_steps(s, lo, hi, reverse, false, [&](const StepRows& r) {
       const StepBuffer<T> g = Cell::gates(c, r);
       Cell::input(c, r, g.p);
@@ -69,15 +74,77 @@ void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse)
   });
 }
 
+// Runs f(u0, u1) on each thread of a team, with its share [u0, u1) of `blocks` panels of PW units; the threads
+// wait for each other at every `meet()`.
+template <typename F>
+void on_unit_shares(int64_t blocks, int64_t PW, const F& f) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(at::get_num_threads(), blocks)))
+  {
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    f(blocks * me / team * PW, blocks * (me + 1) / team * PW);
+  }
+#else
+  f(0, blocks * PW);
+#endif
+}
+
+inline void meet() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+// Each thread takes a share of the units (every gate of them, whole panels of W_hh) for all rows, and the threads
+// meet once a step: each streams only its share of W_hh a step, and a call with fewer rows than threads still
+// has them all (see split_units). The bits are run_forward's: each output is the same chain of FMAs.
+template <class Cell, typename T>
+void run_forward_units(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse, int64_t gates) {
+  std::vector<T> scratch(batch * Cell::scratch(L));
+  const int64_t PW = L.w_hh->panel_width();
+  on_unit_shares(L.H / PW, PW, [&](int64_t u0, int64_t u1) {
+    const Chunk<T> c{L, 0, batch, scratch.data(), nullptr, u0, u1};
+    walk_steps(s, 0, batch, reverse, false, [&](const StepRows& r) {
+      const StepBuffer<T> g = Cell::gates(c, r);
+      Cell::input(c, r, g.p);
+      for (int64_t n0 = u0; n0 < gates * L.H; n0 += L.H) {
+        const int64_t n1 = n0 + u1 - u0;
+        if (r.prev >= 0) L.w_hh->apply_cols(L.y + r.prev_first * L.P, L.P, r.split, g.p, g.ld, g.add, n0, n1);
+        L.w_hh->apply_cols(L.h0 + r.split * L.P, L.P, r.end - r.split, g.p + r.split * g.ld, g.ld, g.add, n0, n1);
+      }
+      Cell::pointwise(c, r, g.p);
+      meet();  // the next step reads every unit of this one's h
+    });
+  });
+  const Chunk<T> all{L, 0, batch, scratch.data(), nullptr, 0, L.H};
+  for (int64_t b = 0; b < batch; ++b) Cell::finish(all, b, s.count() > 0 ? s.offset(last_step_of_row(s, b, reverse)) + b : -1);
+}
+
 template <class Cell, typename T>
 void run_backward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse, bool need_dh0) {
   for_row_chunks(batch, [&](int64_t lo, int64_t hi) {
     std::vector<T> scratch((hi - lo) * Cell::scratch(L));
-    const Chunk<T> c{L, lo, hi, scratch.data()};
+    const Chunk<T> c{L, lo, hi, scratch.data(), nullptr, 0, L.H};
     walk_steps(s, lo, hi, reverse, true, [&](const StepRows& r) {
       const StepBuffer<T> dg = Cell::backward(c, r);
       // dh_t = dg W_hh; after the last step it is only dh0, which nobody may want.
       if (!r.last || need_dh0) L.w_hh->apply(dg.p, dg.ld, r.end - lo, L.dh + lo * L.P, L.P, dg.add);
+    });
+  });
+}
+
+// run_backward with the units split between threads as run_forward_units splits them: a thread's units of dh_t
+// need every unit's gradient of the gates, so the threads meet between the step's gate math and its matmul.
+template <class Cell, typename T>
+void run_backward_units(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse, bool need_dh0) {
+  std::vector<T> scratch(batch * Cell::scratch(L));
+  const int64_t PW = L.w_hh->panel_width();
+  on_unit_shares(L.H / PW, PW, [&](int64_t u0, int64_t u1) {
+    const Chunk<T> c{L, 0, batch, scratch.data(), nullptr, u0, u1};
+    walk_steps(s, 0, batch, reverse, true, [&](const StepRows& r) {
+      const StepBuffer<T> dg = Cell::backward(c, r);
+      meet();
+      if (!r.last || need_dh0) L.w_hh->apply_cols(dg.p, dg.ld, r.end, L.dh, L.P, dg.add, u0, u1);
     });
   });
 }
@@ -217,6 +284,35 @@ bool fuse_projection(int64_t gates, int64_t total_rows, int64_t batch, int64_t I
   return zmm_kernel_on() && pays && rows * I * G <= kZmmSmallStep && rows * P * G <= kZmmSmallStep;
 }
 
+// Whether the threads split each step's units (run_forward_units, run_backward_units) rather than its rows. Rows
+// leave a thread idle below 2 * kRowsPerThreadMin rows, and with 1-2 rows a thread each streams all of W_hh a step
+// for 1-2 FMAs a vector loaded. Units pay there from a W_hh of 1 MB (one thread idle) or 4 MB (2 rows a thread), module
+// inference, 2 threads, p10 ms rows -> units (benchmarks/NOTES.md): LSTM T=100 B=1 H=1024 33-37 -> 22-24, B=4
+// H=1024 52 -> 44-45, T=1000 B=1 H=256 15 -> 8.6; GRU B=2 H=1024 28-29 -> 20; RNN B=1 H=512 1.6 -> 1.0. Not
+// below: RNN B=1 H=256 (256 KB) 0.37 -> 0.44, GRU B=4 H=512 (3 MB) 8.7-9.3 -> 9.4-9.7, LSTM B=64 H=1024 level
+// or slower (the barrier a step, the copies of a thread's columns).
+constexpr int64_t kSplitUnitsAloneBytes = int64_t{1} << 20;
+constexpr int64_t kSplitUnitsBytes = int64_t{4} << 20;
+
+// 0: never split, 1: where it pays (above), 2: wherever it can (tests); and the layer calls that split.
+std::atomic<int64_t> g_split_units_mode{1};
+std::atomic<int64_t> g_split_units_calls{0};
+
+template <typename T>
+bool split_units(const StepWeight<T>& w, int64_t batch, int64_t H, int64_t P, int64_t G, bool fused, bool proj) {
+#ifdef _OPENMP
+  const int64_t mode = g_split_units_mode.load(std::memory_order_relaxed), PW = w.panel_width();
+  const int64_t bytes = G * P * int64_t{sizeof(T)};
+  const bool pays = batch < 2 * kRowsPerThreadMin ? bytes >= kSplitUnitsAloneBytes
+                                                  : rows_per_thread(batch) <= 2 && bytes >= kSplitUnitsBytes;
+  const bool can = PW > 0 && !fused && !proj && H % PW == 0 && H / PW >= 2 && at::get_num_threads() >= 2 &&
+                   !at::in_parallel_region();
+  return can && (mode == 2 || (mode == 1 && pays));
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 // ---- the entries ---------------------------------------------------------------------------------------
@@ -305,8 +401,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     L.w_hh = &sw, L.w_hr = proj ? &swr : nullptr;
     L.y = y.data_ptr<T>(), L.ws = ptr_or_null<T>(ws), L.hn = hn.data_ptr<T>(), L.cn = ptr_or_null<T>(cn);
     if (lstm && !save) std::memcpy(L.cn, L.c0, sizeof(T) * batch * H);  // inference: the running cell state
+    const bool units = split_units(sw, batch, H, P, G, fuse, proj);
+    if (units) g_split_units_calls.fetch_add(1, std::memory_order_relaxed);
     with_cell(gates, act, [&](auto kind) {
-      run_forward<typename decltype(kind)::template type<T>>(s, batch, L, reverse);
+      using Cell = typename decltype(kind)::template type<T>;
+      if (units) return run_forward_units<Cell>(s, batch, L, reverse, gates);
+      run_forward<Cell>(s, batch, L, reverse);
     });
   });
   return {y, hn, cn, ws};
@@ -365,8 +465,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
     L.h0 = gru ? s0.data_ptr<T>() : nullptr, L.c0 = lstm ? s0.data_ptr<T>() : nullptr;
     L.dy = g.data_ptr<T>(), L.dh = dh.data_ptr<T>(), L.dc = ptr_or_null<T>(dc), L.dgates = dgates.data_ptr<T>();
     L.dg = gru ? second.data_ptr<T>() : nullptr, L.dh_all = proj ? second.data_ptr<T>() : nullptr;
+    const bool units = split_units(sw, batch, H, P, G, false, proj);
+    if (units) g_split_units_calls.fetch_add(1, std::memory_order_relaxed);
     with_cell(gates, act, [&](auto kind) {
-      run_backward<typename decltype(kind)::template type<T>>(s, batch, L, reverse, need_dh0);
+      using Cell = typename decltype(kind)::template type<T>;
+      if (units) return run_backward_units<Cell>(s, batch, L, reverse, need_dh0);
+      run_backward<Cell>(s, batch, L, reverse, need_dh0);
     });
   });
   if (lstm && !proj) second = at::empty({0}, g.options());
@@ -500,6 +604,13 @@ at::Tensor gated_step_mm_cpu(const at::Tensor& a, const at::Tensor& b, const std
 // Turns the AVX-512 step kernel on or off for this process; returns whether it was on.
 bool gated_zmm_kernel(bool enable) { return g_zmm_allowed.exchange(enable); }
 
+// Sets when layers split the units between threads (0 never, 1 where it pays, 2 wherever it can); returns
+// the mode before and how many layer calls split since the last call.
+std::tuple<int64_t, int64_t> split_units_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 2, "fastrnn::_split_units: mode must be 0, 1 or 2, got ", mode);
+  return {g_split_units_mode.exchange(mode), g_split_units_calls.exchange(0)};
+}
+
 }  // namespace fastrnn
 
 // The gated ops extend the library that register.cpp defines; a fragment keeps their schemas next to them.
@@ -528,9 +639,11 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
   m.def(
       "lstm_layer_fwd(Tensor x, Tensor w_ih, Tensor? bias, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, "
       "Tensor? batch_sizes, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
-  // Test and timing hooks: the step matmul alone, and the switch between its two register kernels.
+  // Test and timing hooks: the step matmul alone, the switch between its two register kernels, and when layers
+  // split the units between threads.
   m.def("_gated_step_mm(Tensor a, Tensor b, Tensor? init, int kernel) -> Tensor");
   m.def("_gated_zmm_kernel(bool enable) -> bool", &fastrnn::gated_zmm_kernel);
+  m.def("_split_units(int mode) -> (int, int)", &fastrnn::split_units_mode);
 }
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {

@@ -126,6 +126,24 @@ class StepWeight {
 #endif
   }
 
+  // Columns [n0, n1) of apply's out alone, on the AVX-512 kernel's panels (`panel_width` > 0; n0 a multiple of it).
+  void apply_cols(const T* a, int64_t lda, int64_t rows, T* out, int64_t ldo, bool accumulate, int64_t n0,
+                  int64_t n1) const {
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+    if (rows <= 0) return;
+    const T* panels = kn_ + n0 / (4 * Zmm<T>::L) * K_ * (4 * Zmm<T>::L);
+    zmm_step_mm(a, lda, rows, panels, K_, n1 - n0, accumulate ? out + n0 : nullptr, ldo, out + n0, ldo);
+#endif
+  }
+
+  // The width of the column panels op(W) is laid out in for the AVX-512 kernel; 0 where it is not.
+  int64_t panel_width() const {
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+    if (small_ && zmm_kernel_on()) return 4 * Zmm<T>::L;
+#endif
+    return 0;
+  }
+
   bool small() const { return small_; }
 
  private:

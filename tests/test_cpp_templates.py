@@ -6,6 +6,7 @@ The old-vs-new bitwise check of the whole grid is tests/layer_ops_bitwise.py (ru
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from fastrnn.gated_ops import _use_cpp
 
@@ -160,6 +161,124 @@ def ops_whole_call(gates, cell, x, weights, hidden, proj):
     kind = {"rnn_tanh": 0, "rnn_relu": 1}.get(cell, gates)
     out = whole(kind, x, None, None, weights, True, 1, False, False, IN, hidden, proj)
     return [t for t in out if t is not None]
+
+
+@pytest.fixture
+def two_threads():
+    """Two threads for the test (the units split needs them), whatever the machine; restores the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def split_mode():
+    """Sets when layers split the units between threads (0 never, 1 where it pays, 2 wherever it can) and
+    returns how many layer calls split since the last setting; the test runs only where the AVX-512 step kernel's
+    panels exist (the split works on them), and the mode the process had is restored."""
+    try:
+        ops._gated_step_mm(torch.zeros(1, 1), torch.zeros(1, 1), None, 1)
+    except RuntimeError:
+        pytest.skip("no AVX-512 step kernel on this CPU")
+    before, _ = ops._split_units(1)
+    yield lambda mode: ops._split_units(mode)[1]
+    ops._split_units(before)
+
+
+def _layer_ops(cell: str, w: dict, xw, dy, batch_sizes, reverse: bool) -> list:
+    """Every layer op of the cell on xw, all outputs: the training forward (with ws), for GRU / LSTM the inference
+    forward, and the backward of dy (with dh_n = dc_n = h0, dh0 wanted)."""
+    h0, w_hh = w["h0"], w["w_hh"]
+    if cell.startswith("rnn"):
+        act = int(cell == "rnn_relu")
+        y, hn = ops.rnn_fwd(xw, h0, w_hh, batch_sizes, reverse, act)
+        return [(y, hn), ops.rnn_bwd(dy, h0, y, w_hh, batch_sizes, reverse, act, True)]
+    if cell == "gru":
+        args = (h0, w_hh, w["b_hn"], batch_sizes, reverse)
+        y, hn, ws = ops.gru_fwd(xw, *args)
+        back = ops.gru_bwd(dy, h0, y, ws, h0, w_hh, batch_sizes, reverse, True)
+        return [(y, hn, ws), ops.gru_infer(xw, None, None, *args), back]
+    args = (h0, w["c0"], w_hh, None, batch_sizes, reverse)
+    y, hn, cn, ws = ops.lstm_fwd(xw, *args)
+    back = ops.lstm_bwd(dy, h0, h0, ws, w["c0"], w_hh, None, batch_sizes, reverse, True)
+    return [(y, hn, cn, ws), ops.lstm_infer(xw, None, None, *args), back]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_units_split_between_threads_gives_the_row_split_bits(cell, dtype, batch, two_threads, split_mode):
+    """run_forward_units / run_backward_units (each thread a share of every gate's units for all rows, the threads
+    meeting once a step) give run_forward's / run_backward's bits (each thread its rows): every output is the same
+    chain of FMAs. Padded and packed with unequal lengths, both directions, training and inference forwards and the
+    backward; H is two of the kernel's panels."""
+    hidden = 128 if dtype == torch.float32 else 64
+    gen = torch.Generator().manual_seed(6)
+    G = GATES[cell] * hidden
+    w = {"h0": torch.randn(batch, hidden, generator=gen, dtype=dtype),
+         "c0": torch.randn(batch, hidden, generator=gen, dtype=dtype),
+         "w_hh": torch.randn(G, hidden, generator=gen, dtype=dtype) * hidden**-0.5,
+         "b_hn": torch.randn(hidden, generator=gen, dtype=dtype)}
+    xw = torch.randn(9, batch, G, generator=gen, dtype=dtype)
+    dy = torch.randn(9, batch, hidden, generator=gen, dtype=dtype)
+    lengths = torch.tensor([9, 5, 3, 3, 2, 1][:batch])
+    packed, packed_dy = pack_padded_sequence(xw, lengths), pack_padded_sequence(dy, lengths)
+    for inputs, grads, sizes in ((xw, dy, None), (packed.data, packed_dy.data, packed.batch_sizes)):
+        for reverse in (False, True):
+            split_mode(0)
+            rows = _layer_ops(cell, w, inputs, grads, sizes, reverse)
+            assert split_mode(2) == 0
+            units = _layer_ops(cell, w, inputs, grads, sizes, reverse)
+            assert split_mode(1) == len(units), "the calls did not split the units"
+            for got, want in zip(units, rows):
+                _assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_modules_with_the_units_split_match_torch(kind, bidirectional, two_threads, split_mode):
+    """fastrnn's modules with every layer splitting the units, forward and backward, against torch's in float64:
+    outputs, final states and the gradients of the input and every weight, padded (B = 1) and packed (B = 3)."""
+    import fastrnn
+
+    torch.manual_seed(7)
+    m = getattr(torch.nn, kind)(16, 64, num_layers=2, bidirectional=bidirectional).double()
+    fm = getattr(fastrnn, kind).from_torch(m)
+    split_mode(2)
+    for batch, lengths in ((1, None), (3, torch.tensor([7, 4, 2]))):
+        x = torch.randn(7, batch, 16, dtype=torch.float64)
+        outs = []
+        for module in (m, fm):
+            module.zero_grad()
+            xg = x.clone().requires_grad_()
+            inp = xg if lengths is None else pack_padded_sequence(xg, lengths)
+            y, state = module(inp)
+            y = y if lengths is None else y.data
+            states = state if isinstance(state, tuple) else (state,)
+            (y.sum() + sum((s * s).sum() for s in states)).backward()
+            outs.append([y, *states, xg.grad, *(p.grad for p in module.parameters())])
+        for got, want in zip(outs[1], outs[0]):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    assert split_mode(1) > 0, "no layer split its units"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_units_split_where_rows_leave_a_thread_idle(dtype, two_threads, split_mode):
+    """Where the split pays (csrc/recurrence.cpp, split_units): a W_hh of 1 MB with fewer rows than threads need,
+    or of 4 MB with 2 rows a thread; not a small weight, and not with many rows a thread."""
+    def splits(batch, hidden):
+        w_hh = torch.randn(4 * hidden, hidden, dtype=dtype) * hidden**-0.5
+        xw = torch.randn(2, batch, 4 * hidden, dtype=dtype)
+        h0 = torch.zeros(batch, hidden, dtype=dtype)
+        split_mode(1)
+        ops.lstm_infer(xw, None, None, h0, h0, w_hh, None, None, False)
+        return split_mode(1) == 1
+
+    # W_hh [4H, H]: float32 256 KB, 1 MB, 4 MB; float64 128 KB, 1.1 MB, 4.5 MB (H a multiple of its 32-wide panels)
+    small, mb, four_mb = (128, 256, 512) if dtype == torch.float32 else (64, 192, 384)
+    assert splits(1, mb) and splits(3, mb) and splits(4, four_mb)
+    assert not splits(1, small) and not splits(4, mb) and not splits(64, four_mb)
 
 
 WIDTH = {"rnn_fwd": 4, "gru_fwd": 12, "lstm_fwd": 16}  # G at H = 4
