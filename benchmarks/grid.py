@@ -56,6 +56,10 @@ CPU_TARGETS = [
     Case(T=100, B=64, H=1024),
 ]
 
+# One row through a large layer (a 4-16 MB W_hh): the threads split its units, where rows would leave one idle.
+LARGE_ONE_ROW = Case(T=100, B=1, H=1024)
+
+
 def _family(cases: list[Case]) -> list[Case]:
     """The RNN grid's shape for GRU and LSTM (no nonlinearity variants), plus an LSTM with proj_size."""
     out = []
@@ -71,6 +75,7 @@ PRESETS: dict[str, list[Case]] = {
     "tiny": [Case(T=5, B=2, H=8), Case(T=5, B=2, H=8, packed=True, bidirectional=True)],
     "quick": CPU_TARGETS
     + [
+        LARGE_ONE_ROW,
         Case(T=200, B=16, H=64, layers=2, bidirectional=True),
         Case(T=200, B=16, H=64, packed=True),
         Case(T=200, B=16, H=64, nonlinearity="relu"),
@@ -98,7 +103,7 @@ PRESETS: dict[str, list[Case]] = {
 
 # GRU and LSTM: the issue's CPU targets for each (and a projected LSTM) in "family", the whole grid's shape in
 # "family-full".
-PRESETS["family"] = _family(CPU_TARGETS)
+PRESETS["family"] = _family(CPU_TARGETS + [LARGE_ONE_ROW])
 PRESETS["family-full"] = _family(PRESETS["full"])
 
 
