@@ -92,11 +92,12 @@ void gemm_nn_bias(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, cons
       // each k of a chunk on another page. K * N copies against M * K * N multiply-adds.
       std::unique_ptr<float[]> panels(new float[tiles_n * K * PN]);
       lay_out_panels(b, trans_b ? 1 : ldb, trans_b ? ldb : 1, K, N, PN, panels.get());
-      const int64_t S = row_blocks_a_panel(tiles_m, K, N), group = S * tiles_n;
-      at::parallel_for(0, (tiles_m + S - 1) / S * group, 1, [&](int64_t first, int64_t last) {
+      // Group g holds blocks [g * S, g * S + depth) (the last one may be shallower) by every panel, panel-major.
+      const int64_t S = row_blocks_a_panel(tiles_m, K, N);
+      at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t first, int64_t last) {
         for (int64_t tile = first; tile < last; ++tile) {
-          const int64_t p = tile % group / S, block = tile / group * S + tile % S;
-          if (block >= tiles_m) continue;  // the last group's missing blocks
+          const int64_t g = tile / (S * tiles_n), in = tile % (S * tiles_n), depth = std::min(S, tiles_m - g * S);
+          const int64_t p = in / depth, block = g * S + in % depth;
           const int64_t m0 = block * kBrgemmTileM, n0 = p * PN;
           const int64_t mm = std::min(kBrgemmTileM, M - m0), nn = std::min(PN, N - n0);
           const float* panel = panels.get() + p * K * PN;

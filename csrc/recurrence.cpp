@@ -74,24 +74,29 @@ void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse)
   });
 }
 
-// Runs f(u0, u1) on each thread of a team, with its share [u0, u1) of `blocks` panels of PW units; the threads
-// wait for each other at every `meet()`.
-template <typename F>
-void on_unit_shares(int64_t blocks, int64_t PW, const F& f) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(at::get_num_threads(), blocks)))
-  {
-    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
-    f(blocks * me / team * PW, blocks * (me + 1) / team * PW);
-  }
-#else
-  f(0, blocks * PW);
-#endif
-}
-
 inline void meet() {
 #ifdef _OPENMP
 #pragma omp barrier
+#endif
+}
+
+// Walks the steps on each thread of a team, body(chunk, step rows), every row and the thread's share [u0, u1) of the
+// units: whole panels of PW units of W_hh (every gate of them). The threads wait for each other at every `meet()`.
+// Nothing in the body may throw: an exception cannot leave an OpenMP region, and a thread that left would leave the
+// others waiting at a barrier.
+template <class Cell, typename T, typename F>
+void walk_unit_shares(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse, bool backward, const F& body) {
+  std::vector<T> scratch(batch * Cell::scratch(L));
+  const int64_t PW = L.w_hh->panel_width(), blocks = L.H / PW;
+  const auto share = [&](int64_t team, int64_t me) {
+    const Chunk<T> c{L, 0, batch, scratch.data(), nullptr, blocks * me / team * PW, blocks * (me + 1) / team * PW};
+    walk_steps(s, 0, batch, reverse, backward, [&](const StepRows& r) { body(c, r); });
+  };
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(at::get_num_threads(), blocks)))
+  share(omp_get_num_threads(), omp_get_thread_num());
+#else
+  share(1, 0);
 #endif
 }
 
@@ -100,23 +105,18 @@ inline void meet() {
 // has them all (see split_units). The bits are run_forward's: each output is the same chain of FMAs.
 template <class Cell, typename T>
 void run_forward_units(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse, int64_t gates) {
-  std::vector<T> scratch(batch * Cell::scratch(L));
-  const int64_t PW = L.w_hh->panel_width();
-  on_unit_shares(L.H / PW, PW, [&](int64_t u0, int64_t u1) {
-    const Chunk<T> c{L, 0, batch, scratch.data(), nullptr, u0, u1};
-    walk_steps(s, 0, batch, reverse, false, [&](const StepRows& r) {
-      const StepBuffer<T> g = Cell::gates(c, r);
-      Cell::input(c, r, g.p);
-      for (int64_t n0 = u0; n0 < gates * L.H; n0 += L.H) {
-        const int64_t n1 = n0 + u1 - u0;
-        if (r.prev >= 0) L.w_hh->apply_cols(L.y + r.prev_first * L.P, L.P, r.split, g.p, g.ld, g.add, n0, n1);
-        L.w_hh->apply_cols(L.h0 + r.split * L.P, L.P, r.end - r.split, g.p + r.split * g.ld, g.ld, g.add, n0, n1);
-      }
-      Cell::pointwise(c, r, g.p);
-      meet();  // the next step reads every unit of this one's h
-    });
+  walk_unit_shares<Cell>(s, batch, L, reverse, false, [&](const Chunk<T>& c, const StepRows& r) {
+    const StepBuffer<T> g = Cell::gates(c, r);
+    Cell::input(c, r, g.p);
+    for (int64_t n0 = c.u0; n0 < gates * L.H; n0 += L.H) {
+      const int64_t n1 = n0 + c.u1 - c.u0;
+      if (r.prev >= 0) L.w_hh->apply_cols(L.y + r.prev_first * L.P, L.P, r.split, g.p, g.ld, g.add, n0, n1);
+      L.w_hh->apply_cols(L.h0 + r.split * L.P, L.P, r.end - r.split, g.p + r.split * g.ld, g.ld, g.add, n0, n1);
+    }
+    Cell::pointwise(c, r, g.p);
+    meet();  // the next step reads every unit of this one's h
   });
-  const Chunk<T> all{L, 0, batch, scratch.data(), nullptr, 0, L.H};
+  const Chunk<T> all{L, 0, batch, nullptr, nullptr, 0, L.H};
   for (int64_t b = 0; b < batch; ++b) Cell::finish(all, b, s.count() > 0 ? s.offset(last_step_of_row(s, b, reverse)) + b : -1);
 }
 
@@ -137,15 +137,10 @@ void run_backward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse
 // need every unit's gradient of the gates, so the threads meet between the step's gate math and its matmul.
 template <class Cell, typename T>
 void run_backward_units(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse, bool need_dh0) {
-  std::vector<T> scratch(batch * Cell::scratch(L));
-  const int64_t PW = L.w_hh->panel_width();
-  on_unit_shares(L.H / PW, PW, [&](int64_t u0, int64_t u1) {
-    const Chunk<T> c{L, 0, batch, scratch.data(), nullptr, u0, u1};
-    walk_steps(s, 0, batch, reverse, true, [&](const StepRows& r) {
-      const StepBuffer<T> dg = Cell::backward(c, r);
-      meet();
-      if (!r.last || need_dh0) L.w_hh->apply_cols(dg.p, dg.ld, r.end, L.dh, L.P, dg.add, u0, u1);
-    });
+  walk_unit_shares<Cell>(s, batch, L, reverse, true, [&](const Chunk<T>& c, const StepRows& r) {
+    const StepBuffer<T> dg = Cell::backward(c, r);
+    meet();
+    if (!r.last || need_dh0) L.w_hh->apply_cols(dg.p, dg.ld, r.end, L.dh, L.P, dg.add, c.u0, c.u1);
   });
 }
 

@@ -1,8 +1,8 @@
 // The step schedule every CPU recurrence walks (recurrence.cpp): T steps over B batch rows, padded [T, B, .]
 // or packed [N, .] (step t updates rows [0, batch_sizes[t]) of the running state, batch_sizes non-increasing).
 // Every batch row is an independent chain, so rows are split across threads once and each thread runs all T
-// steps on its rows with no synchronisation (a forward with a large W_hh and few rows a thread splits the units
-// instead: recurrence.cpp's run_forward_units).
+// steps on its rows with no synchronisation (a layer with a large W_hh and few rows a thread splits the units
+// instead: recurrence.cpp's run_forward_units / run_backward_units).
 #pragma once
 
 #include <ATen/Parallel.h>

@@ -78,11 +78,13 @@ void lay_out_panels(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, in
 // op(W) laid out in `out` as the register kernel reads it (see the top of the file); returns where it starts:
 // 64-byte aligned, since the AVX-512 kernel's loads of a panel row then stay in one cache line (with malloc's
 // 16-byte alignment the kernel ran ~20% slower at H = 32).
+// `zmm`: for the AVX-512 kernel's panels, else the portable loop's one [K, N] panel.
 template <typename T>
-const T* lay_out_step_weight(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, std::unique_ptr<T[]>& out) {
-  int64_t PW = std::max<int64_t>(N, 1);  // the portable loop: one panel, [K, N]
+const T* lay_out_step_weight(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, std::unique_ptr<T[]>& out,
+                             bool zmm = zmm_kernel_on()) {
+  int64_t PW = std::max<int64_t>(N, 1);
 #ifdef FASTRNN_HAVE_ZMM_KERNEL
-  if (zmm_kernel_on()) PW = 4 * Zmm<T>::L;
+  if (zmm) PW = 4 * Zmm<T>::L;
 #endif
   constexpr int64_t kAlign = 64 / sizeof(T);
   out.reset(new T[(N + PW - 1) / PW * K * PW + kAlign]);
@@ -98,9 +100,11 @@ class StepWeight {
  public:
   StepWeight() = default;
   StepWeight(StepWeight&&) = default;  // a copy would point into the other's storage_
-  StepWeight(const T* w, bool trans, int64_t K, int64_t N, int64_t rows) : w_(w), trans_(trans), K_(K), N_(N) {
-    small_ = rows * K * N <= (zmm_kernel_on() ? kZmmSmallStep : kSmallStep) || !have_fortran_gemm<T>();
-    if (small_) kn_ = lay_out_step_weight(w, trans ? 1 : N, trans ? K : 1, K, N, storage_);
+  // The kernel is chosen once, here: a switch of `_gated_zmm_kernel` during the call does not reach it.
+  StepWeight(const T* w, bool trans, int64_t K, int64_t N, int64_t rows)
+      : w_(w), trans_(trans), K_(K), N_(N), zmm_(zmm_kernel_on()) {
+    small_ = rows * K * N <= (zmm_ ? kZmmSmallStep : kSmallStep) || !have_fortran_gemm<T>();
+    if (small_) kn_ = lay_out_step_weight(w, trans ? 1 : N, trans ? K : 1, K, N, storage_, zmm_);
   }
 
   // out[rows, N] = (accumulate ? out : 0) + a[rows, K] @ op(W); a and out with row strides lda, ldo.
@@ -111,7 +115,7 @@ class StepWeight {
       return;
     }
 #ifdef FASTRNN_HAVE_ZMM_KERNEL
-    if (zmm_kernel_on()) {
+    if (zmm_) {
       zmm_step_mm(a, lda, rows, kn_, K_, N_, accumulate ? out : nullptr, ldo, out, ldo);
       return;
     }
@@ -139,7 +143,7 @@ class StepWeight {
   // The width of the column panels op(W) is laid out in for the AVX-512 kernel; 0 where it is not.
   int64_t panel_width() const {
 #ifdef FASTRNN_HAVE_ZMM_KERNEL
-    if (small_ && zmm_kernel_on()) return 4 * Zmm<T>::L;
+    if (small_ && zmm_) return 4 * Zmm<T>::L;
 #endif
     return 0;
   }
@@ -150,6 +154,7 @@ class StepWeight {
   const T* w_ = nullptr;
   bool trans_ = false;
   int64_t K_ = 0, N_ = 0;
+  bool zmm_ = false;
   bool small_ = true;
   const T* kn_ = nullptr;  // op(W) laid out for the register kernel (small steps only), in storage_
   std::unique_ptr<T[]> storage_;

@@ -49,6 +49,18 @@ def test_mm_nn_equals_float64_matmul(dtype, with_bias, b_layout, a_layout, shape
     assert (got.double() - want).abs().max().item() <= bound
 
 
+@pytest.mark.parametrize("shape", [(300, 1024, 1100), (1000, 1100, 1000)], ids=["groups-4-1", "groups-3-3-3-3-3-1"])
+def test_mm_nn_groups_of_row_blocks_cover_every_tile(shape):
+    """A weight over 4 MB: groups of S row blocks take each panel in turn (brgemm_gemm.h, row_blocks_a_panel), the
+    last group shallower where the blocks do not fill it, and a partial last panel; every tile is computed once."""
+    gen = torch.Generator().manual_seed(1)
+    a, b, bias = _mm_nn_case(*shape, gen, torch.float32, "transposed", "dense", True)
+    got = torch.ops.fastrnn.mm_nn(a, b, bias)
+    want = a.double() @ b.double() + bias.double()
+    bound = 4 * torch.finfo(torch.float32).eps * shape[1] * (a.double().abs() @ b.double().abs()).max().item()
+    assert (got.double() - want).abs().max().item() <= bound
+
+
 def test_mm_nn_rejects_bad_arguments():
     a, b = torch.randn(4, 3), torch.randn(3, 5)
     with pytest.raises(RuntimeError, match="is \\[4, 3\\] but b is \\[5, 3\\]"):
