@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 
 #include "blas.h"
 #include "zmm_step_mm.h"
@@ -62,7 +63,14 @@ void lay_out_panels(const T* w, int64_t sk, int64_t sn, int64_t K, int64_t N, in
           if (sn == 1) std::memcpy(panel + k * PW, w + k * sk + n0, sizeof(T) * nn);
         }
         if (sn == 1) continue;
-        for (int64_t n = 0; n < nn; ++n)
+        int64_t n = 0;
+#ifdef FASTRNN_HAVE_ZMM_KERNEL
+        if constexpr (std::is_same_v<T, float>) {
+          if (sk == 1 && k1 - k0 == 16 && have_avx512f())
+            for (; n + 16 <= nn; n += 16) transpose16(w + (n0 + n) * sn + k0, sn, panel + k0 * PW + n, PW);
+        }
+#endif
+        for (; n < nn; ++n)
           for (int64_t k = k0; k < k1; ++k) panel[k * PW + n] = w[k * sk + (n0 + n) * sn];
       }
     }
