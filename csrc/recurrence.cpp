@@ -70,7 +70,7 @@ void run_forward(const Steps& s, int64_t batch, const Layer<T>& L, bool reverse)
       Cell::pointwise(c, r, g.p);
     });
     // Row b's final state is at the last step it is active in (walking direction: step 0 when reversed).
-    for (int64_t b = lo; b < hi; ++b) Cell::finish(c, b, s.count() > 0 ? s.offset(last_step_of_row(s, b, reverse)) + b : -1);
+    for (int64_t b = lo; b < hi; ++b) Cell::finish(c, b, final_row(s, b, reverse));
   });
 }
 
@@ -117,7 +117,7 @@ void run_forward_units(const Steps& s, int64_t batch, const Layer<T>& L, bool re
     meet();  // the next step reads every unit of this one's h
   });
   const Chunk<T> all{L, 0, batch, nullptr, nullptr, 0, L.H};
-  for (int64_t b = 0; b < batch; ++b) Cell::finish(all, b, s.count() > 0 ? s.offset(last_step_of_row(s, b, reverse)) + b : -1);
+  for (int64_t b = 0; b < batch; ++b) Cell::finish(all, b, final_row(s, b, reverse));
 }
 
 template <class Cell, typename T>
@@ -289,7 +289,8 @@ bool fuse_projection(int64_t gates, int64_t total_rows, int64_t batch, int64_t I
 constexpr int64_t kSplitUnitsAloneBytes = int64_t{1} << 20;
 constexpr int64_t kSplitUnitsBytes = int64_t{4} << 20;
 
-// 0: never split, 1: where it pays (above), 2: wherever it can (tests); and the layer calls that split.
+// 0: never split, 1: where it pays (above), 2: wherever it can (tests); and the layer calls that split (counted
+// where split_units says so).
 std::atomic<int64_t> g_split_units_mode{1};
 std::atomic<int64_t> g_split_units_calls{0};
 
@@ -302,7 +303,9 @@ bool split_units(const StepWeight<T>& w, int64_t batch, int64_t H, int64_t P, in
                                                   : rows_per_thread(batch) <= 2 && bytes >= kSplitUnitsBytes;
   const bool can = PW > 0 && !fused && !proj && H % PW == 0 && H / PW >= 2 && at::get_num_threads() >= 2 &&
                    !at::in_parallel_region();
-  return can && (mode == 2 || (mode == 1 && pays));
+  const bool split = can && (mode == 2 || (mode == 1 && pays));
+  if (split) g_split_units_calls.fetch_add(1, std::memory_order_relaxed);
+  return split;
 #else
   return false;
 #endif
@@ -397,7 +400,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_forward(
     L.y = y.data_ptr<T>(), L.ws = ptr_or_null<T>(ws), L.hn = hn.data_ptr<T>(), L.cn = ptr_or_null<T>(cn);
     if (lstm && !save) std::memcpy(L.cn, L.c0, sizeof(T) * batch * H);  // inference: the running cell state
     const bool units = split_units(sw, batch, H, P, G, fuse, proj);
-    if (units) g_split_units_calls.fetch_add(1, std::memory_order_relaxed);
     with_cell(gates, act, [&](auto kind) {
       using Cell = typename decltype(kind)::template type<T>;
       if (units) return run_forward_units<Cell>(s, batch, L, reverse, gates);
@@ -461,7 +463,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
     L.dy = g.data_ptr<T>(), L.dh = dh.data_ptr<T>(), L.dc = ptr_or_null<T>(dc), L.dgates = dgates.data_ptr<T>();
     L.dg = gru ? second.data_ptr<T>() : nullptr, L.dh_all = proj ? second.data_ptr<T>() : nullptr;
     const bool units = split_units(sw, batch, H, P, G, false, proj);
-    if (units) g_split_units_calls.fetch_add(1, std::memory_order_relaxed);
     with_cell(gates, act, [&](auto kind) {
       using Cell = typename decltype(kind)::template type<T>;
       if (units) return run_backward_units<Cell>(s, batch, L, reverse, need_dh0);

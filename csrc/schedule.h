@@ -80,12 +80,13 @@ void walk_steps(const Steps& s, int64_t lo, int64_t hi, bool reverse, bool backw
   }
 }
 
-// The step (in walking order) at which row r is last active: its final state lives there.
-inline int64_t last_step_of_row(const Steps& s, int64_t r, bool reverse) {
-  if (reverse) return 0;
+// The packed row of row r at the step (in walking order) where it is last active, which holds its final state;
+// -1 where there are no steps.
+inline int64_t final_row(const Steps& s, int64_t r, bool reverse) {
+  if (s.count() == 0) return -1;
   int64_t t = 0;
-  while (t + 1 < s.count() && s.size(t + 1) > r) ++t;
-  return t;
+  while (!reverse && t + 1 < s.count() && s.size(t + 1) > r) ++t;
+  return s.offset(t) + r;
 }
 
 }  // namespace fastrnn
